@@ -6,3 +6,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# One intra-op thread: the tests' models are tiny, and two oneDNN threads on a busy 2-core machine stall
+# (a tiny UNet forward went from 23 ms to 1.6 s); subprocess tests set OMP_NUM_THREADS=1 for the same reason.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

@@ -7,13 +7,75 @@
 
 from diffusers import ModelMixin, SchedulerMixin
 
-from .schedulers import EDMHeunDiscreteScheduler, EDMHeunScheduler
+from .evaluation import BitsPerDimOutput, bits_per_dim
+from .gaussian_diffusion import DiscreteGaussianDiffusion, space_timesteps
+from .losses import (
+    DenoisingLossOutput,
+    EDMLoss,
+    HybridLossOutput,
+    IDDPMLoss,
+    VELoss,
+    VPLoss,
+    discretized_gaussian_log_likelihood,
+    hybrid_loss,
+    normal_kl,
+    prior_bits,
+    vlb_term_bits,
+)
+from .models import (
+    EDMPrecond,
+    IDDPMPrecond,
+    PreconditionedDenoiser,
+    PreconditionedDenoiserOutput,
+    Preconditioning,
+    VEPrecond,
+    VPPrecond,
+)
+from .pipelines import EDMPipeline, LearnedVariancePipeline
+from .schedulers import EDMHeunDiscreteScheduler, EDMHeunScheduler, LearnedVarianceDDPMScheduler
+from .training import (
+    EDMEMAModel,
+    LossSecondMomentTimestepSampler,
+    TimestepSampler,
+    UniformTimestepSampler,
+    create_timestep_sampler,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BitsPerDimOutput",
+    "DenoisingLossOutput",
+    "DiscreteGaussianDiffusion",
+    "EDMEMAModel",
     "EDMHeunDiscreteScheduler",
     "EDMHeunScheduler",
+    "EDMLoss",
+    "EDMPipeline",
+    "EDMPrecond",
+    "HybridLossOutput",
+    "IDDPMLoss",
+    "IDDPMPrecond",
+    "LearnedVarianceDDPMScheduler",
+    "LearnedVariancePipeline",
+    "LossSecondMomentTimestepSampler",
     "ModelMixin",
+    "PreconditionedDenoiser",
+    "PreconditionedDenoiserOutput",
+    "Preconditioning",
     "SchedulerMixin",
+    "TimestepSampler",
+    "UniformTimestepSampler",
+    "VELoss",
+    "VEPrecond",
+    "VPLoss",
+    "VPPrecond",
+    "bits_per_dim",
+    "create_timestep_sampler",
+    "discretized_gaussian_log_likelihood",
+    "hybrid_loss",
+    "normal_kl",
+    "prior_bits",
+    "space_timesteps",
+    "vlb_term_bits",
 ]

@@ -11,9 +11,12 @@ Notation: ``sigma`` is the noise standard deviation of the "variance exploding" 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
+import torch
+
+ArrayLike = Union[np.ndarray, float, torch.Tensor]
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 DISCRETIZATIONS = ("edm", "vp", "ve", "iddpm")
@@ -77,16 +80,28 @@ def sigmas_from_betas(betas: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Continuous-time schedules of EDM's generalized sampler
 # --------------------------------------------------------------------------------------------
-def vp_sigma(t: np.ndarray | float, beta_d: float = 19.9, beta_min: float = 0.1) -> np.ndarray:
-    """VP noise level ``sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)``."""
+def vp_sigma(t: ArrayLike, beta_d: float = 19.9, beta_min: float = 0.1) -> ArrayLike:
+    """VP noise level ``sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)``.
+
+    Takes NumPy values (computed in float64) or a torch tensor (computed on its device, in its dtype).
+    """
+    if isinstance(t, torch.Tensor):
+        return torch.sqrt(torch.expm1(0.5 * beta_d * t**2 + beta_min * t))
     t = np.asarray(t, dtype=np.float64)
     return np.sqrt(np.expm1(0.5 * beta_d * t**2 + beta_min * t))
 
 
-def vp_sigma_inv(sigma: np.ndarray | float, beta_d: float = 19.9, beta_min: float = 0.1) -> np.ndarray:
-    """Inverse of :func:`vp_sigma`: ``t(sigma) = (sqrt(beta_min^2 + 2 beta_d log(1 + sigma^2)) - beta_min) / beta_d``."""
-    sigma = np.asarray(sigma, dtype=np.float64)
-    return (np.sqrt(beta_min**2 + 2.0 * beta_d * np.log1p(sigma**2)) - beta_min) / beta_d
+def vp_sigma_inv(sigma: ArrayLike, beta_d: float = 19.9, beta_min: float = 0.1) -> ArrayLike:
+    """Inverse of :func:`vp_sigma`: ``t(sigma) = (sqrt(beta_min^2 + 2 beta_d log(1 + sigma^2)) - beta_min) / beta_d``.
+
+    Evaluated in the algebraically equal form ``2 log(1 + sigma^2) / (sqrt(beta_min^2 + 2 beta_d log(1 + sigma^2)) + beta_min)``,
+    which avoids the cancellation of the difference at small sigma in float32. Takes NumPy values or a torch tensor.
+    """
+    if isinstance(sigma, torch.Tensor):
+        log_term = torch.log1p(sigma.square())
+        return 2.0 * log_term / (torch.sqrt(beta_min**2 + 2.0 * beta_d * log_term) + beta_min)
+    log_term = np.log1p(np.asarray(sigma, dtype=np.float64) ** 2)
+    return 2.0 * log_term / (np.sqrt(beta_min**2 + 2.0 * beta_d * log_term) + beta_min)
 
 
 def iddpm_sigma_table(M: int = 1000, C_1: float = 0.001, C_2: float = 0.008) -> np.ndarray:

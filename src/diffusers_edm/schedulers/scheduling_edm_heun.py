@@ -89,10 +89,10 @@ class EDMHeunScheduler(StochasticHeunMixin, SchedulerMixin, ConfigMixin):
         dtype = torch.float32 if torch.device(device or "cpu").type == "mps" else torch.float64
         return call_sigmas.to(device=device, dtype=dtype)
 
-    def _denoised(self, model_output: torch.Tensor, sample: torch.Tensor, sigma: float) -> torch.Tensor:
+    def _derivative(self, model_output: torch.Tensor, sample: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         if self.config.prediction_type == "epsilon":
-            return sample - sigma * model_output
-        return model_output
+            return model_output, torch.add(sample, model_output, alpha=-sigma)  # d = eps, D = x - sigma eps
+        return torch.sub(sample, model_output).div_(sigma), model_output  # d = (x - D) / sigma
 
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
         """Identity: EDM-native models take ``x`` itself (their wrapper applies ``c_in``)."""

@@ -116,13 +116,16 @@ class EDMHeunDiscreteScheduler(StochasticHeunMixin, SchedulerMixin, ConfigMixin)
     def _timesteps_for(self, call_sigmas: torch.Tensor, device: str | torch.device | None) -> torch.Tensor:
         return torch.from_numpy(self.sigma_to_timestep(call_sigmas.numpy())).to(device=device, dtype=torch.float32)
 
-    def _denoised(self, model_output: torch.Tensor, sample: torch.Tensor, sigma: float) -> torch.Tensor:
+    def _derivative(self, model_output: torch.Tensor, sample: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         prediction_type = self.config.prediction_type
         if prediction_type == "epsilon":
-            return sample - sigma * model_output
+            return model_output, torch.add(sample, model_output, alpha=-sigma)  # d = eps, D = x - sigma eps
         if prediction_type == "v_prediction":
-            return sample / (sigma**2 + 1) - (sigma / math.sqrt(sigma**2 + 1)) * model_output
-        return model_output
+            # D = x / (sigma^2 + 1) - sigma / sqrt(sigma^2 + 1) v
+            denoised = torch.add(sample / (sigma**2 + 1), model_output, alpha=-sigma / math.sqrt(sigma**2 + 1))
+        else:
+            denoised = model_output
+        return torch.sub(sample, denoised).div_(sigma), denoised
 
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
         """``x / sqrt(sigma^2 + 1)``: the VP input of the current model call."""

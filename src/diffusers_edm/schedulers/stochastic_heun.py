@@ -73,7 +73,8 @@ class StochasticHeunMixin:
     - ``_max_model_sigma()``: the largest noise level the model can be evaluated at (caps churned levels);
     - ``_check_custom_sigmas(values)``: extra checks on user-given noise levels;
     - ``_timesteps_for(call_sigmas)``: what the model receives as ``timestep`` for each call;
-    - ``_denoised(model_output, sample, sigma)``: ``D(x; sigma)`` from the model output.
+    - ``_derivative(model_output, sample, sigma)``: ``(d, D)`` with ``d = (x - D(x; sigma)) / sigma`` from the model
+      output (computed directly where the output is eps, which is the ODE's derivative itself).
     """
 
     num_inference_steps: int | None = None
@@ -203,6 +204,7 @@ class StochasticHeunMixin:
                 call_sigma_list.append(sigma_list[i + 1])
 
         self._reset_schedule()
+        self._heun = self.order == 2
         self.num_inference_steps = num_steps
         self._sigma_list, self._sigma_hat_list = sigma_list, sigma_hat_list
         self._churn_std_list, self._call_sigma_list = churn_std_list, call_sigma_list
@@ -283,11 +285,13 @@ class StochasticHeunMixin:
 
         # Half precision keeps its dtype for the model, the sampler arithmetic runs in at least float32.
         compute_dtype = torch.promote_types(sample.dtype, torch.float32)
-        x = sample.to(compute_dtype)
+        x = sample if sample.dtype == compute_dtype else sample.to(compute_dtype)
+        if model_output.dtype != compute_dtype:
+            model_output = model_output.to(compute_dtype)
         sigma = self._call_sigma_list[call]
-        denoised = self._denoised(model_output.to(compute_dtype), x, sigma)
-        d = (x - denoised) / sigma
+        d, denoised = self._derivative(model_output, x, sigma)
         sigma_hat, sigma_next = self._sigma_hat_list[step], self._sigma_list[step + 1]
+        h = sigma_next - sigma_hat
 
         if is_correction:
             if self._x_hat is None:
@@ -295,24 +299,26 @@ class StochasticHeunMixin:
                     f"Model call {call} is the Heun correction of step {step}, but its Euler call was not stepped; "
                     "a run must start at an even index (see set_begin_index)."
                 )
-            x_next = self._x_hat + (sigma_next - sigma_hat) * (self._d_hat + d) / 2
+            # x_{i+1} = x_hat + h (d + d') / 2
+            x_next = torch.add(self._d_hat, d).mul_(0.5 * h).add_(self._x_hat)
             self._x_hat = self._d_hat = None
         else:
-            x_next = x + (sigma_next - sigma_hat) * d
-            if self.order == 2 and sigma_next > 0:
+            x_next = torch.add(x, d, alpha=h)  # x_hat + h d
+            if self._heun and sigma_next > 0:
                 self._x_hat, self._d_hat = x, d
                 return self._output(x_next, denoised, sample.dtype, return_dict)
 
         if step + 1 < self.num_inference_steps and self._churn_std_list[step + 1] > 0:
             noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
-            x_next = x_next + self._churn_std_list[step + 1] * noise.to(compute_dtype)
+            x_next.add_(noise.to(compute_dtype), alpha=self._churn_std_list[step + 1])
         return self._output(x_next, denoised, sample.dtype, return_dict)
 
     def _output(
         self, prev_sample: torch.Tensor, denoised: torch.Tensor, dtype: torch.dtype, return_dict: bool
     ) -> EDMHeunSchedulerOutput | tuple:
         self._step_index += 1
-        prev_sample, denoised = prev_sample.to(dtype), denoised.to(dtype)
+        if prev_sample.dtype != dtype:
+            prev_sample, denoised = prev_sample.to(dtype), denoised.to(dtype)
         if not return_dict:
             return (prev_sample, denoised)
         return EDMHeunSchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)

@@ -1,0 +1,362 @@
+"""Scheduler overhead: the package's schedulers vs diffusers' HeunDiscrete / EulerDiscrete (issue #6, part 2).
+
+What is measured: the time the scheduler itself adds to a sampling loop, with a trivial model
+(``model(x, t) = 0.5 x``) so that nothing else is timed. For each scheduler, float32 samples of shape
+(batch, 4, H, W) (Stable Diffusion latents; batch 1 and 64), N = 18 steps:
+
+- ``step``: the mean wall time of one ``step()`` call within a loop (on CUDA this is the host-side cost:
+  kernels are launched asynchronously, which is what "overhead" means there);
+- ``loop``: ``set_timesteps`` + the whole loop (``scale_model_input`` -> model -> ``step`` for every call),
+  followed by a device synchronisation;
+- ``set_timesteps``: on its own.
+
+All schedulers are measured in the same run, interleaved (each repetition times every scheduler once, in a
+rotating order), after warm-up, with the garbage collector paused; the table reports medians over the
+repetitions and the RATIOS package / diffusers for the like-for-like pairs (Heun vs ``HeunDiscreteScheduler``,
+Euler vs ``EulerDiscreteScheduler``). Absolute times depend on the machine and its load; only the ratios
+within one run are meaningful.
+
+Host synchronisation: with ``--device cuda`` each scheduler's loop also runs under
+``torch.cuda.set_sync_debug_mode("warn")`` and the synchronising operations are counted per model call, and
+the package's loop runs once more under ``"error"`` mode after ``set_begin_index(0)`` (which is how
+pipelines start, and which skips the one-time timestep lookup of the first call). On the CPU this check is
+skipped (there is no host/device boundary).
+
+``--profile`` (and any full run where a ratio exceeds 1) writes a cProfile of the package's loops at batch 1
+to ``scheduler_overhead_profile.txt``.
+
+Run: ``python -m benchmarks.scheduler_overhead [--quick] [--device cpu|cuda] [--output-dir DIR] [--profile]``.
+"""
+
+from __future__ import annotations
+
+if __package__ in (None, ""):  # run as a file (python benchmarks/scheduler_overhead.py): make `benchmarks` importable
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import cProfile
+import gc
+import io
+import pstats
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from diffusers import EulerDiscreteScheduler, HeunDiscreteScheduler
+from diffusers.utils import logging as diffusers_logging
+
+from benchmarks.reporting import (
+    common_arguments,
+    machine_description,
+    markdown_table,
+    pyplot,
+    resolve_device,
+    save_figure,
+    write_json,
+)
+from benchmarks.scheduler_adapters import SD_TABLE_CONFIG
+from diffusers_edm import EDMHeunDiscreteScheduler, EDMHeunScheduler
+
+NUM_STEPS = 18  # EDM's default: 35 model calls with Heun, 18 with Euler
+
+
+@dataclass(frozen=True)
+class TimedScheduler:
+    """A scheduler under test and the diffusers scheduler it is compared with (None for the baselines)."""
+
+    name: str
+    make: Callable[[], Any]
+    baseline: str | None
+
+
+SCHEDULERS: tuple[TimedScheduler, ...] = (
+    TimedScheduler("HeunDiscreteScheduler", lambda: HeunDiscreteScheduler(**SD_TABLE_CONFIG), None),
+    TimedScheduler("EulerDiscreteScheduler", lambda: EulerDiscreteScheduler(**SD_TABLE_CONFIG), None),
+    TimedScheduler("EDMHeunScheduler", lambda: EDMHeunScheduler(), "HeunDiscreteScheduler"),
+    TimedScheduler("EDMHeunDiscreteScheduler", lambda: EDMHeunDiscreteScheduler(**SD_TABLE_CONFIG), "HeunDiscreteScheduler"),
+    TimedScheduler("EDMHeunScheduler (euler)", lambda: EDMHeunScheduler(solver="euler"), "EulerDiscreteScheduler"),
+    TimedScheduler(
+        "EDMHeunDiscreteScheduler (euler)", lambda: EDMHeunDiscreteScheduler(**SD_TABLE_CONFIG, solver="euler"), "EulerDiscreteScheduler"
+    ),
+)
+
+
+@dataclass(frozen=True)
+class OverheadSettings:
+    """Sizes of one run (full or ``--quick``)."""
+
+    latent_size: int
+    batches: tuple[int, ...]
+    repetitions: dict[int, int]  # per batch size
+    warmup: int
+
+
+FULL = OverheadSettings(latent_size=64, batches=(1, 64), repetitions={1: 60, 64: 12}, warmup=2)
+QUICK = OverheadSettings(latent_size=8, batches=(1, 64), repetitions={1: 5, 64: 5}, warmup=1)
+
+
+def trivial_model(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    """A model that costs one elementwise multiply: whatever else the loop spends is the scheduler's."""
+    return sample * 0.5
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_one_loop(scheduler: Any, sample: torch.Tensor, device: torch.device) -> dict[str, float]:
+    """Time ``set_timesteps`` and a full sampling loop once; return seconds (set_timesteps, loop, per step call)."""
+    synchronize(device)
+    start = time.perf_counter()
+    scheduler.set_timesteps(NUM_STEPS, device=device)
+    after_set = time.perf_counter()
+    x = sample * scheduler.init_noise_sigma
+    step_seconds = 0.0
+    for t in scheduler.timesteps:
+        model_input = scheduler.scale_model_input(x, t)
+        output = trivial_model(model_input, t)
+        before_step = time.perf_counter()
+        x = scheduler.step(output, t, x).prev_sample
+        step_seconds += time.perf_counter() - before_step
+    synchronize(device)
+    end = time.perf_counter()
+    calls = len(scheduler.timesteps)
+    return {"set_timesteps": after_set - start, "loop": end - start, "step": step_seconds / calls, "calls": calls}
+
+
+def measure_overhead(settings: OverheadSettings, device: torch.device) -> list[dict[str, Any]]:
+    """Median timings of every scheduler at every batch size, measured interleaved."""
+    results = []
+    # A full collection costs ~0.2 s with torch and diffusers loaded: collect once, then freeze the survivors so
+    # that pausing the collector around each timed loop (below) never leaves a large backlog.
+    gc.collect()
+    gc.freeze()
+    for batch in settings.batches:
+        generator = torch.Generator(device=device).manual_seed(0)
+        shape = (batch, 4, settings.latent_size, settings.latent_size)
+        sample = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+        schedulers = {entry.name: entry.make() for entry in SCHEDULERS}
+        samples: dict[str, list[dict[str, float]]] = {name: [] for name in schedulers}
+        names = list(schedulers)
+        for repetition in range(settings.warmup + settings.repetitions[batch]):
+            # Rotate the order so that no scheduler always runs right after the same neighbour.
+            order = names[repetition % len(names):] + names[: repetition % len(names)]
+            for name in order:
+                gc.disable()  # a collection in the middle of one loop would be charged to that scheduler
+                try:
+                    timing = time_one_loop(schedulers[name], sample, device)
+                finally:
+                    gc.enable()
+                if repetition >= settings.warmup:
+                    samples[name].append(timing)
+        for entry in SCHEDULERS:
+            runs = samples[entry.name]
+            results.append(
+                {
+                    "scheduler": entry.name,
+                    "baseline": entry.baseline,
+                    "batch": batch,
+                    "calls": int(runs[0]["calls"]),
+                    "repetitions": len(runs),
+                    **{key: statistics.median(run[key] for run in runs) for key in ("set_timesteps", "loop", "step")},
+                }
+            )
+    gc.unfreeze()
+    for row in results:  # ratios against the diffusers scheduler of the same batch
+        if row["baseline"] is None:
+            continue
+        base = next(r for r in results if r["scheduler"] == row["baseline"] and r["batch"] == row["batch"])
+        for key in ("step", "loop", "set_timesteps"):
+            row[f"{key}_ratio"] = row[key] / base[key]
+    return results
+
+
+def overhead_table(results: list[dict[str, Any]]) -> str:
+    """Markdown table of medians (microseconds) and ratios package / diffusers."""
+    headers = ["scheduler", "batch", "calls", "step() us", "loop ms", "set_timesteps us", "step ratio", "loop ratio", "vs"]
+    rows = []
+    for row in results:
+        rows.append(
+            [
+                row["scheduler"],
+                row["batch"],
+                row["calls"],
+                f"{row['step'] * 1e6:.1f}",
+                f"{row['loop'] * 1e3:.2f}",
+                f"{row['set_timesteps'] * 1e6:.0f}",
+                f"{row['step_ratio']:.2f}" if "step_ratio" in row else "1 (baseline)",
+                f"{row['loop_ratio']:.2f}" if "loop_ratio" in row else "1 (baseline)",
+                row["baseline"] or "",
+            ]
+        )
+    return markdown_table(headers, rows)
+
+
+def plot_overhead(results: list[dict[str, Any]], path: Path) -> Path | None:
+    """Bar plot of the step and loop ratios (package / diffusers) per batch size, with the 1.0 line."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    compared = [r for r in results if r["baseline"] is not None]
+    batches = sorted({r["batch"] for r in compared})
+    names = list(dict.fromkeys(r["scheduler"] for r in compared))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    width = 0.8 / len(batches)
+    for axis, key, title in zip(axes, ("step_ratio", "loop_ratio"), ("per step() call", "whole loop (set_timesteps + 35/18 calls)")):
+        for index, batch in enumerate(batches):
+            values = [next(r[key] for r in compared if r["scheduler"] == n and r["batch"] == batch) for n in names]
+            positions = [i + (index - (len(batches) - 1) / 2) * width for i in range(len(names))]
+            bars = axis.bar(positions, values, width=width, label=f"batch {batch}")
+            for bar, value in zip(bars, values):
+                axis.text(bar.get_x() + bar.get_width() / 2, value, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
+        axis.axhline(1.0, color="black", linewidth=1, linestyle="--")
+        axis.set_xticks(range(len(names)))
+        axis.set_xticklabels([n.replace("Scheduler", "").replace(" (", "\n(") for n in names], fontsize=8)
+        axis.set_title(title, fontsize=10)
+    axes[0].set_ylabel("time ratio package / diffusers (lower is faster)")
+    axes[0].legend(fontsize=8)
+    figure.suptitle("Scheduler overhead vs HeunDiscrete (Heun rows) and EulerDiscrete (Euler rows), float32, trivial model", fontsize=10)
+    return save_figure(figure, path)
+
+
+def check_host_syncs(device: torch.device, latent_size: int) -> list[dict[str, Any]]:
+    """On CUDA: count synchronising operations per model call of each scheduler's loop, and run the package's loops
+    under ``set_sync_debug_mode("error")`` after ``set_begin_index(0)``. Returns one record per scheduler."""
+    records = []
+    sample = torch.randn((1, 4, latent_size, latent_size), device=device)
+    for entry in SCHEDULERS:
+        scheduler = entry.make()
+        scheduler.set_timesteps(NUM_STEPS, device=device)
+        x = sample * scheduler.init_noise_sigma
+        per_call = []
+        for t in scheduler.timesteps:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    model_input = scheduler.scale_model_input(x, t)
+                    x = scheduler.step(trivial_model(model_input, t), t, x).prev_sample
+                finally:
+                    torch.cuda.set_sync_debug_mode(0)
+            per_call.append(sum("synchroniz" in str(w.message).lower() for w in caught))
+        record = {"scheduler": entry.name, "syncs_first_call": per_call[0], "syncs_later_calls": sum(per_call[1:])}
+        if entry.baseline is not None:  # the package's schedulers: strict check with the begin index set
+            scheduler.set_timesteps(NUM_STEPS, device=device)
+            scheduler.set_begin_index(0)
+            x = sample * scheduler.init_noise_sigma
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                for t in scheduler.timesteps:
+                    x = scheduler.step(trivial_model(scheduler.scale_model_input(x, t), t), t, x).prev_sample
+                record["strict_no_sync"] = True
+            except RuntimeError as error:
+                record["strict_no_sync"] = False
+                record["strict_error"] = str(error).splitlines()[0]
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        records.append(record)
+    return records
+
+
+def profile_package_loops(device: torch.device, latent_size: int, path: Path, loops: int = 200) -> Path:
+    """cProfile of the package's and the baselines' loops at batch 1 (where the overhead is pure Python/host work)."""
+    sample = torch.randn((1, 4, latent_size, latent_size), device=device)
+    report = io.StringIO()
+    for entry in SCHEDULERS:
+        scheduler = entry.make()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(loops):
+            time_one_loop(scheduler, sample, device)
+        profiler.disable()
+        report.write(f"\n===== {entry.name}: {loops} loops of {NUM_STEPS} steps, batch 1 =====\n")
+        pstats.Stats(profiler, stream=report).sort_stats("tottime").print_stats(18)
+    path.write_text(report.getvalue())
+    return path
+
+
+def _run(argv: Sequence[str] | None) -> dict[str, Any]:
+    """Measure, print the table, write ``scheduler_overhead.{md,json,png}``; return the results."""
+    parser = common_arguments(__doc__.splitlines()[0])
+    parser.add_argument("--profile", action="store_true", help="also write a cProfile of the loops at batch 1")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    settings = QUICK if args.quick else FULL
+    if device.type == "cpu":
+        # One intra-op thread: on a small shared CPU, two threads per op fight other processes for the cores and
+        # make the large-batch timings far noisier; the package and diffusers get the same setting.
+        torch.set_num_threads(1)  # restored on return: main() may run inside a larger process (the tests)
+    diffusers_logging.set_verbosity_error()
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    results = measure_overhead(settings, device)
+    table = overhead_table(results)
+    print(f"\nScheduler overhead, {NUM_STEPS} steps, float32 latents 4x{settings.latent_size}x{settings.latent_size}, "
+          f"trivial model, medians of interleaved repetitions on {device}\n")
+    print(table)
+    ratios = [r[k] for r in results for k in ("step_ratio", "loop_ratio") if k in r]
+    worst = max(ratios)
+    print(f"\nworst ratio package / diffusers: {worst:.2f} ({'no slower' if worst <= 1.0 else 'SLOWER than diffusers'})")
+
+    if device.type == "cuda":
+        syncs = check_host_syncs(device, settings.latent_size)
+        sync_md = markdown_table(
+            ["scheduler", "syncs in first call", "syncs in later calls", "strict (error mode, begin index set)"],
+            [[s["scheduler"], s["syncs_first_call"], s["syncs_later_calls"], s.get("strict_no_sync", "")] for s in syncs],
+        )
+        print("\nHost synchronisations inside the loop (torch.cuda.set_sync_debug_mode)\n")
+        print(sync_md)
+    else:
+        syncs = None
+        sync_md = "skipped on the CPU: run with --device cuda (uses torch.cuda.set_sync_debug_mode)"
+        print(f"\nHost synchronisation check {sync_md}.")
+
+    profile_path = None
+    if args.profile or (not args.quick and worst > 1.0):
+        profile_path = profile_package_loops(device, settings.latent_size, output_dir / "scheduler_overhead_profile.txt")
+        print(f"wrote cProfile to {profile_path}")
+
+    machine = machine_description(device)
+    png = plot_overhead(results, output_dir / "scheduler_overhead.png")
+    markdown_path = output_dir / "scheduler_overhead.md"
+    markdown_path.write_text(
+        f"# Scheduler overhead ({'quick' if args.quick else 'full'} run, {machine['date']}, device {device})\n\n"
+        f"{table}\n\nHost synchronisation: {sync_md if syncs is None else chr(10) + chr(10) + sync_md}\n"
+    )
+    result = {
+        "settings": {**settings.__dict__, "num_steps": NUM_STEPS},
+        "machine": machine,
+        "quick": args.quick,
+        "results": results,
+        "worst_ratio": worst,
+        "host_syncs": syncs,
+        "files": {"markdown": str(markdown_path), "png": str(png) if png else None, "profile": str(profile_path) if profile_path else None},
+    }
+    json_path = output_dir / "scheduler_overhead.json"
+    result["files"]["json"] = str(json_path)
+    write_json(json_path, result)
+    print(f"wrote {markdown_path}, {json_path}" + (f", {png}" if png else ""))
+    return result
+
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Command-line entry point (see the module docstring); returns what :func:`_run` measured and wrote."""
+    threads = torch.get_num_threads()
+    try:
+        return _run(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+if __name__ == "__main__":
+    main()

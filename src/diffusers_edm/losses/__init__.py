@@ -1,0 +1,22 @@
+"""Training losses and likelihood terms."""
+
+from .denoising import DENOISING_LOSSES, DenoisingLoss, DenoisingLossOutput, EDMLoss, IDDPMLoss, VELoss, VPLoss
+from .gaussian_likelihood import discretized_gaussian_log_likelihood, normal_kl
+from .hybrid import HybridLossOutput, hybrid_loss
+from .vlb import prior_bits, vlb_term_bits
+
+__all__ = [
+    "DENOISING_LOSSES",
+    "DenoisingLoss",
+    "DenoisingLossOutput",
+    "EDMLoss",
+    "IDDPMLoss",
+    "VELoss",
+    "VPLoss",
+    "HybridLossOutput",
+    "discretized_gaussian_log_likelihood",
+    "hybrid_loss",
+    "normal_kl",
+    "prior_bits",
+    "vlb_term_bits",
+]

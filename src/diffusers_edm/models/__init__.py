@@ -1,0 +1,21 @@
+"""Preconditioned denoisers D(x; sigma) over diffusers backbones (EDM Table 1)."""
+
+from .preconditioned_denoisers import (
+    EDMPrecond,
+    IDDPMPrecond,
+    PreconditionedDenoiser,
+    PreconditionedDenoiserOutput,
+    VEPrecond,
+    VPPrecond,
+)
+from .preconditioning import Preconditioning
+
+__all__ = [
+    "EDMPrecond",
+    "IDDPMPrecond",
+    "PreconditionedDenoiser",
+    "PreconditionedDenoiserOutput",
+    "Preconditioning",
+    "VEPrecond",
+    "VPPrecond",
+]

@@ -1,0 +1,165 @@
+"""Command-line arguments of the training script, and the checks that run before any training work."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from .data import EMBEDDED_DATASET
+
+PRECONDITIONINGS = ("edm", "vp", "ve", "iddpm")
+LOSSES = ("precond", "hybrid")
+BACKBONES = ("unet", "dit")
+UNET_PRESETS = ("tiny", "small", "base")
+DIT_PRESETS = ("tiny", "S/2", "B/2")
+TIMESTEP_SAMPLERS = ("uniform", "loss-second-moment")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffusers-edm-train",
+        description="Train an EDM / VP / VE / iDDPM-preconditioned denoiser, or a learned-variance DDPM (hybrid loss), "
+        "with Accelerate. Run it with `accelerate launch` for several processes or machines.",
+    )
+    model = parser.add_argument_group("model and loss")
+    model.add_argument("--precond", choices=PRECONDITIONINGS, default=None,
+                       help="Preconditioning and its matching loss (REFERENCE.md sections 2-3). Default: edm.")
+    model.add_argument("--loss", choices=LOSSES, default="precond",
+                       help="'precond': the loss of --precond; 'hybrid': learned-variance DDPM, L_simple + 0.001 L_vlb.")
+    model.add_argument("--backbone", choices=BACKBONES, default="unet", help="diffusers UNet2DModel or DiTTransformer2DModel.")
+    model.add_argument("--model_size", default="tiny", help=f"Backbone preset: unet {UNET_PRESETS}, dit {DIT_PRESETS}.")
+    model.add_argument("--backbone_config", default=None,
+                       help="JSON file with backbone config keys, applied over the preset (e.g. block_out_channels).")
+    model.add_argument("--sigma_data", type=float, default=0.5)
+    model.add_argument("--P_mean", type=float, default=-1.2, help="EDM loss: mean of ln(sigma).")
+    model.add_argument("--P_std", type=float, default=1.2, help="EDM loss: std of ln(sigma).")
+    model.add_argument("--num_train_timesteps", type=int, default=1000, help="Hybrid loss: diffusion steps T.")
+    model.add_argument("--beta_schedule", default="squaredcos_cap_v2", help="Hybrid loss: 'squaredcos_cap_v2' or 'linear'.")
+    model.add_argument("--timestep_sampler", choices=TIMESTEP_SAMPLERS, default="uniform", help="Hybrid loss: t sampling.")
+    model.add_argument("--vae", default=None, help="AutoencoderKL (local directory or Hub id): train in its latent space.")
+    model.add_argument("--vae_subfolder", default=None, help="Subfolder of --vae holding the AutoencoderKL (e.g. 'vae').")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", default=None,
+                      help=f"A `datasets` name or local path. Default (no data argument): the embedded '{EMBEDDED_DATASET}'.")
+    data.add_argument("--dataset_config_name", default=None)
+    data.add_argument("--train_data_dir", default=None, help="An image folder (loaded with datasets' imagefolder).")
+    data.add_argument("--image_column", default="image")
+    data.add_argument("--label_column", default=None, help="Class-label column: trains a class-conditional model.")
+    data.add_argument("--num_classes", type=int, default=None, help="Number of classes (default: read from the labels).")
+    data.add_argument("--label_dropout", type=float, default=0.0, help="Label dropout for classifier-free guidance (0.1).")
+    data.add_argument("--resolution", type=int, default=16, help="Image resolution in pixels.")
+    data.add_argument("--center_crop", action=argparse.BooleanOptionalAction, default=True)
+    data.add_argument("--random_flip", action="store_true", help="Random horizontal flips (not for digits!).")
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument("--cache_dir", default=None)
+
+    optim = parser.add_argument_group("optimization")
+    optim.add_argument("--train_batch_size", type=int, default=64, help="Batch size per process.")
+    optim.add_argument("--max_train_steps", type=int, default=2000, help="Optimizer steps.")
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--learning_rate", type=float, default=1e-3)
+    optim.add_argument("--lr_rampup_kimg", type=float, default=10.0, help="EDM's linear learning-rate ramp, in kimg.")
+    optim.add_argument("--adam_beta1", type=float, default=0.9)
+    optim.add_argument("--adam_beta2", type=float, default=0.999)
+    optim.add_argument("--adam_epsilon", type=float, default=1e-8)
+    optim.add_argument("--weight_decay", type=float, default=0.0)
+    optim.add_argument("--max_grad_norm", type=float, default=None, help="Gradient clipping (after NaN/inf replacement).")
+    optim.add_argument("--ema_halflife_kimg", type=float, default=500.0)
+    optim.add_argument("--ema_rampup_ratio", type=float, default=0.05, help="<= 0 disables the ramp.")
+    optim.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
+                       help="Default: what `accelerate config` says (no).")
+    optim.add_argument("--compile", action="store_true", help="torch.compile the model (Accelerate's dynamo backend).")
+    optim.add_argument("--seed", type=int, default=0)
+
+    output = parser.add_argument_group("output, checkpoints, logging")
+    output.add_argument("--output_dir", required=True, help="Where the final pipeline, checkpoints, samples and logs go.")
+    output.add_argument("--overwrite", action="store_true", help="Allow an output directory that holds another run.")
+    output.add_argument("--checkpointing_steps", type=int, default=500)
+    output.add_argument("--checkpoints_total_limit", type=int, default=None)
+    output.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint directory.")
+    output.add_argument("--report_to", default="tensorboard", help="Accelerate tracker(s), comma-separated, or 'none'.")
+    output.add_argument("--logging_steps", type=int, default=10)
+    output.add_argument("--validation_steps", type=int, default=500, help="Sample a grid from the EMA model every N steps.")
+    output.add_argument("--num_validation_images", type=int, default=16)
+    output.add_argument("--sample_steps", type=int, default=18, help="EDMHeunScheduler steps for validation/final grids.")
+    output.add_argument("--guidance_scale", type=float, default=1.0, help="Guidance for the sample grids.")
+    output.add_argument("--push_to_hub", action="store_true")
+    output.add_argument("--hub_model_id", default=None)
+    output.add_argument("--hub_token", default=None)
+    output.add_argument("--hub_private_repo", action="store_true")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    validate_args(args)
+    return args
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Reject bad combinations with a clear message before any data, model or process work."""
+    if args.loss == "hybrid":
+        if args.precond is not None:
+            raise ValueError(
+                f"--loss hybrid trains a learned-variance DDPM (a discrete-time model, no preconditioning wrapper); "
+                f"drop --precond {args.precond}."
+            )
+    else:
+        args.precond = args.precond or "edm"
+    presets = UNET_PRESETS if args.backbone == "unet" else DIT_PRESETS
+    if args.model_size not in presets:
+        raise ValueError(f"--model_size {args.model_size!r} is not a {args.backbone} preset; choose one of {presets}.")
+    if args.backbone == "dit" and args.vae is None:
+        raise ValueError("--backbone dit works in latent space: pass --vae (an AutoencoderKL directory or Hub id).")
+    if args.backbone_config is not None and not Path(args.backbone_config).is_file():
+        raise ValueError(f"--backbone_config {args.backbone_config!r} is not a file.")
+    if args.backbone_config is not None:
+        try:
+            json.loads(Path(args.backbone_config).read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--backbone_config {args.backbone_config!r} is not valid JSON: {error}") from error
+    if args.beta_schedule not in ("squaredcos_cap_v2", "linear"):
+        raise ValueError(f"--beta_schedule must be 'squaredcos_cap_v2' or 'linear', got {args.beta_schedule!r}.")
+    if args.dataset_name is not None and args.train_data_dir is not None:
+        raise ValueError("Pass at most one of --dataset_name and --train_data_dir.")
+    if args.train_data_dir is not None and not Path(args.train_data_dir).is_dir():
+        raise ValueError(f"--train_data_dir {args.train_data_dir!r} is not a directory.")
+    for name in ("resolution", "train_batch_size", "max_train_steps", "gradient_accumulation_steps",
+                 "checkpointing_steps", "logging_steps", "validation_steps", "num_validation_images", "sample_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}.")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        raise ValueError(f"--checkpoints_total_limit must be >= 1, got {args.checkpoints_total_limit}.")
+    if not 0.0 <= args.label_dropout < 1.0:
+        raise ValueError(f"--label_dropout must lie in [0, 1), got {args.label_dropout}.")
+    if args.label_dropout > 0 and args.label_column is None:
+        raise ValueError("--label_dropout needs --label_column (it drops class labels).")
+    if args.guidance_scale != 1.0 and args.label_dropout == 0:
+        raise ValueError("--guidance_scale != 1 needs a model trained with --label_dropout > 0 (a null label).")
+    if args.learning_rate <= 0:
+        raise ValueError(f"--learning_rate must be > 0, got {args.learning_rate}.")
+    if args.push_to_hub and not args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (e.g. 'your-name/edm-digits').")
+    if args.resume_from_checkpoint not in (None, "latest") and not Path(args.resume_from_checkpoint).is_dir():
+        raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is neither 'latest' nor a directory.")
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output_dir {str(output_dir)!r} exists and is not a directory.")
+    holds_run = output_dir.is_dir() and any(
+        (output_dir / name).exists() for name in ("model_index.json", "training_args.json")
+    )
+    if holds_run and not args.overwrite and args.resume_from_checkpoint is None:
+        raise ValueError(
+            f"--output_dir {str(output_dir)!r} holds another run; pass --overwrite to replace it or "
+            "--resume_from_checkpoint latest to continue it."
+        )
+    args.report_to = None if args.report_to in ("none", "", None) else args.report_to.split(",")
+
+
+def save_args(args: argparse.Namespace, output_dir: str | os.PathLike) -> None:
+    """Record the run's arguments (``training_args.json``) for the model card and for later resumes."""
+    values = {k: v for k, v in vars(args).items() if k != "hub_token"}
+    Path(output_dir, "training_args.json").write_text(json.dumps(values, indent=2, sort_keys=True))

@@ -1,0 +1,157 @@
+"""Training data through Hugging Face ``datasets``: a named or local data set, an image folder, or the embedded digits.
+
+Images become float tensors in [-1, 1] (C, H, W): resized so the shorter side is ``resolution``, then center- or
+randomly-cropped. Random horizontal flips are applied per batch in the training step (from the checkpointed
+torch RNG), not here, so a resumed run sees exactly the flips an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+
+EMBEDDED_DATASET = "sklearn-digits"
+
+
+def embedded_digits_dataset() -> datasets.Dataset:
+    """The 1,797 8x8 handwritten digits that scikit-learn ships (UCI optical digits), with labels 0-9.
+
+    Pixel values 0..16 are stretched to 0..255 grayscale; no network is needed.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = [Image.fromarray(np.round(image * (255.0 / 16.0)).astype(np.uint8), mode="L") for image in digits.images]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])})
+    return datasets.Dataset.from_dict({"image": images, "label": digits.target.tolist()}, features=features)
+
+
+def load_image_dataset(
+    dataset_name: str | None = None,
+    train_data_dir: str | None = None,
+    dataset_config_name: str | None = None,
+    split: str = "train",
+    cache_dir: str | None = None,
+) -> datasets.Dataset:
+    """A ``datasets.Dataset`` from a Hub name or local path, an image folder (``imagefolder``), or the embedded digits."""
+    if dataset_name is not None and train_data_dir is not None:
+        raise ValueError("Pass at most one of --dataset_name and --train_data_dir.")
+    if train_data_dir is not None:
+        return datasets.load_dataset("imagefolder", data_dir=train_data_dir, split=split, cache_dir=cache_dir)
+    if dataset_name is None or dataset_name == EMBEDDED_DATASET:
+        return embedded_digits_dataset()
+    return datasets.load_dataset(dataset_name, dataset_config_name, split=split, cache_dir=cache_dir)
+
+
+def check_images(dataset: datasets.Dataset, image_column: str) -> None:
+    """Decode every image once, before training starts; a corrupt or unreadable one is an error naming its file."""
+    if image_column not in dataset.column_names:
+        raise ValueError(f"Image column {image_column!r} not in the data set; its columns are {dataset.column_names}.")
+    feature = dataset.features[image_column]
+    if not isinstance(feature, datasets.Image):
+        raise ValueError(f"Column {image_column!r} holds {feature}, not images.")
+    raw = dataset.cast_column(image_column, datasets.Image(decode=False))
+    for index, entry in enumerate(raw[image_column]):
+        path = entry.get("path") or f"row {index}"
+        try:
+            with Image.open(io.BytesIO(entry["bytes"]) if entry.get("bytes") else entry["path"]) as image:
+                image.load()
+        except Exception as error:  # PIL raises many types for bad files
+            raise ValueError(f"Cannot read training image {path}: {error}") from error
+
+
+@dataclass
+class LabelInfo:
+    """What the class-label column holds: the number of classes and the names, if the data set has them."""
+
+    num_classes: int
+    names: list[str] | None
+
+
+def inspect_labels(dataset: datasets.Dataset, label_column: str, num_classes: int | None = None) -> LabelInfo:
+    """Check a class-label column: present, integer ids in [0, num_classes), and not more classes than allowed."""
+    if label_column not in dataset.column_names:
+        raise ValueError(f"Label column {label_column!r} not in the data set; its columns are {dataset.column_names}.")
+    feature = dataset.features[label_column]
+    names = feature.names if isinstance(feature, datasets.ClassLabel) else None
+    labels = np.asarray(dataset[label_column])
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"Label column {label_column!r} must hold integer class ids, got values like {labels[:3].tolist()}.")
+    found = int(labels.max()) + 1 if len(labels) else 0
+    declared = feature.num_classes if names is not None else found
+    if labels.min() < 0:
+        raise ValueError(f"Label column {label_column!r} holds negative ids ({int(labels.min())}).")
+    if num_classes is not None and max(found, declared) > num_classes:
+        raise ValueError(
+            f"Label column {label_column!r} has {max(found, declared)} classes, more than --num_classes={num_classes}."
+        )
+    return LabelInfo(num_classes=num_classes or declared, names=names)
+
+
+def image_channels(dataset: datasets.Dataset, image_column: str) -> int:
+    """1 for grayscale data sets (mode L), else 3 (everything else is converted to RGB)."""
+    return 1 if dataset[0][image_column].mode in ("L", "1", "I;16", "I") else 3
+
+
+def image_to_tensor(image: Image.Image, resolution: int, center_crop: bool, channels: int, rng: random.Random | None = None) -> torch.Tensor:
+    """Resize (shorter side = resolution, bicubic), crop to a square, scale to [-1, 1]; shape (channels, res, res)."""
+    image = image.convert("L" if channels == 1 else "RGB")
+    width, height = image.size
+    scale = resolution / min(width, height)
+    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    left_max, top_max = size[0] - resolution, size[1] - resolution
+    if center_crop or rng is None:
+        left, top = left_max // 2, top_max // 2
+    else:
+        left, top = rng.randint(0, left_max), rng.randint(0, top_max)
+    image = image.crop((left, top, left + resolution, top + resolution))
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Map-style view of a ``datasets.Dataset`` that yields ``{"images": (C, H, W), "labels": int, "index": int}``.
+
+    Random crops (when ``center_crop`` is False) come from a generator seeded by (seed, epoch, index): a new crop
+    each epoch, and the same one in a resumed run. The training loop calls :meth:`set_epoch`.
+    """
+
+    def __init__(
+        self,
+        dataset: datasets.Dataset,
+        image_column: str,
+        resolution: int,
+        channels: int,
+        center_crop: bool = True,
+        label_column: str | None = None,
+        seed: int = 0,
+    ):
+        self.dataset, self.image_column, self.label_column = dataset, image_column, label_column
+        self.resolution, self.channels, self.center_crop, self.seed = resolution, channels, center_crop, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.dataset[int(index)]
+        rng = None if self.center_crop else random.Random(f"{self.seed}-{self.epoch}-{int(index)}")
+        item = {
+            "images": image_to_tensor(row[self.image_column], self.resolution, self.center_crop, self.channels, rng),
+            "index": int(index),
+        }
+        if self.label_column is not None:
+            item["labels"] = int(row[self.label_column])
+        return item

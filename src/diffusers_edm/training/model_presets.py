@@ -1,0 +1,74 @@
+"""Backbone size presets for training: diffusers ``UNet2DModel`` (pixels or latents) and ``DiTTransformer2DModel`` (latents)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..models.backbones import build_backbone
+
+UNET_PRESETS: dict[str, dict[str, Any]] = {
+    # ~0.9M parameters: seconds per hundred steps on a 2-core CPU at 16x16.
+    "tiny": dict(
+        block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8, attention_head_dim=8,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    ),
+    "small": dict(
+        block_out_channels=(64, 128, 128), layers_per_block=2, norm_num_groups=32, attention_head_dim=32,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    ),
+    # DDPM's CIFAR-10 layout (35.7M parameters at 32x32).
+    "base": dict(
+        block_out_channels=(128, 256, 256, 256), layers_per_block=2, norm_num_groups=32, attention_head_dim=64,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    ),
+}
+
+DIT_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(num_layers=4, num_attention_heads=4, attention_head_dim=32, patch_size=2),
+    "S/2": dict(num_layers=12, num_attention_heads=6, attention_head_dim=64, patch_size=2),
+    "B/2": dict(num_layers=12, num_attention_heads=12, attention_head_dim=64, patch_size=2),
+}
+
+
+def make_backbone(
+    kind: str,
+    size: str,
+    sample_size: int,
+    channels: int,
+    learned_variance: bool,
+    num_classes: int,
+    overrides: dict[str, Any] | None = None,
+) -> torch.nn.Module:
+    """A backbone for ``sample_size``-square inputs with ``channels`` channels.
+
+    The output has ``2 * channels`` channels for a learned variance. A class-conditional backbone gets
+    ``num_classes + 1`` label rows, the last one the null label of classifier-free guidance.
+    """
+    out_channels = 2 * channels if learned_variance else channels
+    if kind == "unet":
+        config = dict(UNET_PRESETS[size], sample_size=sample_size, in_channels=channels, out_channels=out_channels)
+        if num_classes > 0:
+            config["num_class_embeds"] = num_classes + 1
+        config.update(overrides or {})
+        depth = len(config["block_out_channels"]) - 1
+        if sample_size % (2**depth) != 0:
+            raise ValueError(
+                f"A UNet with {depth + 1} resolution levels halves its input {depth} times: the resolution "
+                f"{sample_size} must be divisible by {2**depth}."
+            )
+        return build_backbone("UNet2DModel", config)
+    if num_classes < 1:
+        raise ValueError("--backbone dit is class-conditional (adaLN-Zero on the label): pass --label_column.")
+    config = dict(
+        DIT_PRESETS[size], sample_size=sample_size, in_channels=channels, out_channels=out_channels,
+        num_embeds_ada_norm=num_classes, norm_type="ada_norm_zero",
+    )
+    config.update(overrides or {})
+    if sample_size % config["patch_size"] != 0:
+        raise ValueError(f"The DiT's patch size {config['patch_size']} does not divide its input size {sample_size}.")
+    return build_backbone("DiTTransformer2DModel", config)
