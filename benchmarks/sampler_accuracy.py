@@ -23,12 +23,6 @@ Run: ``python -m benchmarks.sampler_accuracy [--quick] [--device cpu|cuda] [--ou
 
 from __future__ import annotations
 
-if __package__ in (None, ""):  # run as a file (python benchmarks/sampler_accuracy.py): make `benchmarks` importable
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import math
 import time
 from dataclasses import dataclass

@@ -30,12 +30,6 @@ Run: ``python -m benchmarks.scheduler_overhead [--quick] [--device cpu|cuda] [--
 
 from __future__ import annotations
 
-if __package__ in (None, ""):  # run as a file (python benchmarks/scheduler_overhead.py): make `benchmarks` importable
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import cProfile
 import gc
 import io

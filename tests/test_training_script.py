@@ -72,7 +72,8 @@ def test_edm_run_writes_a_loadable_pipeline_card_checkpoints_and_logs(tmp_path, 
     assert not list(out.glob(".checkpoint-*"))
     assert (out / "samples" / "step-0000003.png").is_file() and list((out / "logs").rglob("events.out.tfevents.*"))
     grid = Image.open(out / "samples.png")
-    assert grid.size == (2 * 8, 2 * 8)  # 4 samples of 8x8: fewer than the 10 classes, so a square grid
+    # 4 samples of 8x8, fewer than the 10 classes: a 2x2 grid, cells enlarged 8x to 64 px
+    assert grid.size == (2 * 64, 2 * 64)
     card = (out / "README.md").read_text()
     assert "library_name: diffusers" in card and "diffusers-edm" in card and "edm-preconditioning" in card
     assert json.loads((out / "training_args.json").read_text())["label_dropout"] == 0.1
@@ -98,6 +99,12 @@ def test_other_preconditionings_train_and_export(tmp_path, tiny_config, precond)
     result = main(tiny_args(out, tiny_config, "--precond", precond, "--max_train_steps", "2"))
     assert result.global_step == 2 and (out / "model_index.json").is_file()
     assert json.loads((out / "denoiser" / "config.json").read_text())["_class_name"] == f"{precond.upper() if precond != 'iddpm' else 'IDDPM'}Precond"
+
+
+def test_hybrid_loss_with_the_default_uniform_timestep_sampler_checkpoints(tmp_path, tiny_config):
+    out = tmp_path / "hybrid_uniform"
+    result = main(tiny_args(out, tiny_config, "--loss", "hybrid", "--num_train_timesteps", "50", "--max_train_steps", "2"))
+    assert result.global_step == 2 and (out / "checkpoint-2").is_dir() and (out / "model_index.json").is_file()
 
 
 def test_hybrid_loss_trains_a_learned_variance_pipeline(tmp_path, tiny_config):
@@ -263,3 +270,48 @@ def test_two_processes_split_the_batch_and_agree(tmp_path, tiny_config):
     for batch0, batch1 in zip(ranks[0]["indices"], ranks[1]["indices"]):
         assert len(batch0) == len(batch1) == 8 and not set(batch0) & set(batch1)
     assert (out / "model_index.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ latent space
+@pytest.fixture
+def tiny_vae_dir(tmp_path) -> Path:
+    """A grayscale AutoencoderKL (factor 2, 4 latent channels) saved locally, as --vae takes it."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=1, out_channels=1, latent_channels=4, block_out_channels=(8, 8), norm_num_groups=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    vae.save_pretrained(tmp_path / "vae")
+    return tmp_path / "vae"
+
+
+@pytest.mark.parametrize("backbone", ["unet", "dit"])
+def test_latent_space_training_with_a_vae(tmp_path, tiny_config, tiny_vae_dir, backbone):
+    from diffusers_edm import EDMPipeline
+
+    out = tmp_path / backbone
+    extra = ["--vae", str(tiny_vae_dir), "--label_column", "label", "--max_train_steps", "2", "--resolution", "8"]
+    if backbone == "dit":
+        dit = tmp_path / "dit.json"
+        dit.write_text(json.dumps({"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 8}))
+        extra += ["--backbone", "dit", "--backbone_config", str(dit)]
+    result = main(tiny_args(out, tiny_config, *extra))
+    assert result.model.config.backbone_config["in_channels"] == 4
+    assert result.model.config.backbone_config["sample_size"] == 4  # 8 px / VAE factor 2
+    pipe = EDMPipeline.from_pretrained(out)
+    assert pipe.vae is not None
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(class_labels=[0, 5], num_inference_steps=2, output_type="np").images
+    assert images.shape == (2, 8, 8, 1) and np.isfinite(images).all()
+
+
+def test_dit_needs_labels_and_a_vae_channel_match(tmp_path, tiny_config, tiny_vae_dir):
+    with pytest.raises(ValueError, match="--label_column"):
+        main(tiny_args(tmp_path / "a", tiny_config, "--vae", str(tiny_vae_dir), "--backbone", "dit"))
+    AcceleratorState._reset_state(True)
+    folder = tmp_path / "rgb"
+    folder.mkdir()
+    for index in range(8):
+        Image.fromarray(np.full((8, 8, 3), index * 30, dtype=np.uint8)).save(folder / f"{index}.png")
+    with pytest.raises(ValueError, match="1-channel images"):
+        main(tiny_args(tmp_path / "b", tiny_config, "--vae", str(tiny_vae_dir), "--train_data_dir", str(folder)))

@@ -36,6 +36,13 @@ class TimestepSampler(ABC):
         weights = 1.0 / (self.num_timesteps * probabilities[timesteps])
         return timesteps.to(device), weights.to(device=device, dtype=torch.float32)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a training checkpoint must keep (Accelerate's ``register_for_checkpointing``): nothing, by default."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; a stateless sampler has nothing to restore."""
+
 
 class UniformTimestepSampler(TimestepSampler):
     """``p_t = 1 / T``; every weight is 1."""

