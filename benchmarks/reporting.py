@@ -8,7 +8,8 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import Any, Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -108,3 +109,32 @@ def save_figure(figure: Any, path: Path) -> Path:
 
     plt.close(figure)
     return path
+
+
+def restores_torch_threads(run: Callable[[Sequence[str] | None], dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Wrap a benchmark's ``main(argv)``: it may set torch's thread count for its measurements, and the tests call
+    it in-process, so the caller's thread count is restored afterwards."""
+
+    @functools.wraps(run)
+    def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+        threads = torch.get_num_threads()
+        try:
+            return run(argv)
+        finally:
+            torch.set_num_threads(threads)
+
+    return main
+
+
+def write_record(json_path: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """Write a benchmark's JSON record (adding its own path to ``result["files"]``), print every file the run wrote,
+    and return ``result``."""
+    result.setdefault("files", {})["json"] = str(json_path)
+    write_json(json_path, result)
+    written = []
+    for value in result["files"].values():
+        if isinstance(value, dict):
+            value = list(value.values())
+        written += value if isinstance(value, list) else [value] if value else []
+    print("wrote " + ", ".join(str(path) for path in written))
+    return result

@@ -59,13 +59,14 @@ from PIL import Image
 from benchmarks.digit_classifier import FeatureFrechet, features_and_predictions, train_classifier
 from benchmarks.digits_split import NUM_CLASSES, load_digits_split, write_image_folder
 from benchmarks.reporting import (
+    restores_torch_threads,
+    write_record,
     common_arguments,
     machine_description,
     markdown_table,
     pyplot,
     resolve_device,
     save_figure,
-    write_json,
 )
 from diffusers_edm.pipelines import EDMPipeline, LearnedVariancePipeline
 from diffusers_edm.training import train as package_training
@@ -380,7 +381,8 @@ def real_frechet_spread(frechet: FeatureFrechet, images: torch.Tensor, labels: t
             "draws": draws}
 
 
-def _run(argv: Sequence[str] | None) -> dict[str, Any]:
+@restores_torch_threads
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Train, sample, score; print the table; write ``sample_quality.{md,json,png}`` and the grids; return the results."""
     parser = common_arguments(__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the image folder and training runs here (default: a temporary directory)")
@@ -463,20 +465,8 @@ def _run(argv: Sequence[str] | None) -> dict[str, Any]:
         "minutes": total_minutes,
         "files": {"markdown": str(markdown_path), "png": str(png) if png else None, "grids": grids},
     }
-    json_path = output_dir / "sample_quality.json"
-    result["files"]["json"] = str(json_path)
-    write_json(json_path, result)
-    print(f"wrote {markdown_path}, {json_path}" + (f", {png}" if png else "") + f" and {len(grids)} grids")
+    write_record(output_dir / "sample_quality.json", result)
     return result
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Command-line entry point (see the module docstring); returns what :func:`_run` measured and wrote."""
-    threads = torch.get_num_threads()
-    try:
-        return _run(argv)
-    finally:
-        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

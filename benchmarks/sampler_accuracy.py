@@ -37,13 +37,14 @@ from benchmarks.distribution_distances import moment_frechet_distance, random_di
 from benchmarks.gaussian_mixture import GaussianMixture
 from benchmarks.probability_flow_reference import solve_probability_flow
 from benchmarks.reporting import (
+    restores_torch_threads,
+    write_record,
     common_arguments,
     machine_description,
     markdown_table,
     pyplot,
     resolve_device,
     save_figure,
-    write_json,
 )
 from benchmarks.scheduler_adapters import SamplerCase, accuracy_cases, run_sampler, start_sigma
 from diffusers_edm import EDMHeunScheduler
@@ -304,7 +305,8 @@ def plot_churn(result: dict[str, Any], path: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------------------ entry point
-def _run(argv: Sequence[str] | None) -> dict[str, Any]:
+@restores_torch_threads
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run both parts, print the tables, write ``sampler_accuracy.{md,json,png}`` and ``sampler_churn.png``.
 
     Returns the measured results (also written to the JSON file) with the paths of what was written.
@@ -350,22 +352,9 @@ def _run(argv: Sequence[str] | None) -> dict[str, Any]:
             "churn_png": str(churn_png) if churn_png else None,
         },
     }
-    json_path = output_dir / "sampler_accuracy.json"
-    result["files"]["json"] = str(json_path)
-    write_json(json_path, result)
-    print(f"\nwrote {markdown_path}, {json_path}" + (f", {accuracy_png}, {churn_png}" if accuracy_png else ""))
+    write_record(output_dir / "sampler_accuracy.json", result)
     print(f"took {accuracy['seconds']:.1f} s (accuracy) + {churn['seconds']:.1f} s (churn)")
     return result
-
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Command-line entry point (see the module docstring); returns what :func:`_run` measured and wrote."""
-    threads = torch.get_num_threads()
-    try:
-        return _run(argv)
-    finally:
-        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

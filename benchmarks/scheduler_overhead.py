@@ -46,13 +46,14 @@ from diffusers import EulerDiscreteScheduler, HeunDiscreteScheduler
 from diffusers.utils import logging as diffusers_logging
 
 from benchmarks.reporting import (
+    restores_torch_threads,
+    write_record,
     common_arguments,
     machine_description,
     markdown_table,
     pyplot,
     resolve_device,
     save_figure,
-    write_json,
 )
 from benchmarks.scheduler_adapters import SD_TABLE_CONFIG
 from diffusers_edm import EDMHeunDiscreteScheduler, EDMHeunScheduler
@@ -277,7 +278,8 @@ def profile_package_loops(device: torch.device, latent_size: int, path: Path, lo
     return path
 
 
-def _run(argv: Sequence[str] | None) -> dict[str, Any]:
+@restores_torch_threads
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Measure, print the table, write ``scheduler_overhead.{md,json,png}``; return the results."""
     parser = common_arguments(__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true", help="also write a cProfile of the loops at batch 1")
@@ -335,21 +337,8 @@ def _run(argv: Sequence[str] | None) -> dict[str, Any]:
         "host_syncs": syncs,
         "files": {"markdown": str(markdown_path), "png": str(png) if png else None, "profile": str(profile_path) if profile_path else None},
     }
-    json_path = output_dir / "scheduler_overhead.json"
-    result["files"]["json"] = str(json_path)
-    write_json(json_path, result)
-    print(f"wrote {markdown_path}, {json_path}" + (f", {png}" if png else ""))
+    write_record(output_dir / "scheduler_overhead.json", result)
     return result
-
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Command-line entry point (see the module docstring); returns what :func:`_run` measured and wrote."""
-    threads = torch.get_num_threads()
-    try:
-        return _run(argv)
-    finally:
-        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

@@ -45,13 +45,14 @@ from typing import Any, Callable, Sequence
 import torch
 
 from benchmarks.reporting import (
+    restores_torch_threads,
+    write_record,
     common_arguments,
     machine_description,
     markdown_table,
     pyplot,
     resolve_device,
     save_figure,
-    write_json,
 )
 from diffusers_edm.losses import EDMLoss
 from diffusers_edm.models import EDMPrecond
@@ -329,7 +330,8 @@ def plot_throughput(results: list[dict[str, Any]], path: Path) -> Path | None:
     return save_figure(figure, path)
 
 
-def _run(argv: Sequence[str] | None) -> dict[str, Any]:
+@restores_torch_threads
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Measure, print the table, write ``training_throughput.{md,json,png}``; return the results."""
     parser = common_arguments(__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true", help="also write a cProfile of the package's step")
@@ -373,20 +375,8 @@ def _run(argv: Sequence[str] | None) -> dict[str, Any]:
         "worst_overhead": worst,
         "files": {"markdown": str(markdown_path), "png": str(png) if png else None, "profile": str(profile_path) if profile_path else None},
     }
-    json_path = output_dir / "training_throughput.json"
-    result["files"]["json"] = str(json_path)
-    write_json(json_path, result)
-    print(f"wrote {markdown_path}, {json_path}" + (f", {png}" if png else ""))
+    write_record(output_dir / "training_throughput.json", result)
     return result
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Command-line entry point (see the module docstring); returns what :func:`_run` measured and wrote."""
-    threads = torch.get_num_threads()
-    try:
-        return _run(argv)
-    finally:
-        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,16 @@ def test_other_preconditionings_train_and_export(tmp_path, tiny_config, precond)
     assert json.loads((out / "denoiser" / "config.json").read_text())["_class_name"] == f"{precond.upper() if precond != 'iddpm' else 'IDDPM'}Precond"
 
 
+@pytest.mark.parametrize("option", [["--mixed_precision", "bf16"], ["--compile"]], ids=["bf16", "compile"])
+def test_mixed_precision_and_compile_train_and_export(tmp_path, tiny_config, option):
+    from diffusers_edm import EDMPipeline
+
+    out = tmp_path / "run"
+    result = main(tiny_args(out, tiny_config, "--max_train_steps", "2", *option))
+    assert type(result.model).__name__ == "EDMPrecond"  # not a compile or autocast wrapper
+    assert EDMPipeline.from_pretrained(out).denoiser.dtype == torch.float32
+
+
 def test_hybrid_loss_with_the_default_uniform_timestep_sampler_checkpoints(tmp_path, tiny_config):
     out = tmp_path / "hybrid_uniform"
     result = main(tiny_args(out, tiny_config, "--loss", "hybrid", "--num_train_timesteps", "50", "--max_train_steps", "2"))

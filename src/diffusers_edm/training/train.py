@@ -133,6 +133,10 @@ class Trainer:
         set_seed(args.seed)
         self.progress = TrainingProgress()
 
+    def unwrapped_model(self) -> torch.nn.Module:
+        """The model without DDP / mixed-precision / ``torch.compile`` wrappers (the module that is saved)."""
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+
     # ---------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
         args, accelerator = self.args, self.accelerator
@@ -193,7 +197,7 @@ class Trainer:
         self.model, self.optimizer, self.dataloader = accelerator.prepare(self.model, optimizer, dataloader)
         # After prepare: the EMA tracks the parameters the optimizer updates (FSDP/DeepSpeed may replace them).
         self.ema = EDMEMAModel(
-            accelerator.unwrap_model(self.model).parameters(), batch_size=self.global_batch,
+            self.unwrapped_model().parameters(), batch_size=self.global_batch,
             ema_halflife_kimg=args.ema_halflife_kimg,
             ema_rampup_ratio=args.ema_rampup_ratio if args.ema_rampup_ratio > 0 else None,
             foreach=True,  # one fused update instead of a Python loop over every tensor (~3.5x faster)
@@ -292,7 +296,7 @@ class Trainer:
                 if not accelerator.sync_gradients:
                     continue
                 self.lr_scheduler.step()
-                self.ema.step(accelerator.unwrap_model(self.model).parameters())
+                self.ema.step(self.unwrapped_model().parameters())
                 self.progress.global_step += 1
                 step = self.progress.global_step
                 progress_bar.update(1)
@@ -315,7 +319,7 @@ class Trainer:
         grid_path = self._export()
         accelerator.end_training()
         return TrainingResult(
-            model=accelerator.unwrap_model(self.model), ema=self.ema, global_step=self.progress.global_step,
+            model=self.unwrapped_model(), ema=self.ema, global_step=self.progress.global_step,
             output_dir=self.output_dir, sample_grid=grid_path, losses=losses,
         )
 
@@ -345,7 +349,7 @@ class Trainer:
         return image_grid(images, rows=rows)
 
     def _with_ema_weights(self, function):
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.unwrapped_model()
         was_training = model.training
         self.ema.store(model.parameters())
         self.ema.copy_to(model.parameters())
