@@ -54,7 +54,6 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
 from diffusers.utils import logging as diffusers_logging
-from PIL import Image
 
 from benchmarks.digit_classifier import FeatureFrechet, features_and_predictions, train_classifier
 from benchmarks.digits_split import NUM_CLASSES, load_digits_split, write_image_folder
@@ -257,11 +256,8 @@ def timed(function: Callable[[], torch.Tensor], what: str) -> tuple[torch.Tensor
 def save_grid(images: torch.Tensor, path: Path, count: int = 50, min_cell: int = 48) -> Path:
     """The first ``count`` images as a PNG, one class per column (labels cycle 0..9), each cell at least ``min_cell`` px."""
     chosen = ((images[:count].clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
-    grid = package_training.image_grid(chosen, rows=math.ceil(len(chosen) / NUM_CLASSES))
-    cell = grid.width // min(len(chosen), NUM_CLASSES)
-    if cell < min_cell:  # 16x16 digits are unreadable at their own size: enlarge with visible pixels
-        scale = math.ceil(min_cell / cell)
-        grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
+    # 16x16 digits are unreadable at their own size: image_grid enlarges the cells with visible pixels
+    grid = package_training.image_grid(chosen, rows=math.ceil(len(chosen) / NUM_CLASSES), min_cell=min_cell)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path, optimize=True)
     return path
@@ -345,7 +341,6 @@ def evaluate_recipes(settings: QualitySettings, data_dir: Path, work_dir: Path,
             count, batch, lambda lab, gen: sample_diffusers(model, scheduler, steps, lab, gen, resolution, device), device),
             f"diffusers / {name} {steps} steps")
         rows.append(SamplerResult("diffusers (eps, DDPMScheduler linear)", f"{name}, {steps} steps", steps, images, elapsed))
-    del model
 
     # (c) learned-variance DDPM with the hybrid loss, through the package's training script.
     hybrid_dir, seconds, losses = train_with_package(

@@ -13,9 +13,8 @@ from diffusers import UNet2DModel
 from diffusers.models.embeddings import LabelEmbedding
 
 from diffusers_edm.models import EDMPrecond, IDDPMPrecond, VEPrecond, VPPrecond
-from tiny_backbones import single_thread, tiny_dit, tiny_unet, tiny_unet_condition  # noqa: F401 (fixture)
+from tiny_backbones import tiny_dit, tiny_unet, tiny_unet_condition
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 SIGMAS = [0.002, 0.05, 0.5, 1.0, 7.3, 80.0]
 

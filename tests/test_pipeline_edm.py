@@ -17,9 +17,8 @@ from diffusers_edm import EDMHeunScheduler
 from diffusers_edm.models import EDMPrecond, IDDPMPrecond, VPPrecond
 from diffusers_edm.pipelines import EDMPipeline
 from diffusers_edm.pipelines import pipeline_edm as pipeline_module
-from tiny_backbones import single_thread, tiny_dit, tiny_unet, tiny_unet_condition, tiny_vae  # noqa: F401 (fixture)
+from tiny_backbones import tiny_dit, tiny_unet, tiny_unet_condition, tiny_vae
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def conditional_pipeline(scheduler=None) -> EDMPipeline:

@@ -15,9 +15,8 @@ import pytest
 import torch
 
 from diffusers_edm.models import EDMPrecond, IDDPMPrecond, VEPrecond, VPPrecond
-from tiny_backbones import single_thread, tiny_dit, tiny_unet  # noqa: F401 (fixture)
+from tiny_backbones import tiny_dit
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 SINGLE_FILE = Path(__file__).resolve().parents[1] / "pipelines" / "pipeline_edm.py"
 TESTS = Path(__file__).resolve().parent

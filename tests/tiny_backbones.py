@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
 
@@ -71,12 +70,3 @@ def tiny_vae(latent_channels: int = 4, seed: int = 0) -> AutoencoderKL:
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
         sample_size=2 * SAMPLE_SIZE,
     )
-
-
-@pytest.fixture
-def single_thread():
-    """Run a test with one torch thread: tiny models are dominated by thread hand-off on a small or busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

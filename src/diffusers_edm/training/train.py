@@ -99,6 +99,7 @@ def image_grid(images: np.ndarray, rows: int, min_cell: int = 64) -> Image.Image
     """Tile ``(N, H, W, C)`` images in [0, 1] into one PIL image with ``rows`` rows.
 
     Small images are enlarged by an integer factor (nearest neighbour, pixels stay visible) to at least ``min_cell``.
+    (diffusers' ``make_image_grid`` needs a full grid and resizes with interpolation, which blurs 16 px digits.)
     """
     count, height, width, channels = images.shape
     cols = math.ceil(count / rows)
@@ -196,8 +197,10 @@ class Trainer:
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, ema_lr_factor(args, self.global_batch))
         self.model, self.optimizer, self.dataloader = accelerator.prepare(self.model, optimizer, dataloader)
         # After prepare: the EMA tracks the parameters the optimizer updates (FSDP/DeepSpeed may replace them).
+        # The list is taken once: unwrapping the model on every step would sit in the hot loop for nothing.
+        self.ema_parameters = list(self.unwrapped_model().parameters())
         self.ema = EDMEMAModel(
-            self.unwrapped_model().parameters(), batch_size=self.global_batch,
+            self.ema_parameters, batch_size=self.global_batch,
             ema_halflife_kimg=args.ema_halflife_kimg,
             ema_rampup_ratio=args.ema_rampup_ratio if args.ema_rampup_ratio > 0 else None,
             foreach=True,  # one fused update instead of a Python loop over every tensor (~3.5x faster)
@@ -296,7 +299,7 @@ class Trainer:
                 if not accelerator.sync_gradients:
                     continue
                 self.lr_scheduler.step()
-                self.ema.step(self.unwrapped_model().parameters())
+                self.ema.step(self.ema_parameters)
                 self.progress.global_step += 1
                 step = self.progress.global_step
                 progress_bar.update(1)
