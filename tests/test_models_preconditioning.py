@@ -267,9 +267,10 @@ def test_bad_input_errors():
     x = torch.randn(2, 3, 8, 8)
     with pytest.raises(ValueError, match="unconditional"):
         unconditional(x, 1.0, class_labels=[0, 1])
+    # Values are checked once per pipeline call / data set (check_sigma, check_class_labels), not per forward.
     for bad_sigma in (0.0, -1.0, float("nan"), float("inf"), [1.0, 0.0]):
         with pytest.raises(ValueError, match="sigma must be finite and > 0"):
-            unconditional(x, bad_sigma)
+            unconditional.check_sigma(bad_sigma)
     with pytest.raises(ValueError, match="one value per sample"):
         unconditional(x, [1.0, 2.0, 3.0])
 
@@ -277,9 +278,9 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="pass class_labels"):
         conditional(x, 1.0)
     with pytest.raises(ValueError, match=r"0\.\.3.*\[4\]"):
-        conditional(x, 1.0, class_labels=[0, 4])
+        conditional.check_class_labels([0, 4], batch=2)
     with pytest.raises(ValueError, match=r"\[-1\]"):
-        conditional(x, 1.0, class_labels=[-1, 2])
+        conditional.check_class_labels([-1, 2], batch=2)
     with pytest.raises(TypeError, match="integer label ids"):
         conditional(x, 1.0, class_labels=torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="encoder_hidden_states"):

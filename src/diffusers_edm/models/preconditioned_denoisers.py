@@ -172,28 +172,36 @@ class PreconditionedDenoiser(ModelMixin, ConfigMixin):
         return uses_cross_attention(self.backbone)
 
     # ---------------------------------------------------------------------------------------- forward
-    def _noise_levels(self, sigma: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
+    @staticmethod
+    def _noise_levels(sigma: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
+        """``sigma`` as one float level per sample; shapes only, no look at the values (no host synchronisation)."""
         sigma = torch.as_tensor(sigma, device=device)
         if not sigma.is_floating_point():
             sigma = sigma.to(torch.float32)
         if sigma.numel() == 1:
-            sigma = sigma.reshape(1).expand(batch)
-        elif sigma.numel() == batch:
-            sigma = sigma.reshape(batch)
-        else:
-            raise ValueError(f"sigma must be a scalar or hold one value per sample ({batch}), got shape {tuple(sigma.shape)}.")
-        if not bool(torch.all(torch.isfinite(sigma) & (sigma > 0))):
-            raise ValueError(f"sigma must be finite and > 0, got {sigma.tolist()}.")
-        return sigma
+            return sigma.reshape(1).expand(batch)
+        if sigma.numel() == batch:
+            return sigma.reshape(batch)
+        raise ValueError(f"sigma must be a scalar or hold one value per sample ({batch}), got shape {tuple(sigma.shape)}.")
 
-    def check_class_labels(
-        self, class_labels: torch.Tensor | int | list[int] | None, batch: int, device: torch.device | str = "cpu"
-    ) -> torch.LongTensor | None:
-        """``class_labels`` as ``batch`` label ids (``None`` for an unconditional model); ``ValueError`` when invalid.
+    @staticmethod
+    def check_sigma(sigma: torch.Tensor | float) -> torch.Tensor:
+        """``sigma`` as a floating tensor; ``ValueError`` unless every level is finite and > 0.
 
-        Missing labels become the null label where the model has one. Ids must lie in ``0..num_classes-1`` or
-        equal ``null_class_label``.
+        Looks at the values (one host synchronisation on an accelerator): call it once per pipeline call or data
+        set, not per model call. :meth:`forward` only checks shapes.
         """
+        levels = torch.as_tensor(sigma)
+        if not levels.is_floating_point():
+            levels = levels.to(torch.float32)
+        if not bool(torch.all(torch.isfinite(levels) & (levels > 0))):
+            raise ValueError(f"sigma must be finite and > 0, got {levels.reshape(-1).tolist()}.")
+        return levels
+
+    def _label_ids(
+        self, class_labels: torch.Tensor | int | list[int] | None, batch: int, device: torch.device | str
+    ) -> torch.LongTensor | None:
+        """``class_labels`` as ``batch`` label ids; checks presence, dtype and shape only (no host synchronisation)."""
         num_classes, null_label = self.config.num_classes, self.config.null_class_label
         if num_classes == 0:
             if class_labels is not None:
@@ -204,24 +212,37 @@ class PreconditionedDenoiser(ModelMixin, ConfigMixin):
                 raise ValueError(
                     f"This model is class-conditional (num_classes={num_classes}) without a null label: pass class_labels."
                 )
-            labels = torch.full((batch,), null_label, dtype=torch.long, device=device)
+            return torch.full((batch,), null_label, dtype=torch.long, device=device)
+        labels = torch.as_tensor(class_labels, device=device)
+        if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+            raise TypeError(f"class_labels must be integer label ids, got dtype {labels.dtype}.")
+        if labels.numel() == 1:
+            labels = labels.reshape(1).expand(batch)
+        elif labels.numel() == batch:
+            labels = labels.reshape(batch)
         else:
-            labels = torch.as_tensor(class_labels, device=device)
-            if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-                raise TypeError(f"class_labels must be integer label ids, got dtype {labels.dtype}.")
-            if labels.numel() == 1:
-                labels = labels.reshape(1).expand(batch)
-            elif labels.numel() == batch:
-                labels = labels.reshape(batch)
-            else:
-                raise ValueError(f"class_labels must be one id or one per sample ({batch}), got shape {tuple(labels.shape)}.")
-            labels = labels.long()
-            valid = (labels >= 0) & (labels < num_classes)
-            if null_label is not None:
-                valid |= labels == null_label
-            if not bool(valid.all()):
-                allowed = f"0..{num_classes - 1}" + ("" if null_label is None else f" or the null label {null_label}")
-                raise ValueError(f"class_labels must be in {allowed}, got {labels[~valid].tolist()}.")
+            raise ValueError(f"class_labels must be one id or one per sample ({batch}), got shape {tuple(labels.shape)}.")
+        return labels.long()
+
+    def check_class_labels(
+        self, class_labels: torch.Tensor | int | list[int] | None, batch: int, device: torch.device | str = "cpu"
+    ) -> torch.LongTensor | None:
+        """``class_labels`` as ``batch`` label ids (``None`` for an unconditional model); ``ValueError`` when invalid.
+
+        Missing labels become the null label where the model has one. Ids must lie in ``0..num_classes-1`` or
+        equal ``null_class_label``. Looks at the values (one host synchronisation on an accelerator): call it once
+        per pipeline call or data set; :meth:`forward` only checks shapes.
+        """
+        labels = self._label_ids(class_labels, batch, device)
+        if labels is None or class_labels is None:
+            return labels
+        num_classes, null_label = self.config.num_classes, self.config.null_class_label
+        valid = (labels >= 0) & (labels < num_classes)
+        if null_label is not None:
+            valid |= labels == null_label
+        if not bool(valid.all()):
+            allowed = f"0..{num_classes - 1}" + ("" if null_label is None else f" or the null label {null_label}")
+            raise ValueError(f"class_labels must be in {allowed}, got {labels[~valid].tolist()}.")
         return labels
 
     def forward(
@@ -236,14 +257,15 @@ class PreconditionedDenoiser(ModelMixin, ConfigMixin):
 
         Args:
             sample: the noisy sample ``x``, ``(B, C, H, W)``.
-            sigma: its noise level, a scalar or one value per sample; finite and > 0.
+            sigma: its noise level, a scalar or one value per sample; finite and > 0 (checked by
+                :meth:`check_sigma`, which callers run once per pipeline call or data set, not here).
             class_labels: label ids for a class-conditional model (one, or one per sample); ``None`` uses the
-                null label where the model has one.
+                null label where the model has one. Their range is checked by :meth:`check_class_labels`, not here.
             encoder_hidden_states: the cross-attention context of a ``UNet2DConditionModel`` backbone.
             return_dict: return a :class:`PreconditionedDenoiserOutput` rather than a tuple.
 
         The coefficients and ``D`` are float32 whatever the backbone's dtype; the backbone gets ``c_in x`` in its
-        own dtype and ``c_noise`` as a float32 tensor of shape ``(B,)``.
+        own dtype and ``c_noise`` as a float32 tensor of shape ``(B,)``. Nothing here synchronises with the device.
         """
         if sample.ndim != 4 or sample.shape[1] != self.image_channels:
             raise ValueError(
@@ -254,7 +276,7 @@ class PreconditionedDenoiser(ModelMixin, ConfigMixin):
             raise ValueError(f"This denoiser's {type(self.backbone).__name__} backbone {need} encoder_hidden_states.")
         batch = sample.shape[0]
         sigma = self._noise_levels(sigma, batch, sample.device)
-        labels = self.check_class_labels(class_labels, batch, sample.device)
+        labels = self._label_ids(class_labels, batch, sample.device)
         if labels is not None and self.training and self.config.label_dropout > 0:
             # One decision per sample (the backbone's own per-block dropout is off).
             dropped = torch.rand(batch, device=sample.device) < self.config.label_dropout
@@ -412,8 +434,18 @@ class IDDPMPrecond(PreconditionedDenoiser):
         if not (0 < C_1 <= 1 and C_2 >= 0):
             raise ValueError(f"Need 0 < C_1 <= 1 and C_2 >= 0, got C_1={C_1}, C_2={C_2}.")
         super().__init__(backbone_class, backbone_config, num_classes, null_class_label, label_dropout)
-        # A plain float64 tensor, not a buffer: `.to(float16)` on the model must not coarsen the table.
-        self.sigma_table = torch.from_numpy(iddpm_sigma_table(M, C_1, C_2))
+        # A buffer, so it moves with the model and is never copied to the device per call; not saved (the config
+        # defines it) and kept in float64 by `_apply` below, so `.to(float16)` cannot coarsen the levels.
+        self.register_buffer("sigma_table", torch.from_numpy(iddpm_sigma_table(M, C_1, C_2)), persistent=False)
+
+    def _apply(self, fn, recurse: bool = True):
+        table = self.sigma_table
+        module = super()._apply(fn, recurse)
+        moved = self.sigma_table
+        # float64 where the device has it (MPS has none): the table keeps its precision through dtype casts.
+        dtype = torch.float32 if moved.device.type == "mps" else torch.float64
+        self.sigma_table = table.to(device=moved.device, dtype=dtype)
+        return module
 
     @property
     def sigma_min(self) -> float:
@@ -427,8 +459,8 @@ class IDDPMPrecond(PreconditionedDenoiser):
         """The table level ``u_j`` nearest to each ``sigma`` (``argmin_j abs(u_j - sigma)``), in ``sigma``'s dtype."""
         sigma = torch.as_tensor(sigma)
         dtype = sigma.dtype if sigma.is_floating_point() else torch.float64
-        index = nearest_table_index(sigma, self.sigma_table)
-        return self.sigma_table.to(sigma.device)[index].to(dtype)
+        table = self.sigma_table.to(sigma.device)  # no copy when sigma lives on the model's device
+        return table[nearest_table_index(sigma, table)].to(dtype)
 
     def preconditioning(self, sigma: torch.Tensor) -> Preconditioning:
         return iddpm_preconditioning(sigma, self.sigma_table)
