@@ -145,6 +145,8 @@ class StochasticHeunMixin:
         device: str | torch.device | None = None,
         sigmas: Sequence[float] | np.ndarray | torch.Tensor | None = None,
         round_sigma: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
     ) -> None:
         """Set the noise levels of an N-step Algorithm 2 run.
 
@@ -154,6 +156,9 @@ class StochasticHeunMixin:
             sigmas: noise levels ``sigma_0 > ... > sigma_{N-1} > 0`` to use instead (a final 0 is appended).
             round_sigma: optional map from noise levels to the ones a model supports (EDM's ``net.round_sigma``,
                 e.g. iDDPM's discrete table); applied to the grid and to every ``sigma_hat``, as in EDM's sampler.
+            sigma_min, sigma_max: the range of this schedule's discretization instead of the config's (a pipeline
+                passes the config's range clamped to its model's, ``max(sigma_min, net.sigma_min)`` and
+                ``min(sigma_max, net.sigma_max)``, as EDM's sampler does); not used with ``sigmas``.
 
         With ``gamma_i = min(s_churn / N, sqrt(2) - 1)`` if ``s_tmin <= sigma_i <= s_tmax`` else 0:
         ``sigma_hat_i = sigma_i (1 + gamma_i)`` and the churn noise of step i has standard deviation
@@ -170,7 +175,9 @@ class StochasticHeunMixin:
         else:
             if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
                 raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}.")
-            sigma_min, sigma_max = self._sigma_range()
+            default_min, default_max = self._sigma_range()
+            sigma_min = default_min if sigma_min is None else float(sigma_min)
+            sigma_max = default_max if sigma_max is None else float(sigma_max)
             grid = sigma_steps(
                 config.discretization,
                 int(num_inference_steps),
