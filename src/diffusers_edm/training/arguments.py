@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from .checkpoints import list_checkpoints
 from .data import EMBEDDED_DATASET
 
 PRECONDITIONINGS = ("edm", "vp", "ve", "iddpm")
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--dataset_config_name", default=None)
     data.add_argument("--train_data_dir", default=None, help="An image folder (loaded with datasets' imagefolder).")
     data.add_argument("--image_column", default="image")
+    data.add_argument("--num_channels", type=int, choices=(1, 3), default=None,
+                      help="Convert every image to grayscale (1) or RGB (3). Default: RGB if any image is in colour, "
+                      "else grayscale (read from the image headers).")
     data.add_argument("--label_column", default=None, help="Class-label column: trains a class-conditional model.")
     data.add_argument("--num_classes", type=int, default=None, help="Number of classes (default: read from the labels).")
     data.add_argument("--label_dropout", type=float, default=0.0, help="Label dropout for classifier-free guidance (0.1).")
@@ -151,10 +155,23 @@ def validate_args(args: argparse.Namespace) -> None:
     holds_run = output_dir.is_dir() and any(
         (output_dir / name).exists() for name in ("model_index.json", "training_args.json")
     )
-    if holds_run and not args.overwrite and args.resume_from_checkpoint is None:
+    # Only a resume from one of output_dir's own checkpoints continues the run that is there; anything else replaces it.
+    if args.resume_from_checkpoint == "latest":
+        continues_run = bool(list_checkpoints(output_dir))
+    else:
+        continues_run = args.resume_from_checkpoint is not None and (
+            Path(args.resume_from_checkpoint).resolve().parent == output_dir.resolve()
+        )
+    if holds_run and not args.overwrite and not continues_run:
+        if args.resume_from_checkpoint is None:
+            reason = ""
+        elif args.resume_from_checkpoint == "latest":
+            reason = " and no checkpoint to resume (--resume_from_checkpoint latest found none)"
+        else:
+            reason = f" and --resume_from_checkpoint {args.resume_from_checkpoint!r} is not one of its checkpoints"
         raise ValueError(
-            f"--output_dir {str(output_dir)!r} holds another run; pass --overwrite to replace it or "
-            "--resume_from_checkpoint latest to continue it."
+            f"--output_dir {str(output_dir)!r} holds another run{reason}; pass --overwrite to replace it or "
+            "--resume_from_checkpoint latest to continue it from its last checkpoint."
         )
     args.report_to = None if args.report_to in ("none", "", None) else args.report_to.split(",")
 

@@ -1,26 +1,73 @@
-"""Training checkpoints: Accelerate's ``save_state`` written atomically, found again, pruned and checked.
+"""Training checkpoints: Accelerate's ``save_state`` plus the package's own states, written atomically, verified on resume.
 
-A checkpoint is written to ``.checkpoint-N.incomplete`` and renamed to ``checkpoint-N`` only once every process
-has finished writing, so a run killed while saving never leaves a directory that looks complete but is not.
-Incomplete directories left by a killed run are ignored and removed at the next start.
+A checkpoint directory ``checkpoint-N`` holds
+
+- what ``accelerator.save_state`` writes: ``model.safetensors``, ``optimizer.bin``, ``random_states_<rank>.pkl``
+  (and ``scaler.pt`` under fp16);
+- ``training_state.safetensors`` + ``training_state.json``: the package's own states (EMA, learning-rate schedule,
+  step counter, timestep sampler), split into tensors and plain JSON, so that reading them cannot run code;
+- ``manifest.json``, written last: the name, size and sha256 of every other file.
+
+It is written to ``.checkpoint-N.incomplete`` and renamed to ``checkpoint-N`` only once every process has finished
+writing, so a run killed while saving never leaves a directory that looks complete but is not; leftovers are removed
+at the next start. A resume refuses a checkpoint whose manifest is missing or does not match its files.
+
+Why not Accelerate's ``ProjectConfiguration(automatic_checkpoint_naming=True, total_limit=...)``: with it
+``save_state`` ignores its ``output_dir`` and writes straight into ``project_dir/checkpoints/checkpoint_<i>``, so
+there is no temporary directory to rename; its ``total_limit`` deletes the oldest checkpoint *before* the new one
+is written (a kill in between leaves fewer than the limit) and counts every entry of that folder; and
+``load_state()`` picks the highest-numbered folder whether or not it is complete. The rotation below is the
+remaining three lines.
+
+Trust boundary of a resume: the package's states are read with safetensors and ``json`` only. Accelerate's parts
+are read by Accelerate: the model with safetensors, ``optimizer.bin``, ``random_states_<rank>.pkl`` and
+``scaler.pt`` with ``torch.load(weights_only=True)`` (torch's restricted unpickler: tensors, plain containers and
+the numpy array / dtype types Accelerate allow-lists; no other callable). Each of those pickles is also scanned
+first (``torch.serialization.get_unsafe_globals_in_checkpoint``) and refused if it names anything else. Not
+covered: FSDP sharded and DeepSpeed checkpoints, which Accelerate hands to torch.distributed.checkpoint / DeepSpeed
+(their metadata is unpickled without that restriction).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import pickle
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
+from packaging import version
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 INCOMPLETE_PREFIX = ".checkpoint-"
 INCOMPLETE_SUFFIX = ".incomplete"
+MANIFEST_NAME = "manifest.json"
+STATE_TENSORS_NAME = "training_state.safetensors"
+STATE_JSON_NAME = "training_state.json"
+# torch < 2.6 lets a crafted file run code even under weights_only=True (CVE-2025-32434).
+MIN_TORCH_FOR_RESUME = "2.6"
+_TENSOR_KEY, _TUPLE_KEY = "__tensor__", "__tuple__"
 
 
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state_dict: dict) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------- finding checkpoints
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """Complete checkpoints in ``output_dir``, oldest (lowest step) first."""
     directory = Path(output_dir)
@@ -38,12 +85,17 @@ def checkpoint_step(path: str | os.PathLike) -> int:
 
 
 def resolve_resume_path(output_dir: str | os.PathLike, resume_from_checkpoint: str | None) -> Path | None:
-    """The checkpoint to resume from: the newest complete one for ``"latest"`` (None if there is none)."""
+    """The checkpoint to resume from: the newest complete one for ``"latest"`` (None, with a warning, if none)."""
     if resume_from_checkpoint is None:
         return None
     if resume_from_checkpoint == "latest":
         checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
+        if not checkpoints:
+            logger.warning(
+                "--resume_from_checkpoint latest: no checkpoint in %s, so this run trains from scratch.", output_dir
+            )
+            return None
+        return checkpoints[-1]
     path = Path(resume_from_checkpoint)
     checkpoint_step(path)
     return path
@@ -54,42 +106,164 @@ def remove_incomplete_checkpoints(output_dir: str | os.PathLike) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None) -> Path:
-    """``accelerator.save_state`` into a temporary directory, then rename it to ``checkpoint-{step}`` and prune.
+# ---------------------------------------------------------------------------------------------- own states, no pickle
+def split_state(state: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], Any]:
+    """Split a ``state_dict`` into its tensors (keyed by their path) and a JSON-serialisable skeleton.
 
-    Every process must call this (Accelerate saves each process's RNG state).
+    Tensors are replaced by ``{"__tensor__": path}`` and tuples by ``{"__tuple__": [...]}``; anything that is not a
+    tensor, ``None``, bool, int, float, str, list, tuple or str-keyed dict is a ``TypeError`` naming its path (it
+    could only be stored by pickling).
     """
-    output_dir = Path(output_dir)
-    final = output_dir / f"checkpoint-{step}"
-    temporary = output_dir / f"{INCOMPLETE_PREFIX}{step}{INCOMPLETE_SUFFIX}"
-    if accelerator.is_main_process and temporary.exists():
-        shutil.rmtree(temporary)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(temporary, final)
-        if total_limit is not None:
-            for old in list_checkpoints(output_dir)[:-total_limit]:
-                shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return final
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, torch.Tensor):
+            tensors[path] = value.detach().contiguous()
+            return {_TENSOR_KEY: path}
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, (list, tuple)):
+            items = [walk(item, f"{path}.{index}") for index, item in enumerate(value)]
+            return {_TUPLE_KEY: items} if isinstance(value, tuple) else items
+        if isinstance(value, Mapping):
+            for key in value:
+                if not isinstance(key, str):
+                    raise TypeError(f"State entry {path!r} has a non-string key {key!r}; it cannot be stored as JSON.")
+            return {key: walk(item, f"{path}.{key}" if path else key) for key, item in value.items()}
+        raise TypeError(f"State entry {path!r} is a {type(value).__name__}; only tensors and JSON values are stored.")
+
+    return tensors, walk(state, prefix)
+
+
+def join_state(skeleton: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`split_state`."""
+    if isinstance(skeleton, list):
+        return [join_state(item, tensors) for item in skeleton]
+    if isinstance(skeleton, dict):
+        if set(skeleton) == {_TENSOR_KEY}:
+            return tensors[skeleton[_TENSOR_KEY]]
+        if set(skeleton) == {_TUPLE_KEY}:
+            return tuple(join_state(item, tensors) for item in skeleton[_TUPLE_KEY])
+        return {key: join_state(item, tensors) for key, item in skeleton.items()}
+    return skeleton
+
+
+def save_training_state(states: Mapping[str, Stateful], directory: str | os.PathLike) -> None:
+    """Write every ``states[name].state_dict()`` into ``training_state.safetensors`` and ``training_state.json``."""
+    directory = Path(directory)
+    tensors, skeleton = split_state({name: obj.state_dict() for name, obj in states.items()})
+    save_file(tensors, str(directory / STATE_TENSORS_NAME))
+    (directory / STATE_JSON_NAME).write_text(json.dumps(skeleton, indent=1))
+
+
+def read_training_state(directory: str | os.PathLike, names: list[str]) -> dict[str, Any]:
+    """Read :func:`save_training_state`'s files (CPU tensors); ``ValueError`` naming a bad file or a state mismatch."""
+    directory = Path(directory)
+    json_path, tensor_path = directory / STATE_JSON_NAME, directory / STATE_TENSORS_NAME
+    try:
+        skeleton = json.loads(json_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"Cannot read {str(json_path)!r} (not the JSON this script writes): {error}") from error
+    try:
+        tensors = load_file(str(tensor_path))
+    except Exception as error:  # safetensors raises its own error type for a malformed header
+        raise ValueError(f"Cannot read {str(tensor_path)!r} (not a safetensors file): {error}") from error
+    if not isinstance(skeleton, dict) or sorted(skeleton) != sorted(names):
+        found = sorted(skeleton) if isinstance(skeleton, dict) else type(skeleton).__name__
+        raise ValueError(f"{str(json_path)!r} holds the states {found}, this run checkpoints {sorted(names)}.")
+    try:
+        return join_state(skeleton, tensors)
+    except KeyError as error:
+        raise ValueError(f"{str(json_path)!r} refers to tensor {error} that {str(tensor_path)!r} lacks.") from error
+
+
+def apply_training_state(states: Mapping[str, Stateful], state: Mapping[str, Any]) -> None:
+    """``load_state_dict`` each state; each tensor goes to the device where the live object keeps it."""
+    for name, obj in states.items():
+        live, _ = split_state(obj.state_dict(), name)
+        loaded, skeleton = split_state(state[name], name)
+        moved = {key: tensor.to(live[key].device) if key in live else tensor for key, tensor in loaded.items()}
+        obj.load_state_dict(join_state(skeleton, moved))
+
+
+# ---------------------------------------------------------------------------------------------- manifest
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
+
+
+def write_manifest(directory: str | os.PathLike) -> None:
+    """``manifest.json``: size and sha256 of every file in ``directory``; written after all of them."""
+    directory = Path(directory)
+    entries = {name: {"size": (directory / name).stat().st_size, "sha256": _sha256(directory / name)} for name in _files(directory)}
+    (directory / MANIFEST_NAME).write_text(json.dumps({"files": entries}, indent=1))
+
+
+def verify_checkpoint(path: str | os.PathLike) -> None:
+    """Refuse a checkpoint that is not exactly what was written: ``ValueError`` naming the missing or changed file.
+
+    A part missing or truncated (a full disk, a copy that stopped, a file deleted) would otherwise resume with
+    Accelerate's INFO line and train on from a state that is not the saved one.
+    """
+    path = Path(path)
+    manifest_path = path / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise ValueError(
+            f"Checkpoint {str(path)!r} has no {MANIFEST_NAME}: it is incomplete, or was written by an older "
+            "diffusers-edm whose checkpoints cannot be resumed safely (their custom_checkpoint_N.pkl pickles can run code)."
+        )
+    try:
+        listed = json.loads(manifest_path.read_text())["files"]
+        sizes = {name: int(entry["size"]) for name, entry in listed.items()}
+        hashes = {name: str(entry["sha256"]) for name, entry in listed.items()}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ValueError(f"Checkpoint {str(path)!r}: {MANIFEST_NAME} is unreadable ({error!r}).") from error
+    for required in ("model.safetensors", STATE_TENSORS_NAME, STATE_JSON_NAME):
+        if required not in sizes:
+            raise ValueError(
+                f"Checkpoint {str(path)!r}: {MANIFEST_NAME} does not list {required}; not a checkpoint of this script."
+            )
+    for name in sorted(sizes):
+        file = path / name
+        if not file.is_file():
+            raise ValueError(f"Checkpoint {str(path)!r} is incomplete: {name} is missing.")
+        size = file.stat().st_size
+        if size != sizes[name]:
+            raise ValueError(
+                f"Checkpoint {str(path)!r} is incomplete: {name} has {size} bytes, "
+                f"{MANIFEST_NAME} records {sizes[name]} (truncated?)."
+            )
+        if _sha256(file) != hashes[name]:
+            raise ValueError(f"Checkpoint {str(path)!r}: {name} does not match its sha256 in {MANIFEST_NAME} (corrupt or changed).")
+    unlisted = sorted(set(_files(path)) - set(sizes))
+    if unlisted:
+        raise ValueError(f"Checkpoint {str(path)!r} holds {unlisted}, which {MANIFEST_NAME} does not list; refusing to load it.")
 
 
 def check_checkpoint_matches(path: str | os.PathLike, model: torch.nn.Module) -> None:
-    """Compare the checkpoint's saved model weights with ``model``; ``ValueError`` naming the first mismatch.
+    """Verify the checkpoint's files (:func:`verify_checkpoint`), then compare its model weights' names and shapes
+    with ``model``; ``ValueError`` naming the first mismatch.
 
-    Runs before any training work, so a checkpoint from another model configuration is refused up front.
+    Runs before any training work, so an incomplete checkpoint or one from another model configuration is refused
+    up front.
     """
     path = Path(path)
-    weights = path / "model.safetensors"
-    if not weights.is_file():
+    if not (path / "model.safetensors").is_file():
         raise ValueError(f"Checkpoint {str(path)!r} has no model.safetensors: it is not a checkpoint of this script.")
+    verify_checkpoint(path)
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    with safe_open(str(weights), framework="pt") as handle:
-        saved = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    try:
+        with safe_open(str(path / "model.safetensors"), framework="pt") as handle:
+            saved = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except Exception as error:  # safetensors raises its own error type for a malformed header
+        raise ValueError(f"Checkpoint {str(path)!r}: model.safetensors is not a safetensors file ({error}).") from error
     missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
     if missing or unexpected:
         raise ValueError(
@@ -101,3 +275,83 @@ def check_checkpoint_matches(path: str | os.PathLike, model: torch.nn.Module) ->
             raise ValueError(
                 f"Checkpoint {str(path)!r} does not match the model: {name} has shape {saved[name]} there, {shape} here."
             )
+
+
+# ---------------------------------------------------------------------------------------------- save / load
+def save_checkpoint(
+    accelerator: Accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None, states: Mapping[str, Stateful]
+) -> Path:
+    """``accelerator.save_state`` and ``states`` into a temporary directory, manifest it, rename it to
+    ``checkpoint-{step}`` and keep the newest ``total_limit`` checkpoints.
+
+    Every process must call this (Accelerate saves each process's RNG state).
+    """
+    output_dir = Path(output_dir)
+    final = output_dir / f"checkpoint-{step}"
+    temporary = output_dir / f"{INCOMPLETE_PREFIX}{step}{INCOMPLETE_SUFFIX}"
+    if accelerator.is_main_process and temporary.exists():
+        shutil.rmtree(temporary)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    if accelerator.is_main_process:
+        save_training_state(states, temporary)
+    accelerator.wait_for_everyone()  # every process's files are written
+    if accelerator.is_main_process:
+        write_manifest(temporary)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+        if total_limit is not None:
+            for old in list_checkpoints(output_dir)[:-total_limit]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _refuse_code_in_pickles(path: Path) -> None:
+    """Statically list the globals each pickled file of Accelerate's would import; refuse any not allow-listed."""
+    from accelerate.utils.other import TORCH_SAFE_GLOBALS  # the allow-list Accelerate's own load() applies
+
+    with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS):
+        for file in sorted(p for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pkl")):
+            try:
+                unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(file))
+            except Exception as error:  # not a torch.save zip file
+                raise ValueError(f"Checkpoint {str(path)!r}: {file.name} is not a torch.save file ({error}).") from error
+            if unsafe:
+                raise ValueError(
+                    f"Checkpoint {str(path)!r}: {file.name} would import {sorted(unsafe)} when unpickled (it may run "
+                    "code); refusing to load it."
+                )
+
+
+def load_checkpoint(accelerator: Accelerator, path: str | os.PathLike, states: Mapping[str, Stateful]) -> None:
+    """Restore ``accelerator.load_state(path)`` (weights-only) and ``states``; call :func:`check_checkpoint_matches` first.
+
+    Refuses, with a ``ValueError`` naming the file, this process's RNG state missing or unreadable (Accelerate would
+    only log it and resume inexactly) and any pickle that names something other than tensors and plain data.
+    """
+    path = Path(path)
+    if version.parse(torch.__version__).release < version.parse(MIN_TORCH_FOR_RESUME).release:
+        raise ValueError(
+            f"Resuming needs torch >= {MIN_TORCH_FOR_RESUME} (safe weights-only loading); this is {torch.__version__}."
+        )
+    _refuse_code_in_pickles(path)
+    rng_file = path / f"random_states_{accelerator.process_index}.pkl"
+    if not rng_file.is_file():
+        raise ValueError(
+            f"Checkpoint {str(path)!r} has no {rng_file.name}: was it written by fewer processes than this run's "
+            f"{accelerator.num_processes}? A resume without it would not be exact."
+        )
+    try:
+        rng_state = accelerate_load(rng_file, weights_only=True)
+    except Exception as error:  # torch raises several types for a damaged or refused file
+        raise ValueError(f"Checkpoint {str(path)!r}: {rng_file.name} is not a readable RNG state ({error!r}).") from error
+    if not (isinstance(rng_state, dict) and {"random_state", "numpy_random_seed", "torch_manual_seed"} <= set(rng_state)):
+        raise ValueError(f"Checkpoint {str(path)!r}: {rng_file.name} does not hold Accelerate's RNG states.")
+    state = read_training_state(path, list(states))
+    try:
+        accelerator.load_state(str(path), load_kwargs={"weights_only": True})
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"Checkpoint {str(path)!r}: weights-only loading refused a file: {error}") from error
+    apply_training_state(states, state)

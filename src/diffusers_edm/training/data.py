@@ -8,13 +8,16 @@ torch RNG), not here, so a resumed run sees exactly the flips an uninterrupted o
 from __future__ import annotations
 
 import io
+import logging
 import random
-from dataclasses import dataclass
+from collections import Counter
 
 import datasets
 import numpy as np
 import torch
 from PIL import Image
+
+logger = logging.getLogger(__name__)
 
 EMBEDDED_DATASET = "sklearn-digits"
 
@@ -49,59 +52,93 @@ def load_image_dataset(
     return datasets.load_dataset(dataset_name, dataset_config_name, split=split, cache_dir=cache_dir)
 
 
-def check_images(dataset: datasets.Dataset, image_column: str) -> None:
-    """Decode every image once, before training starts; a corrupt or unreadable one is an error naming its file."""
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+CHANNEL_MODES = {1: "L", 3: "RGB"}  # what every training image is converted to
+
+
+def _image_feature(dataset: datasets.Dataset, image_column: str) -> datasets.Image:
     if image_column not in dataset.column_names:
         raise ValueError(f"Image column {image_column!r} not in the data set; its columns are {dataset.column_names}.")
     feature = dataset.features[image_column]
     if not isinstance(feature, datasets.Image):
         raise ValueError(f"Column {image_column!r} holds {feature}, not images.")
-    raw = dataset.cast_column(image_column, datasets.Image(decode=False))
-    for index, entry in enumerate(raw[image_column]):
-        path = entry.get("path") or f"row {index}"
-        try:
-            with Image.open(io.BytesIO(entry["bytes"]) if entry.get("bytes") else entry["path"]) as image:
-                image.load()
-        except Exception as error:  # PIL raises many types for bad files
-            raise ValueError(f"Cannot read training image {path}: {error}") from error
+    return feature
 
 
-@dataclass
-class LabelInfo:
-    """What the class-label column holds: the number of classes and the names, if the data set has them."""
-
-    num_classes: int
-    names: list[str] | None
+def _entry_name(entry: dict, index: int) -> str:
+    return entry.get("path") or f"row {index}"
 
 
-def inspect_labels(dataset: datasets.Dataset, label_column: str, num_classes: int | None = None) -> LabelInfo:
-    """Check a class-label column: present, integer ids in [0, num_classes), and not more classes than allowed."""
+def image_modes(dataset: datasets.Dataset, image_column: str, batch_size: int = 256) -> Counter:
+    """How many images of each PIL mode, read from the file headers: ``Image.open`` decodes no pixel data.
+
+    An image whose header cannot be read is a ``ValueError`` naming its file. (Damaged pixel data behind a valid
+    header is found when :class:`ImageDataset` first reads the image.)
+    """
+    _image_feature(dataset, image_column)
+    raw = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
+    modes: Counter = Counter()
+    index = 0
+    for batch in raw.iter(batch_size=batch_size):
+        for entry in batch[image_column]:
+            try:
+                with Image.open(io.BytesIO(entry["bytes"]) if entry.get("bytes") else entry["path"]) as image:
+                    modes[image.mode] += 1
+            except Exception as error:  # PIL raises many types for bad files
+                raise ValueError(f"Cannot read training image {_entry_name(entry, index)}: {error}") from error
+            index += 1
+    return modes
+
+
+def image_channels(dataset: datasets.Dataset, image_column: str, num_channels: int | None = None) -> int:
+    """The channels to train with: ``num_channels`` if given, else 3 if any image is in colour, else 1.
+
+    Without ``num_channels`` every image header is read once (:func:`image_modes`); the modes found and the number
+    of images that :class:`ImageDataset` converts are logged.
+    """
+    feature = _image_feature(dataset, image_column)
+    if num_channels is not None:
+        if num_channels not in (1, 3):
+            raise ValueError(f"num_channels must be 1 (grayscale) or 3 (RGB), got {num_channels!r}.")
+        logger.info("Training images: every image is converted to %s (num_channels=%d).", CHANNEL_MODES[num_channels], num_channels)
+        return num_channels
+    if feature.mode is not None:  # datasets converts every image to this mode when decoding
+        channels = 1 if feature.mode in GRAYSCALE_MODES else 3
+        logger.info("Training images: the data set decodes to mode %s; training with %d channel(s).", feature.mode, channels)
+        return channels
+    modes = image_modes(dataset, image_column)
+    channels = 3 if any(mode not in GRAYSCALE_MODES for mode in modes) else 1
+    target = CHANNEL_MODES[channels]
+    converted = {mode: count for mode, count in sorted(modes.items()) if mode != target}
+    logger.info(
+        "Training images: %s by mode; training in %s (%d channel(s)); %s.", dict(sorted(modes.items())), target, channels,
+        f"converting {sum(converted.values())} image(s) {converted} to {target}" if converted else "no image is converted",
+    )
+    return channels
+
+
+def inspect_labels(dataset: datasets.Dataset, label_column: str, num_classes: int | None = None) -> int:
+    """Check a class-label column (present, integer ids in [0, num_classes)); return the number of classes."""
     if label_column not in dataset.column_names:
         raise ValueError(f"Label column {label_column!r} not in the data set; its columns are {dataset.column_names}.")
     feature = dataset.features[label_column]
-    names = feature.names if isinstance(feature, datasets.ClassLabel) else None
     labels = np.asarray(dataset[label_column])
     if labels.dtype.kind not in "iu":
         raise ValueError(f"Label column {label_column!r} must hold integer class ids, got values like {labels[:3].tolist()}.")
     found = int(labels.max()) + 1 if len(labels) else 0
-    declared = feature.num_classes if names is not None else found
+    declared = feature.num_classes if isinstance(feature, datasets.ClassLabel) else found
     if labels.min() < 0:
         raise ValueError(f"Label column {label_column!r} holds negative ids ({int(labels.min())}).")
     if num_classes is not None and max(found, declared) > num_classes:
         raise ValueError(
             f"Label column {label_column!r} has {max(found, declared)} classes, more than --num_classes={num_classes}."
         )
-    return LabelInfo(num_classes=num_classes or declared, names=names)
-
-
-def image_channels(dataset: datasets.Dataset, image_column: str) -> int:
-    """1 for grayscale data sets (mode L), else 3 (everything else is converted to RGB)."""
-    return 1 if dataset[0][image_column].mode in ("L", "1", "I;16", "I") else 3
+    return num_classes or declared
 
 
 def image_to_tensor(image: Image.Image, resolution: int, center_crop: bool, channels: int, rng: random.Random | None = None) -> torch.Tensor:
     """Resize (shorter side = resolution, bicubic), crop to a square, scale to [-1, 1]; shape (channels, res, res)."""
-    image = image.convert("L" if channels == 1 else "RGB")
+    image = image.convert(CHANNEL_MODES[channels])
     width, height = image.size
     scale = resolution / min(width, height)
     size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
@@ -123,6 +160,8 @@ class ImageDataset(torch.utils.data.Dataset):
 
     Random crops (when ``center_crop`` is False) come from a generator seeded by (seed, epoch, index): a new crop
     each epoch, and the same one in a resumed run. The training loop calls :meth:`set_epoch`.
+    Images are decoded here, when first read (none up front): one that cannot be decoded is a ``ValueError`` naming
+    its file.
     """
 
     def __init__(
@@ -135,7 +174,11 @@ class ImageDataset(torch.utils.data.Dataset):
         label_column: str | None = None,
         seed: int = 0,
     ):
-        self.dataset, self.image_column, self.label_column = dataset, image_column, label_column
+        feature = _image_feature(dataset, image_column)
+        # Undecoded rows keep the file name for the error; the feature decodes exactly as datasets would.
+        self.dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+        self.decoder = datasets.Image(mode=feature.mode)
+        self.image_column, self.label_column = image_column, label_column
         self.resolution, self.channels, self.center_crop, self.seed = resolution, channels, center_crop, seed
         self.epoch = 0
 
@@ -147,9 +190,14 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         row = self.dataset[int(index)]
+        entry = row[self.image_column]
+        try:
+            image = self.decoder.decode_example(entry)
+        except Exception as error:  # PIL raises many types for bad files
+            raise ValueError(f"Cannot read training image {_entry_name(entry, int(index))}: {error}") from error
         rng = None if self.center_crop else random.Random(f"{self.seed}-{self.epoch}-{int(index)}")
         item = {
-            "images": image_to_tensor(row[self.image_column], self.resolution, self.center_crop, self.channels, rng),
+            "images": image_to_tensor(image, self.resolution, self.center_crop, self.channels, rng),
             "index": int(index),
         }
         if self.label_column is not None:

@@ -33,11 +33,12 @@ from .arguments import parse_args, save_args
 from .checkpoints import (
     check_checkpoint_matches,
     checkpoint_step,
+    load_checkpoint,
     remove_incomplete_checkpoints,
     resolve_resume_path,
     save_checkpoint,
 )
-from .data import ImageDataset, check_images, image_channels, inspect_labels, load_image_dataset
+from .data import ImageDataset, image_channels, inspect_labels, load_image_dataset
 from .ema import EDMEMAModel
 from .model_card import write_model_card
 from .model_presets import make_backbone
@@ -50,7 +51,7 @@ PRECOND_CLASSES = {"edm": EDMPrecond, "vp": VPPrecond, "ve": VEPrecond, "iddpm":
 
 @dataclass
 class TrainingProgress:
-    """The step counter, saved with every checkpoint (Accelerate's ``register_for_checkpointing``)."""
+    """The step counter, saved with every checkpoint (``checkpoints.save_checkpoint``)."""
 
     global_step: int = 0
 
@@ -142,11 +143,10 @@ class Trainer:
     def setup(self) -> None:
         args, accelerator = self.args, self.accelerator
         dataset = load_image_dataset(args.dataset_name, args.train_data_dir, args.dataset_config_name, cache_dir=args.cache_dir)
-        check_images(dataset, args.image_column)
         self.num_classes = 0
         if args.label_column is not None:
-            self.num_classes = inspect_labels(dataset, args.label_column, args.num_classes).num_classes
-        channels = image_channels(dataset, args.image_column)
+            self.num_classes = inspect_labels(dataset, args.label_column, args.num_classes)
+        channels = image_channels(dataset, args.image_column, args.num_channels)
         self.image_channels = channels
 
         self.vae = None
@@ -207,10 +207,10 @@ class Trainer:
         )
         if self.vae is not None:
             self.vae.to(accelerator.device)
-        checkpointed = [self.ema, self.lr_scheduler, self.progress]
+        # Saved as safetensors + JSON by save_checkpoint, not registered with Accelerate (which pickles them).
+        self.checkpointed = {"ema": self.ema, "lr_scheduler": self.lr_scheduler, "progress": self.progress}
         if self.timestep_sampler is not None:
-            checkpointed.append(self.timestep_sampler)
-        accelerator.register_for_checkpointing(*checkpointed)
+            self.checkpointed["timestep_sampler"] = self.timestep_sampler
 
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -218,7 +218,7 @@ class Trainer:
             save_args(args, self.output_dir)
         accelerator.wait_for_everyone()
         if resume_path is not None:
-            accelerator.load_state(str(resume_path))
+            load_checkpoint(accelerator, resume_path, self.checkpointed)
             if self.progress.global_step != checkpoint_step(resume_path):
                 raise ValueError(f"Checkpoint {str(resume_path)!r} records step {self.progress.global_step}, not its name's.")
             logger.info("Resumed from %s at step %d", resume_path, self.progress.global_step)
@@ -312,7 +312,7 @@ class Trainer:
                     progress_bar.set_postfix(loss=f"{mean_loss:.4f}")
                     accelerator.log(logs, step=step)
                 if step % args.checkpointing_steps == 0:
-                    save_checkpoint(accelerator, self.output_dir, step, args.checkpoints_total_limit)
+                    save_checkpoint(accelerator, self.output_dir, step, args.checkpoints_total_limit, self.checkpointed)
                 if step % args.validation_steps == 0 and step != args.max_train_steps:
                     self._validate(step)
                 if step >= args.max_train_steps:
