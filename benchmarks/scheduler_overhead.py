@@ -16,11 +16,15 @@ repetitions and the RATIOS package / diffusers for the like-for-like pairs (Heun
 Euler vs ``EulerDiscreteScheduler``). Absolute times depend on the machine and its load; only the ratios
 within one run are meaningful.
 
-Host synchronisation: with ``--device cuda`` each scheduler's loop also runs under
-``torch.cuda.set_sync_debug_mode("warn")`` and the synchronising operations are counted per model call, and
-the package's loop runs once more under ``"error"`` mode after ``set_begin_index(0)`` (which is how
-pipelines start, and which skips the one-time timestep lookup of the first call). On the CPU this check is
-skipped (there is no host/device boundary).
+Churn: the ``(churn)`` rows churn every step (S_churn 40, S_noise 1.003, no S_tmin/S_tmax window), so every step
+draws one Gaussian sample of the batch's size; diffusers' ``HeunDiscreteScheduler`` has no churn and draws nothing,
+so at a large batch those rows measure the price of the random numbers, not of the scheduler's bookkeeping.
+
+Host synchronisation (any device): every scheduler's loop is run once under :func:`benchmarks.host_syncs.count_host_syncs`
+(``bool`` / ``item`` / ``float`` / ``tolist`` / ``cpu`` / ``nonzero`` ... on tensors, counted per model call), and the
+package's loops once more after ``set_begin_index(0)`` (how pipelines start them, which skips the one-time timestep
+lookup of the first call): there no call may synchronise. With ``--device cuda`` that loop also runs under
+``torch.cuda.set_sync_debug_mode("error")``, which also sees synchronisations inside kernels.
 
 ``--profile`` (and any full run where a ratio exceeds 1) writes a cProfile of the package's loops at batch 1
 to ``scheduler_overhead_profile.txt``.
@@ -36,7 +40,6 @@ import io
 import pstats
 import statistics
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -45,6 +48,7 @@ import torch
 from diffusers import EulerDiscreteScheduler, HeunDiscreteScheduler
 from diffusers.utils import logging as diffusers_logging
 
+from benchmarks.host_syncs import count_host_syncs
 from benchmarks.reporting import (
     restores_torch_threads,
     write_record,
@@ -78,6 +82,14 @@ SCHEDULERS: tuple[TimedScheduler, ...] = (
     TimedScheduler("EDMHeunScheduler (euler)", lambda: EDMHeunScheduler(solver="euler"), "EulerDiscreteScheduler"),
     TimedScheduler(
         "EDMHeunDiscreteScheduler (euler)", lambda: EDMHeunDiscreteScheduler(**SD_TABLE_CONFIG, solver="euler"), "EulerDiscreteScheduler"
+    ),
+    # Churn on every step (EDM's ImageNet-64 strength, no S_tmin/S_tmax window): each step draws one Gaussian
+    # sample of the batch's size, which diffusers' Heun (no churn at all) never does.
+    TimedScheduler("EDMHeunScheduler (churn)", lambda: EDMHeunScheduler(s_churn=40, s_noise=1.003), "HeunDiscreteScheduler"),
+    TimedScheduler(
+        "EDMHeunDiscreteScheduler (churn)",
+        lambda: EDMHeunDiscreteScheduler(**SD_TABLE_CONFIG, s_churn=40, s_noise=1.003),
+        "HeunDiscreteScheduler",
     ),
 )
 
@@ -222,41 +234,46 @@ def plot_overhead(results: list[dict[str, Any]], path: Path) -> Path | None:
     return save_figure(figure, path)
 
 
+def run_loop(scheduler: Any, sample: torch.Tensor, device: torch.device, begin_index: bool) -> list[int]:
+    """One sampling loop with the trivial model; returns the host synchronisations counted in each model call."""
+    scheduler.set_timesteps(NUM_STEPS, device=device)
+    if begin_index:
+        scheduler.set_begin_index(0)  # how diffusers' pipelines start: no timestep lookup on the first call
+    x = sample * scheduler.init_noise_sigma
+    per_call = []
+    for t in scheduler.timesteps:
+        with count_host_syncs() as syncs:
+            model_input = scheduler.scale_model_input(x, t)
+            x = scheduler.step(trivial_model(model_input, t), t, x).prev_sample
+        per_call.append(syncs.count)
+    return per_call
+
+
 def check_host_syncs(device: torch.device, latent_size: int) -> list[dict[str, Any]]:
-    """On CUDA: count synchronising operations per model call of each scheduler's loop, and run the package's loops
-    under ``set_sync_debug_mode("error")`` after ``set_begin_index(0)``. Returns one record per scheduler."""
+    """Host synchronisations per model call of each scheduler's loop, on any device (:mod:`benchmarks.host_syncs`).
+
+    Every scheduler runs a loop as a user's hand-written loop would (no begin index); the package's schedulers run
+    once more after ``set_begin_index(0)``, as pipelines start them, where no call may synchronise. On CUDA that
+    strict loop also runs under ``torch.cuda.set_sync_debug_mode("error")``, which sees synchronisations inside
+    kernels too. Returns one record per scheduler.
+    """
     records = []
     sample = torch.randn((1, 4, latent_size, latent_size), device=device)
     for entry in SCHEDULERS:
-        scheduler = entry.make()
-        scheduler.set_timesteps(NUM_STEPS, device=device)
-        x = sample * scheduler.init_noise_sigma
-        per_call = []
-        for t in scheduler.timesteps:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                torch.cuda.set_sync_debug_mode("warn")
+        per_call = run_loop(entry.make(), sample, device, begin_index=False)
+        record = {"scheduler": entry.name, "syncs_first_call": per_call[0], "syncs_later_calls": sum(per_call[1:])}
+        if entry.baseline is not None:  # the package's schedulers: the loop as pipelines run it
+            record["syncs_with_begin_index"] = sum(run_loop(entry.make(), sample, device, begin_index=True))
+            if device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("error")
                 try:
-                    model_input = scheduler.scale_model_input(x, t)
-                    x = scheduler.step(trivial_model(model_input, t), t, x).prev_sample
+                    run_loop(entry.make(), sample, device, begin_index=True)
+                    record["cuda_error_mode_passed"] = True
+                except RuntimeError as error:
+                    record["cuda_error_mode_passed"] = False
+                    record["cuda_error"] = str(error).splitlines()[0]
                 finally:
                     torch.cuda.set_sync_debug_mode(0)
-            per_call.append(sum("synchroniz" in str(w.message).lower() for w in caught))
-        record = {"scheduler": entry.name, "syncs_first_call": per_call[0], "syncs_later_calls": sum(per_call[1:])}
-        if entry.baseline is not None:  # the package's schedulers: strict check with the begin index set
-            scheduler.set_timesteps(NUM_STEPS, device=device)
-            scheduler.set_begin_index(0)
-            x = sample * scheduler.init_noise_sigma
-            torch.cuda.set_sync_debug_mode("error")
-            try:
-                for t in scheduler.timesteps:
-                    x = scheduler.step(trivial_model(scheduler.scale_model_input(x, t), t), t, x).prev_sample
-                record["strict_no_sync"] = True
-            except RuntimeError as error:
-                record["strict_no_sync"] = False
-                record["strict_error"] = str(error).splitlines()[0]
-            finally:
-                torch.cuda.set_sync_debug_mode(0)
         records.append(record)
     return records
 
@@ -303,18 +320,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     worst = max(ratios)
     print(f"\nworst ratio package / diffusers: {worst:.2f} ({'no slower' if worst <= 1.0 else 'SLOWER than diffusers'})")
 
+    syncs = check_host_syncs(device, settings.latent_size)
+    sync_columns = ["scheduler", "first call", "later calls", "all calls, begin index set"]
+    sync_rows = [[s["scheduler"], s["syncs_first_call"], s["syncs_later_calls"], s.get("syncs_with_begin_index", "")] for s in syncs]
     if device.type == "cuda":
-        syncs = check_host_syncs(device, settings.latent_size)
-        sync_md = markdown_table(
-            ["scheduler", "syncs in first call", "syncs in later calls", "strict (error mode, begin index set)"],
-            [[s["scheduler"], s["syncs_first_call"], s["syncs_later_calls"], s.get("strict_no_sync", "")] for s in syncs],
-        )
-        print("\nHost synchronisations inside the loop (torch.cuda.set_sync_debug_mode)\n")
-        print(sync_md)
-    else:
-        syncs = None
-        sync_md = "skipped on the CPU: run with --device cuda (uses torch.cuda.set_sync_debug_mode)"
-        print(f"\nHost synchronisation check {sync_md}.")
+        sync_columns.append("CUDA error mode")
+        for row, record in zip(sync_rows, syncs):
+            row.append(record.get("cuda_error_mode_passed", ""))
+    sync_md = markdown_table(sync_columns, sync_rows)
+    print("\nHost synchronisations per loop (Python-level sync points: bool / item / float / tolist / cpu / nonzero ...)\n")
+    print(sync_md)
 
     profile_path = None
     if args.profile or (not args.quick and worst > 1.0):
@@ -326,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     markdown_path = output_dir / "scheduler_overhead.md"
     markdown_path.write_text(
         f"# Scheduler overhead ({'quick' if args.quick else 'full'} run, {machine['date']}, device {device})\n\n"
-        f"{table}\n\nHost synchronisation: {sync_md if syncs is None else chr(10) + chr(10) + sync_md}\n"
+        f"{table}\n\nHost synchronisations per loop:\n\n{sync_md}\n"
     )
     result = {
         "settings": {**settings.__dict__, "num_steps": NUM_STEPS},

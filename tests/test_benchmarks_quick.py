@@ -17,7 +17,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `benchmarks` is a folder of the repository, not part of the package
     sys.path.insert(0, str(REPO_ROOT))
 
+import torch  # noqa: E402
+
 from benchmarks import sampler_accuracy, scheduler_overhead  # noqa: E402
+from benchmarks.host_syncs import count_host_syncs  # noqa: E402
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
@@ -95,4 +98,25 @@ def test_scheduler_overhead_writes_ratios_table_and_plot(overhead: dict) -> None
         # Quick timings are far too short to judge speed; check only that they are measured and comparable.
         assert row["step"] > 0 and row["loop"] > 0 and 0.05 < row["loop_ratio"] < 20
         assert row["calls"] == (35 if "euler" not in row["scheduler"] else 18)
-    assert overhead["host_syncs"] is None  # the CPU run documents the check instead of running it
+    syncs = {record["scheduler"]: record for record in overhead["host_syncs"]}
+    assert set(syncs) == {row["scheduler"] for row in overhead["results"]}
+    for row in compared:  # the package's schedulers, started as pipelines start them, never synchronise
+        assert syncs[row["scheduler"]]["syncs_with_begin_index"] == 0, syncs[row["scheduler"]]
+
+
+def test_host_sync_counter_sees_each_way_of_reading_a_tensor() -> None:
+    """The counter behind the benchmark's check must count what synchronises on a GPU, and nothing else."""
+    values = torch.arange(1.0, 4.0)
+    with count_host_syncs() as syncs:
+        _ = values * 2 + values.exp()  # device-side arithmetic: no synchronisation
+    assert syncs.count == 0
+    readers = [bool, float, int, lambda t: t.item(), lambda t: t.tolist(), lambda t: t.cpu(), lambda t: t.numpy(),
+               lambda t: [0, 1, 2][t.long()], lambda t: t.nonzero()]
+    for read in readers:
+        with count_host_syncs() as syncs:
+            read(values[0])
+        assert syncs.count == 1, (read, syncs.calls)
+    with count_host_syncs() as syncs:
+        if values[0] > 0:  # a comparison used as a condition
+            pass
+    assert [name for name, _ in syncs.calls] == ["__bool__"]
