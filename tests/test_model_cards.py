@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 from accelerate.state import AcceleratorState, PartialState
 from PIL import Image
 

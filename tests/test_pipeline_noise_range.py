@@ -129,3 +129,17 @@ def test_single_file_pipeline_clamps_the_same_way(family, scheduler):
     sigmas = backbone_sigmas(module.EDMPipeline(denoiser, SCHEDULERS[scheduler]()), family)
     assert all(low * (1 - RELATIVE) <= s <= high * (1 + RELATIVE) for s in sigmas), sigmas
     assert min(sigmas) == pytest.approx(max(0.002, low) if family == "ve" else U[M - 1], rel=RELATIVE)
+
+
+@pytest.mark.parametrize("scheduler", ["heun_churn", "dpm"])
+@pytest.mark.parametrize("family", ["ve", "iddpm"])
+def test_single_file_pipeline_samples_what_the_package_samples(family, scheduler):
+    spec = importlib.util.spec_from_file_location("single_file_pipeline_edm", SINGLE_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    wrapper = FAMILIES[family][0]
+    package = EDMPipeline(wrapper.from_backbone(tiny_unet(num_class_embeds=4), num_classes=3, null_class_label=3).eval(), SCHEDULERS[scheduler]())
+    twin = module.EDMPipeline(getattr(module, wrapper.__name__).from_backbone(package.denoiser.backbone, num_classes=3, null_class_label=3).eval(), SCHEDULERS[scheduler]())
+    kwargs = dict(class_labels=[0, 2], guidance_scale=1.5, num_inference_steps=3, output_type="latent")
+    expected = package(generator=torch.Generator().manual_seed(0), **kwargs).images
+    torch.testing.assert_close(twin(generator=torch.Generator().manual_seed(0), **kwargs).images, expected, rtol=0, atol=0)

@@ -40,9 +40,16 @@ from .preconditioning import (
 )
 
 
+IDDPM_MAX_LEVELS = 1_000_000
+
+
 def check_real(name: str, value: Any, allowed: str, accept: Callable[[float], bool]) -> None:
     """``ValueError`` naming ``value`` unless it is a real number (not a bool) for which ``accept`` holds."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not accept(float(value)):
+    try:
+        accepted = not isinstance(value, bool) and isinstance(value, numbers.Real) and accept(float(value))
+    except OverflowError:  # an integer beyond float's range
+        accepted = False
+    if not accepted:
         raise ValueError(f"{name} must be {allowed}, got {value!r}.")
 
 
@@ -458,7 +465,8 @@ class IDDPMPrecond(PreconditionedDenoiser):
         null_class_label: int | None = None,
         label_dropout: float = 0.0,
     ):
-        check_integer("M", M, "an integer >= 2", lambda n: n >= 2)
+        # The table is M + 1 float64 levels built by a Python loop: a million levels is already far beyond use.
+        check_integer("M", M, f"an integer in 2..{IDDPM_MAX_LEVELS}", lambda n: 2 <= n <= IDDPM_MAX_LEVELS)
         check_real("C_1", C_1, "a number in (0, 1]", lambda v: 0 < v <= 1)
         check_real("C_2", C_2, "a finite number >= 0", lambda v: 0 <= v < math.inf)
         super().__init__(backbone_class, backbone_config, num_classes, null_class_label, label_dropout)

@@ -89,26 +89,38 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
             labels = labels.expand(batch_size)
         elif batch_size not in (1, labels.numel()):
             raise ValueError(f"Got {labels.numel()} class_labels for batch_size={batch_size}; give one label or one per sample.")
-        null_label = self._null_label() if guidance_scale != 1.0 else None
+        guided = guidance_scale != 1.0
+        null_label = self._null_label() if guided else self._known_null_label()
         valid = (labels >= 0) & (labels < rows)
-        if null_label is not None:
+        if guided:
             valid &= labels != null_label
         if not bool(valid.all()):
-            allowed = f"0..{rows - 1}" + ("" if null_label is None else f" other than the null label {null_label} (guidance needs real classes)")
+            allowed = f"0..{rows - 1}"
+            if guided:
+                allowed += f" other than the null label {null_label} (guidance needs real classes)"
+            elif null_label is not None:
+                allowed += f" ({null_label}: the null label)"
             raise ValueError(f"class_labels must be ids of the {type(self.unet).__name__}'s class table, {allowed}; got {labels[~valid].tolist()}.")
         return labels
 
-    def _null_label(self) -> int:
-        """The "no class" label of classifier-free guidance (the config's, else a DiT's extra row)."""
+    def _known_null_label(self) -> int | None:
+        """The "no class" label: the config's, else a DiT's extra embedding row, else None."""
         if self.config.null_class_label is not None:
             return int(self.config.null_class_label)
         if isinstance(self.unet, DiTTransformer2DModel):
             # DiT's label embedding has one extra row, index num_classes, for the dropped label.
             return int(self.unet.config.num_embeds_ada_norm)
-        raise ValueError(
-            "guidance_scale != 1 needs a null class label: pass null_class_label=... to the pipeline "
-            f"(the label your {type(self.unet).__name__} was trained with for 'no class')."
-        )
+        return None
+
+    def _null_label(self) -> int:
+        """The "no class" label of classifier-free guidance; ``ValueError`` when the pipeline has none."""
+        null_label = self._known_null_label()
+        if null_label is None:
+            raise ValueError(
+                "guidance_scale != 1 needs a null class label: pass null_class_label=... to the pipeline "
+                f"(the label your {type(self.unet).__name__} was trained with for 'no class')."
+            )
+        return null_label
 
     def _sample_shape(self, batch_size: int) -> tuple[int, ...]:
         sample_size = self.unet.config.sample_size
@@ -223,9 +235,7 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
         """
         rows = self._class_table_size()
         call: dict[str, Any] = {}
-        null_label = self.config.null_class_label
-        if isinstance(self.unet, DiTTransformer2DModel) and null_label is None:
-            null_label = int(self.unet.config.num_embeds_ada_norm)
+        null_label = self._known_null_label()
         num_classes = rows - 1 if null_label is not None and null_label == rows - 1 else rows
         if rows > 0:
             call["class_labels"] = list(range(min(num_classes, USAGE_EXAMPLE_IMAGES)))
