@@ -120,7 +120,8 @@ class PreconditionedDenoiser(ModelMixin, ConfigMixin):
     def round_sigma(self, sigma):
         return torch.as_tensor(sigma)
 
-    def check_class_labels(self, class_labels, batch: int, device="cpu") -> torch.LongTensor | None:
+    def _label_ids(self, class_labels, batch: int, device) -> torch.LongTensor | None:
+        """Label ids of one forward: presence, dtype and shape only (no look at the values, no host synchronisation)."""
         num_classes, null_label = self.config.num_classes, self.config.null_class_label
         if num_classes == 0:
             if class_labels is not None:
@@ -130,27 +131,40 @@ class PreconditionedDenoiser(ModelMixin, ConfigMixin):
             if null_label is None:
                 raise ValueError(f"This denoiser is class-conditional (num_classes={num_classes}): pass class_labels.")
             return torch.full((batch,), null_label, dtype=torch.long, device=device)
-        labels = torch.as_tensor(class_labels, device=device)
-        if labels.dtype == torch.bool or labels.is_floating_point():
+        try:
+            labels = torch.as_tensor(class_labels, device=device)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+            raise ValueError(f"class_labels must be integer label ids (int64), got {class_labels!r}.") from error
+        if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
             raise TypeError(f"class_labels must be integer label ids, got dtype {labels.dtype}.")
         if labels.numel() not in (1, batch):
             raise ValueError(f"class_labels must be one id or one per sample ({batch}), got shape {tuple(labels.shape)}.")
-        labels = labels.reshape(-1).expand(batch).long()
+        return labels.reshape(-1).expand(batch).long()
+
+    def check_class_labels(self, class_labels, batch: int, device="cpu") -> torch.LongTensor | None:
+        """Validated label ids (ids in 0..num_classes-1 or the null label); one host synchronisation: once per call."""
+        labels = self._label_ids(class_labels, batch, device)
+        if labels is None or class_labels is None:
+            return labels
+        num_classes, null_label = self.config.num_classes, self.config.null_class_label
         valid = ((labels >= 0) & (labels < num_classes)) | (labels == (-1 if null_label is None else null_label))
         if not bool(valid.all()):
             raise ValueError(f"class_labels must be in 0..{num_classes - 1} or the null label {null_label}, got {labels[~valid].tolist()}.")
         return labels
 
     def forward(self, sample, sigma, class_labels=None, encoder_hidden_states=None, return_dict=True):
-        """Coefficients and D in float32; the backbone gets ``c_in x`` in its dtype and ``c_noise`` as a (B,) tensor."""
+        """Coefficients and D in float32; the backbone gets ``c_in x`` in its dtype and ``c_noise`` as a (B,) tensor.
+
+        Values are not checked here (that would wait for the device at every call): the pipeline checks the labels
+        once per call, and its schedule keeps sigma finite, > 0 and within ``[sigma_min, sigma_max]``."""
         if sample.ndim != 4 or sample.shape[1] != self.image_channels:
             raise ValueError(f"sample must have shape (B, {self.image_channels}, H, W), got {tuple(sample.shape)}.")
         batch = sample.shape[0]
+        if isinstance(sigma, (int, float)):
+            sigma = torch.full((batch,), float(sigma), device=sample.device)  # no host-to-device copy
         sigma = torch.as_tensor(sigma, device=sample.device)
         sigma = (sigma if sigma.is_floating_point() else sigma.float()).reshape(-1).expand(batch)
-        if not bool(torch.all(torch.isfinite(sigma) & (sigma > 0))):
-            raise ValueError(f"sigma must be finite and > 0, got {sigma.tolist()}.")
-        labels = self.check_class_labels(class_labels, batch, sample.device)
+        labels = self._label_ids(class_labels, batch, sample.device)
         if labels is not None and self.training and self.config.label_dropout > 0:
             dropped = torch.rand(batch, device=sample.device) < self.config.label_dropout
             labels = torch.where(dropped, torch.full_like(labels, self.config.null_class_label), labels)
@@ -225,13 +239,24 @@ class IDDPMPrecond(PreconditionedDenoiser):
     def __init__(self, backbone_class, backbone_config, C_1=0.001, C_2=0.008, M=1000,
                  num_classes=0, null_class_label=None, label_dropout=0.0):
         super().__init__(backbone_class, backbone_config, num_classes, null_class_label, label_dropout)
-        self.sigma_table = torch.from_numpy(iddpm_sigma_table(M, C_1, C_2))  # not a buffer: keeps float64
-        self.sigma_min, self.sigma_max = float(self.sigma_table[M - 1]), float(self.sigma_table[0])
+        self._table_values = iddpm_sigma_table(M, C_1, C_2)
+        self.sigma_min, self.sigma_max = float(self._table_values[M - 1]), float(self._table_values[0])
+        # A non-persistent buffer (moves with the model, never copied per call), rebuilt in float64 by `_apply`.
+        self.register_buffer("sigma_table", self._table_tensor(torch.device("cpu")), persistent=False)
+
+    def _table_tensor(self, device):
+        return torch.from_numpy(self._table_values).to(device=device, dtype=torch.float32 if device.type == "mps" else torch.float64)
+
+    def _apply(self, fn, recurse=True):
+        module = super()._apply(fn, recurse)
+        self.sigma_table = self._table_tensor(self.sigma_table.device)
+        return module
 
     def round_sigma(self, sigma):
         sigma = torch.as_tensor(sigma)
         dtype = sigma.dtype if sigma.is_floating_point() else torch.float64
-        return self.sigma_table.to(sigma.device)[nearest_table_index(sigma, self.sigma_table)].to(dtype)
+        table = self.sigma_table.to(sigma.device)
+        return table[nearest_table_index(sigma, table)].to(dtype)
 
     def preconditioning(self, sigma):
         index = nearest_table_index(sigma, self.sigma_table)
@@ -264,8 +289,44 @@ class EDMPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
-    def _raw_output_scheduler(self) -> bool:
-        return callable(getattr(self.scheduler, "precondition_outputs", None))
+    def _raw_output_scheduler(self, scheduler) -> bool:
+        return callable(getattr(scheduler, "precondition_outputs", None))
+
+    def _set_timesteps(self, num_inference_steps: int, device):
+        """EDM's sampler range ``[max(sigma_min, net.sigma_min), min(sigma_max, net.sigma_max)]``, then
+        ``net.round_sigma``; diffusers' EDM schedulers read their range from the config, so a copy samples it."""
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}.")
+        scheduler, denoiser = self.scheduler, self.denoiser
+        sigma_min = max(float(scheduler.config.sigma_min), denoiser.sigma_min)
+        sigma_max = min(float(scheduler.config.sigma_max), denoiser.sigma_max)
+        if not sigma_min < sigma_max:
+            raise ValueError(
+                f"The scheduler's noise range [{scheduler.config.sigma_min}, {scheduler.config.sigma_max}] and the "
+                f"denoiser's [{denoiser.sigma_min}, {denoiser.sigma_max}] do not overlap."
+            )
+        if "round_sigma" in inspect.signature(scheduler.set_timesteps).parameters:  # diffusers-edm's EDMHeunScheduler
+            lowest, highest = denoiser.sigma_min, denoiser.sigma_max
+            scheduler.set_timesteps(num_inference_steps, device=device, sigma_min=sigma_min, sigma_max=sigma_max,
+                                    round_sigma=lambda sigma: denoiser.round_sigma(sigma.clamp(lowest, highest)))
+            return scheduler
+        if (sigma_min, sigma_max) != (scheduler.config.sigma_min, scheduler.config.sigma_max):
+            scheduler = type(scheduler).from_config(scheduler.config, sigma_min=sigma_min, sigma_max=sigma_max)
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        return scheduler
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """``vae.decode`` of ``z * std / scaling_factor + mean`` (config with latents_mean / latents_std), else
+        ``z / scaling_factor + shift_factor`` (the same map as diffusers-edm's LatentCodec)."""
+        config = self.vae.config
+        scale = float(config.scaling_factor) if getattr(config, "scaling_factor", None) is not None else 1.0
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean, std = (torch.tensor(v, dtype=torch.float32, device=latents.device).reshape(1, -1, 1, 1) for v in (mean, std))
+            latents = latents * std / scale + mean
+        else:
+            latents = latents / scale + float(getattr(config, "shift_factor", None) or 0.0)
+        return self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0].to(torch.float32)
 
     @torch.no_grad()
     def __call__(self, batch_size: int = 1, class_labels=None, guidance_scale: float = 1.0, num_inference_steps: int = 18,
@@ -278,19 +339,38 @@ class EDMPipeline(DiffusionPipeline):
             raise ValueError("This pipeline samples latents but has no vae; load its vae or use output_type='latent'.")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
-        denoiser, scheduler, device = self.denoiser, self.scheduler, self._execution_device
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number (1.0: no guidance), got {guidance_scale!r}.")
+        denoiser, device = self.denoiser, self._execution_device
         null_label = denoiser.config.null_class_label
         if guidance_scale != 1.0 and null_label is None:
             raise ValueError(f"guidance_scale={guidance_scale} needs a denoiser with a null_class_label; use 1.0.")
-        if class_labels is not None and not isinstance(class_labels, int) and batch_size == 1:
-            batch_size = torch.as_tensor(class_labels).numel()
+        if class_labels is not None and not isinstance(class_labels, int):
+            try:
+                count = torch.as_tensor(class_labels).numel()
+            except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+                raise ValueError(f"class_labels must be integer label ids (int64), got {class_labels!r}.") from error
+            if count == 0:
+                raise ValueError(f"class_labels must hold at least one label id, got {class_labels!r}.")
+            if batch_size == 1:
+                batch_size = count
+            elif count not in (1, batch_size):
+                raise ValueError(f"Got {count} class_labels for batch_size={batch_size}; give one label or one per sample.")
         labels = denoiser.check_class_labels(class_labels, batch_size, device)
+        guided = guidance_scale != 1.0
+        if guided:
+            if bool((labels == null_label).any()):
+                raise ValueError("Classifier-free guidance needs a real class label for every sample, not the null label.")
+            labels = torch.cat([labels, torch.full_like(labels, null_label)])
+            if encoder_hidden_states is not None:
+                encoder_hidden_states = torch.cat([encoder_hidden_states] * 2)
 
-        raw = self._raw_output_scheduler()
-        if "round_sigma" in inspect.signature(scheduler.set_timesteps).parameters:
-            scheduler.set_timesteps(num_inference_steps, device=device, round_sigma=denoiser.round_sigma)
-        else:
-            scheduler.set_timesteps(num_inference_steps, device=device)
+        scheduler = self._set_timesteps(num_inference_steps, device)
+        raw = self._raw_output_scheduler(scheduler)
+        if raw:
+            call_sigmas = scheduler.sigmas.to(device=device, dtype=torch.float32)
+            one, zero = torch.ones((), device=device), torch.zeros((), device=device)
+            c_skips, c_outs = scheduler.precondition_outputs(one, zero, call_sigmas), scheduler.precondition_outputs(zero, one, call_sigmas)
         shape = (batch_size, denoiser.image_channels, *denoiser.sample_size)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
@@ -302,20 +382,15 @@ class EDMPipeline(DiffusionPipeline):
 
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
             scheduler.scale_model_input(latents, t)  # the denoiser applies its own c_in; this advances the scheduler
-            sigma = scheduler.sigmas[scheduler.step_index] if raw else t
-            if guidance_scale == 1.0:
-                denoised = denoiser(latents, sigma, labels, encoder_hidden_states).sample
-            else:
-                context = None if encoder_hidden_states is None else torch.cat([encoder_hidden_states] * 2)
-                both = denoiser(torch.cat([latents] * 2), sigma, torch.cat([labels, torch.full_like(labels, null_label)]), context)
-                conditional, unconditional = both.sample.chunk(2)
+            sigma = call_sigmas[scheduler.step_index] if raw else t
+            denoised = denoiser(torch.cat([latents] * 2) if guided else latents, sigma, labels, encoder_hidden_states).sample
+            if guided:
+                conditional, unconditional = denoised.chunk(2)
                 denoised = unconditional + guidance_scale * (conditional - unconditional)
             if raw:
-                one, zero = torch.ones(()), torch.zeros(())
-                c_skip, c_out = scheduler.precondition_outputs(one, zero, sigma), scheduler.precondition_outputs(zero, one, sigma)
-                model_output = (denoised - c_skip.to(device) * latents) / c_out.to(device)
+                model_output = (denoised - c_skips[scheduler.step_index] * latents) / c_outs[scheduler.step_index]
             elif scheduler.config.prediction_type == "epsilon":
-                model_output = (latents - denoised) / sigma.to(device, latents.dtype)
+                model_output = (latents - denoised) / sigma.to(latents.dtype)
             else:
                 model_output = denoised
             latents = scheduler.step(model_output, t, latents, generator=generator).prev_sample
@@ -327,8 +402,7 @@ class EDMPipeline(DiffusionPipeline):
         image = latents
         if output_type != "latent":
             if self.vae is not None:
-                image = latents / self.vae.config.scaling_factor + (self.vae.config.shift_factor or 0.0)
-                image = self.vae.decode(image.to(self.vae.dtype), return_dict=False)[0]
+                image = self._decode(latents)
             image = self.image_processor.postprocess(image.float(), output_type=output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=image) if return_dict else (image,)

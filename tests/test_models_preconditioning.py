@@ -1,4 +1,4 @@
-"""Preconditioned denoisers against EDM Table 1 (REFERENCE.md section 2), restated here in float64."""
+"""Preconditioned denoisers against EDM Table 1 (Karras et al. 2022), restated here in float64."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ IDDPM_TABLE = reference_iddpm_table()
 
 
 def reference_coefficients(family: str, sigma: float) -> tuple[float, float, float, float]:
-    """(c_skip, c_out, c_in, c_noise) of REFERENCE.md section 2 with EDM's default parameters."""
+    """(c_skip, c_out, c_in, c_noise) of EDM Table 1 with EDM's default parameters."""
     if family == "edm":
         sd = 0.5
         return (sd**2 / (sigma**2 + sd**2), sigma * sd / math.sqrt(sigma**2 + sd**2), 1 / math.sqrt(sigma**2 + sd**2), math.log(sigma) / 4)

@@ -1,4 +1,4 @@
-"""EDMPipeline: schedulers, guidance, output types, saving and loading (REFERENCE.md sections 1, 2, 5, 7)."""
+"""EDMPipeline: schedulers, guidance, output types, saving and loading (Karras et al. 2022, Algorithms 1-2, Table 1)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from diffusers import DDPMScheduler, DiffusionPipeline, EDMDPMSolverMultistepSch
 from diffusers_edm import EDMHeunScheduler
 from diffusers_edm.models import EDMPrecond, IDDPMPrecond, VPPrecond
 from diffusers_edm.pipelines import EDMPipeline
-from diffusers_edm.pipelines import pipeline_edm as pipeline_module
+from diffusers_edm.pipelines import model_card as model_card_module
 from tiny_backbones import tiny_dit, tiny_unet, tiny_unet_condition, tiny_vae
 
 
@@ -188,7 +188,7 @@ def test_push_to_hub_uploads_a_model_card(tmp_path, monkeypatch):
     class Repo:
         repo_id = "someone/tiny-edm"
 
-    monkeypatch.setattr(pipeline_module, "create_repo", lambda repo_id, **kwargs: Repo())
+    monkeypatch.setattr(model_card_module, "create_repo", lambda repo_id, **kwargs: Repo())
 
     def upload(working_dir, repo_id, **kwargs):
         uploaded["repo_id"] = repo_id
@@ -202,7 +202,8 @@ def test_push_to_hub_uploads_a_model_card(tmp_path, monkeypatch):
     card = uploaded["card"]
     assert "library_name: diffusers" in card and "- diffusers-edm" in card
     assert "EDMHeunScheduler" in card and "`s_churn`: `0.0`" in card
-    assert 'EDMPipeline.from_pretrained("someone/tiny-edm")' in card and "class_labels=0" in card
+    # The usage example is generated from the config: the 5 classes 0..4 (test_model_cards.py runs it).
+    assert 'EDMPipeline.from_pretrained("someone/tiny-edm")' in card and "class_labels=[0, 1, 2, 3, 4]" in card
 
 
 # ---------------------------------------------------------------------------------------------- bad input

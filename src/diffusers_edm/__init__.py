@@ -25,6 +25,7 @@ from .losses import (
 from .models import (
     EDMPrecond,
     IDDPMPrecond,
+    LatentCodec,
     PreconditionedDenoiser,
     PreconditionedDenoiserOutput,
     Preconditioning,
@@ -57,6 +58,7 @@ __all__ = [
     "IDDPMLoss",
     "IDDPMPrecond",
     "LearnedVarianceDDPMScheduler",
+    "LatentCodec",
     "LearnedVariancePipeline",
     "LossSecondMomentTimestepSampler",
     "ModelMixin",

@@ -1,5 +1,6 @@
 """Preconditioned denoisers D(x; sigma) over diffusers backbones (EDM Table 1)."""
 
+from .latent_codec import LatentCodec
 from .preconditioned_denoisers import (
     EDMPrecond,
     IDDPMPrecond,
@@ -13,6 +14,7 @@ from .preconditioning import Preconditioning
 __all__ = [
     "EDMPrecond",
     "IDDPMPrecond",
+    "LatentCodec",
     "PreconditionedDenoiser",
     "PreconditionedDenoiserOutput",
     "Preconditioning",

@@ -13,6 +13,8 @@ module, so the two directions cannot drift apart.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -26,7 +28,8 @@ class LatentCodec:
     def __init__(self, vae: torch.nn.Module):
         config = vae.config
         self.vae = vae
-        self.scaling_factor = float(getattr(config, "scaling_factor", None) or 1.0)
+        scaling_factor = getattr(config, "scaling_factor", None)
+        self.scaling_factor = 1.0 if scaling_factor is None else _finite("scaling_factor", scaling_factor, positive=True)
         mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
         if (mean is None) != (std is None):
             raise ValueError(
@@ -38,9 +41,9 @@ class LatentCodec:
             raise ValueError(
                 f"The VAE config has both shift_factor={shift} and latents_mean / latents_std; expected one normalisation."
             )
-        self.shift_factor = float(shift or 0.0)
-        self._mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
-        self._std = None if std is None else torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
+        self.shift_factor = 0.0 if shift is None else _finite("shift_factor", shift, positive=False)
+        self._mean = None if mean is None else _channel_statistic("latents_mean", mean, positive=False)
+        self._std = None if std is None else _channel_statistic("latents_std", std, positive=True)
         channels = int(config.latent_channels)
         for name, values in (("latents_mean", self._mean), ("latents_std", self._std)):
             if values is not None and values.shape[1] != channels:
@@ -78,3 +81,25 @@ class LatentCodec:
         """Images in about [-1, 1] (float32) from model latents: :meth:`denormalize`, then ``vae.decode``."""
         vae_latents = self.denormalize(latents).to(self.vae.dtype)
         return self.vae.decode(vae_latents, return_dict=False)[0].to(torch.float32)
+
+
+def _finite(name: str, value: object, positive: bool) -> float:
+    """A VAE config number as a float; ``ValueError`` naming it unless finite (and > 0 when ``positive``)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or (positive and number <= 0):
+        raise ValueError(f"The VAE config's {name} must be a finite number{' > 0' if positive else ''}, got {value!r}.")
+    return number
+
+
+def _channel_statistic(name: str, values: object, positive: bool) -> torch.Tensor:
+    """Per-channel ``latents_mean`` / ``latents_std`` as a float32 ``(1, C, 1, 1)`` tensor, checked once."""
+    try:
+        tensor = torch.tensor(values, dtype=torch.float64).reshape(1, -1, 1, 1)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"The VAE config's {name} must be a list of numbers, one per latent channel, got {values!r}.") from error
+    if not bool(torch.isfinite(tensor).all()) or (positive and not bool((tensor > 0).all())):
+        raise ValueError(f"The VAE config's {name} must hold finite numbers{' > 0' if positive else ''}, got {values!r}.")
+    return tensor.to(torch.float32)

@@ -8,8 +8,9 @@ config), so ``save_pretrained`` writes one ``config.json`` and one safetensors f
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from accelerate import init_empty_weights
@@ -37,6 +38,39 @@ from .preconditioning import (
     ve_preconditioning,
     vp_preconditioning,
 )
+
+
+IDDPM_MAX_LEVELS = 1_000_000
+
+
+def check_real(name: str, value: Any, allowed: str, accept: Callable[[float], bool]) -> None:
+    """``ValueError`` naming ``value`` unless it is a real number (not a bool) for which ``accept`` holds."""
+    try:
+        accepted = not isinstance(value, bool) and isinstance(value, numbers.Real) and accept(float(value))
+    except OverflowError:  # an integer beyond float's range
+        accepted = False
+    if not accepted:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}.")
+
+
+def check_integer(name: str, value: Any, allowed: str, accept: Callable[[int], bool]) -> None:
+    """``ValueError`` naming ``value`` unless it is an integer (not a bool) for which ``accept`` holds."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not accept(int(value)):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}.")
+
+
+def label_tensor(class_labels: torch.Tensor | int | list[int], device: torch.device | str | None = None) -> torch.Tensor:
+    """``class_labels`` as an integer tensor (no look at the values); ``TypeError`` for a non-integer dtype,
+    ``ValueError`` naming input that is not label ids at all (text, ragged lists, ids beyond int64)."""
+    try:
+        labels = torch.as_tensor(class_labels, device=device)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise ValueError(f"class_labels must be integer label ids (int64), got {class_labels!r}.") from error
+    if labels.numel() == 0:
+        raise ValueError(f"class_labels must hold at least one label id, got {class_labels!r}.")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"class_labels must be integer label ids, got dtype {labels.dtype}.")
+    return labels
 
 
 @dataclass
@@ -73,19 +107,20 @@ class PreconditionedDenoiser(ModelMixin, ConfigMixin):
         label_dropout: float,
     ):
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}.")
-        if null_class_label is not None and (
-            isinstance(null_class_label, bool) or not isinstance(null_class_label, int) or null_class_label < num_classes
-        ):
-            raise ValueError(
-                f"null_class_label must be None or an integer label id >= num_classes={num_classes} (a row of the "
-                f"backbone's class table that is not a real class), got {null_class_label!r}."
+        check_integer("num_classes", num_classes, "an integer >= 0", lambda n: n >= 0)
+        if null_class_label is not None:
+            check_integer(
+                "null_class_label",
+                null_class_label,
+                f"None or an integer label id >= num_classes={num_classes} (a row of the backbone's class table that "
+                "is not a real class)",
+                lambda n: n >= num_classes,
             )
-        if not 0.0 <= label_dropout <= 1.0:
-            raise ValueError(f"label_dropout must be a probability in [0, 1], got {label_dropout!r}.")
+        check_real("label_dropout", label_dropout, "a probability in [0, 1]", lambda p: 0.0 <= p <= 1.0)
         if label_dropout > 0 and null_class_label is None:
             raise ValueError(f"label_dropout={label_dropout} needs a null_class_label to drop labels to.")
+        if not isinstance(backbone_config, dict):
+            raise ValueError(f"backbone_config must be a dict (the backbone's config), got {backbone_config!r}.")
         self._attach_backbone(build_backbone(backbone_class, backbone_config))
 
     def _attach_backbone(self, backbone: torch.nn.Module) -> None:
@@ -174,7 +209,13 @@ class PreconditionedDenoiser(ModelMixin, ConfigMixin):
     # ---------------------------------------------------------------------------------------- forward
     @staticmethod
     def _noise_levels(sigma: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
-        """``sigma`` as one float level per sample; shapes only, no look at the values (no host synchronisation)."""
+        """``sigma`` as one float level per sample; shapes only, no look at the values.
+
+        A Python number becomes a filled device tensor (no host-to-device copy, which would wait for the device);
+        a tensor is used where it lives (callers keep per-step noise levels on the model's device).
+        """
+        if isinstance(sigma, numbers.Real) and not isinstance(sigma, bool):
+            return torch.full((batch,), float(sigma), device=device)
         sigma = torch.as_tensor(sigma, device=device)
         if not sigma.is_floating_point():
             sigma = sigma.to(torch.float32)
@@ -213,9 +254,7 @@ class PreconditionedDenoiser(ModelMixin, ConfigMixin):
                     f"This model is class-conditional (num_classes={num_classes}) without a null label: pass class_labels."
                 )
             return torch.full((batch,), null_label, dtype=torch.long, device=device)
-        labels = torch.as_tensor(class_labels, device=device)
-        if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-            raise TypeError(f"class_labels must be integer label ids, got dtype {labels.dtype}.")
+        labels = label_tensor(class_labels, device)
         if labels.numel() == 1:
             labels = labels.reshape(1).expand(batch)
         elif labels.numel() == batch:
@@ -322,10 +361,9 @@ class EDMPrecond(PreconditionedDenoiser):
         null_class_label: int | None = None,
         label_dropout: float = 0.0,
     ):
-        if not sigma_data > 0:
-            raise ValueError(f"sigma_data must be > 0, got {sigma_data!r}.")
-        if not 0 <= sigma_min < sigma_max:
-            raise ValueError(f"Need 0 <= sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}.")
+        check_real("sigma_data", sigma_data, "a finite number > 0", lambda v: 0 < v < math.inf)
+        check_real("sigma_min", sigma_min, "a finite number >= 0", lambda v: 0 <= v < math.inf)
+        check_real("sigma_max", sigma_max, f"a number > sigma_min={sigma_min} (inf allowed)", lambda v: v > sigma_min)
         super().__init__(backbone_class, backbone_config, num_classes, null_class_label, label_dropout)
 
     def preconditioning(self, sigma: torch.Tensor) -> Preconditioning:
@@ -356,12 +394,10 @@ class VPPrecond(PreconditionedDenoiser):
         null_class_label: int | None = None,
         label_dropout: float = 0.0,
     ):
-        if not (beta_d > 0 and beta_min > 0):
-            raise ValueError(f"beta_d and beta_min must be > 0, got beta_d={beta_d}, beta_min={beta_min}.")
-        if isinstance(M, bool) or not isinstance(M, int) or M < 2:
-            raise ValueError(f"M must be an integer >= 2, got {M!r}.")
-        if not 0 < epsilon_t < 1:
-            raise ValueError(f"epsilon_t must lie in (0, 1), got {epsilon_t!r}.")
+        check_real("beta_d", beta_d, "a finite number > 0", lambda v: 0 < v < math.inf)
+        check_real("beta_min", beta_min, "a finite number > 0", lambda v: 0 < v < math.inf)
+        check_integer("M", M, "an integer >= 2", lambda n: n >= 2)
+        check_real("epsilon_t", epsilon_t, "a number in (0, 1)", lambda v: 0 < v < 1)
         super().__init__(backbone_class, backbone_config, num_classes, null_class_label, label_dropout)
 
     @property
@@ -395,8 +431,8 @@ class VEPrecond(PreconditionedDenoiser):
         null_class_label: int | None = None,
         label_dropout: float = 0.0,
     ):
-        if not 0 < sigma_min < sigma_max < math.inf:
-            raise ValueError(f"Need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}.")
+        check_real("sigma_min", sigma_min, "a finite number > 0", lambda v: 0 < v < math.inf)
+        check_real("sigma_max", sigma_max, f"a finite number > sigma_min={sigma_min}", lambda v: sigma_min < v < math.inf)
         super().__init__(backbone_class, backbone_config, num_classes, null_class_label, label_dropout)
 
     def preconditioning(self, sigma: torch.Tensor) -> Preconditioning:
@@ -429,37 +465,50 @@ class IDDPMPrecond(PreconditionedDenoiser):
         null_class_label: int | None = None,
         label_dropout: float = 0.0,
     ):
-        if isinstance(M, bool) or not isinstance(M, int) or M < 2:
-            raise ValueError(f"M must be an integer >= 2, got {M!r}.")
-        if not (0 < C_1 <= 1 and C_2 >= 0):
-            raise ValueError(f"Need 0 < C_1 <= 1 and C_2 >= 0, got C_1={C_1}, C_2={C_2}.")
+        # The table is M + 1 float64 levels built by a Python loop: a million levels is already far beyond use.
+        check_integer("M", M, f"an integer in 2..{IDDPM_MAX_LEVELS}", lambda n: 2 <= n <= IDDPM_MAX_LEVELS)
+        check_real("C_1", C_1, "a number in (0, 1]", lambda v: 0 < v <= 1)
+        check_real("C_2", C_2, "a finite number >= 0", lambda v: 0 <= v < math.inf)
         super().__init__(backbone_class, backbone_config, num_classes, null_class_label, label_dropout)
-        # A buffer, so it moves with the model and is never copied to the device per call; not saved (the config
-        # defines it) and kept in float64 by `_apply` below, so `.to(float16)` cannot coarsen the levels.
-        self.register_buffer("sigma_table", torch.from_numpy(iddpm_sigma_table(M, C_1, C_2)), persistent=False)
+        # The levels are fixed by the config: kept as float64 NumPy for the host-side range, and as a buffer so they
+        # move with the model and are never copied to the device per call. The buffer is not saved (the config
+        # defines it) and `_apply` below rebuilds it in float64 after every move or cast.
+        self._table_values = iddpm_sigma_table(M, C_1, C_2)
+        self.register_buffer("sigma_table", self._table_tensor(torch.device("cpu")), persistent=False)
+        # DistributedDataParallel would broadcast every buffer at every forward; this one is the same on every rank.
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ["sigma_table"])
+
+    def _table_tensor(self, device: torch.device) -> torch.Tensor:
+        # float64 where the device has it (MPS has none): dtype casts of the model cannot coarsen the levels.
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        return torch.from_numpy(self._table_values).to(device=device, dtype=dtype)
 
     def _apply(self, fn, recurse: bool = True):
-        table = self.sigma_table
         module = super()._apply(fn, recurse)
-        moved = self.sigma_table
-        # float64 where the device has it (MPS has none): the table keeps its precision through dtype casts.
-        dtype = torch.float32 if moved.device.type == "mps" else torch.float64
-        self.sigma_table = table.to(device=moved.device, dtype=dtype)
+        # Rebuilt from the config's values rather than converted: `.half()` would round them, and a move from the
+        # meta device (`to_empty`, empty-weight loading) would leave them uninitialised.
+        self.sigma_table = self._table_tensor(self.sigma_table.device)
         return module
 
     @property
     def sigma_min(self) -> float:
-        return float(self.sigma_table[self.config.M - 1])
+        """``u_{M-1}``, the smallest positive table level (a host value: reading it never waits for the device)."""
+        return float(self._table_values[self.config.M - 1])
 
     @property
     def sigma_max(self) -> float:
-        return float(self.sigma_table[0])
+        """``u_0``, the largest table level."""
+        return float(self._table_values[0])
 
     def round_sigma(self, sigma: torch.Tensor | float) -> torch.Tensor:
         """The table level ``u_j`` nearest to each ``sigma`` (``argmin_j abs(u_j - sigma)``), in ``sigma``'s dtype."""
         sigma = torch.as_tensor(sigma)
         dtype = sigma.dtype if sigma.is_floating_point() else torch.float64
-        table = self.sigma_table.to(sigma.device)  # no copy when sigma lives on the model's device
+        if sigma.device.type == "cpu":
+            # Host levels (a scheduler's set_timesteps): the host copy, since reading the buffer would wait for the device.
+            table = torch.from_numpy(self._table_values)
+        else:
+            table = self.sigma_table.to(sigma.device)  # no copy when sigma lives on the model's device
         return table[nearest_table_index(sigma, table)].to(dtype)
 
     def preconditioning(self, sigma: torch.Tensor) -> Preconditioning:

@@ -1,4 +1,4 @@
-"""EDM Table 1: the preconditioning coefficients of the four denoiser families (REFERENCE.md section 2).
+"""EDM Table 1 (Karras et al. 2022): the preconditioning coefficients of the four denoiser families.
 
 ``D(x; sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x; c_noise(sigma))`` with F the raw network.
 

@@ -1,8 +1,8 @@
-"""Pipelines: one class per file.
+"""Pipelines: one class per file, and their one model-card path (:mod:`.model_card`).
 
-diffusers 0.42 resolves a saved pipeline's ``_class_name`` in the ``diffusers`` namespace only (REFERENCE.md
-section 7), so importing this package adds its pipeline classes there, where diffusers has no class of that
-name: ``DiffusionPipeline.from_pretrained(dir)`` then loads them once ``diffusers_edm`` is imported.
+diffusers 0.42 resolves a saved pipeline's ``_class_name`` in the ``diffusers`` namespace only, so importing this
+package adds its pipeline classes there, where diffusers has no class of that name:
+``DiffusionPipeline.from_pretrained(dir)`` then loads them once ``diffusers_edm`` is imported.
 """
 
 import diffusers

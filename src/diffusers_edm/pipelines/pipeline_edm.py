@@ -1,6 +1,6 @@
 """``EDMPipeline``: sampling a preconditioned denoiser D(x; sigma) with any sigma-space scheduler.
 
-Two kinds of scheduler are supported (REFERENCE.md sections 1, 2 and 5):
+Two kinds of scheduler are supported (Karras et al. 2022, Algorithms 1-2 and Table 1):
 
 - :class:`~diffusers_edm.EDMHeunScheduler` calls the model at ``timestep = sigma`` and takes ``D`` itself
   (``prediction_type="sample"``) or ``eps = (x - D) / sigma``;
@@ -8,12 +8,15 @@ Two kinds of scheduler are supported (REFERENCE.md sections 1, 2 and 5):
   rebuild ``D = c_skip x + c_out F`` with their own ``sigma_data`` in ``precondition_outputs``. Since that map is
   affine in ``F``, the pipeline inverts it exactly, ``F = (D - c_skip x) / c_out``, so the denoiser's own
   preconditioning (any family, any sigma_data) is what the scheduler ends up using.
+
+Noise range: as EDM's sampler does (``sigma_min = max(sigma_min, net.sigma_min)``, ``sigma_max = min(sigma_max,
+net.sigma_max)``, then ``net.round_sigma``), every call samples within the denoiser's range, so no model is ever
+evaluated at a noise level it was not trained for (VE below 0.02, iDDPM between or beyond its table levels).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import math
 from typing import Any, Callable
 
 import torch
@@ -22,12 +25,16 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
-from huggingface_hub import ModelCard, ModelCardData, create_repo
+from huggingface_hub import ModelCard
 
-from ..models import PreconditionedDenoiser
+from ..models import LatentCodec, PreconditionedDenoiser
+from ..models.preconditioned_denoisers import check_integer, check_real, label_tensor
 from ..schedulers import EDMHeunScheduler
+from .model_card import ModelCardHubMixin, TrainingRecord, build_model_card
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+DEFAULT_NUM_INFERENCE_STEPS = 18  # EDM's CIFAR-10 sampler (Karras et al. 2022): N = 18, 35 model calls
+USAGE_EXAMPLE_IMAGES = 8
 
 
 def takes_raw_network_output(scheduler: SchedulerMixin) -> bool:
@@ -35,20 +42,33 @@ def takes_raw_network_output(scheduler: SchedulerMixin) -> bool:
     return callable(getattr(scheduler, "precondition_outputs", None))
 
 
-class EDMPipeline(DiffusionPipeline):
+def check_guidance_scale(guidance_scale: float) -> None:
+    """``ValueError`` unless the classifier-free guidance weight is a finite real number."""
+    check_real("guidance_scale", guidance_scale, "a finite number (1.0: no guidance)", math.isfinite)
+
+
+class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
     """Unconditional or class-conditional image generation with a preconditioned denoiser (Karras et al. 2022).
 
     Components:
         denoiser: an :class:`~diffusers_edm.EDMPrecond`, ``VPPrecond``, ``VEPrecond`` or ``IDDPMPrecond``.
         scheduler: :class:`~diffusers_edm.EDMHeunScheduler` (Algorithm 2, all options), or diffusers'
             ``EDMEulerScheduler`` / ``EDMDPMSolverMultistepScheduler``.
-        vae: optional ``AutoencoderKL``; with it the denoiser works on latents, decoded as
-            ``vae.decode(latents / scaling_factor + shift_factor)``.
+        vae: optional ``AutoencoderKL``; with it the denoiser works on latents, decoded by
+            :class:`~diffusers_edm.models.LatentCodec` (``vae.decode(z / scaling_factor + shift_factor)``, or with
+            the config's ``latents_mean`` / ``latents_std``).
         latent_space: whether samples are latents that need the VAE (default: whether a VAE is given). Saved
             in ``model_index.json``, so a latent pipeline loaded without its VAE can still return latents.
 
     Classifier-free guidance: ``D = D(x; sigma, null) + w (D(x; sigma, y) - D(x; sigma, null))`` with
     ``w = guidance_scale``, both halves in one batched call; ``w = 1`` is the plain conditional model.
+
+    Noise range: each call samples ``[max(sigma_min, denoiser.sigma_min), min(sigma_max, denoiser.sigma_max)]`` of
+    the scheduler's config. ``EDMHeunScheduler`` gets that range through ``set_timesteps`` (and rounds every level,
+    churned ones included, with ``denoiser.round_sigma``, capped at ``denoiser.sigma_max``). diffusers' EDM
+    schedulers read their range from their config only, so when it must be narrowed the call samples with a copy
+    (``from_config`` with the clamped range); ``pipe.scheduler`` and its config are left as they are. Their
+    levels are not rounded: an ``IDDPMPrecond`` then takes the nearest table level as its noise label.
     """
 
     model_cpu_offload_seq = "denoiser->vae"
@@ -85,56 +105,50 @@ class EDMPipeline(DiffusionPipeline):
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
     # ------------------------------------------------------------------------------------------ sampling
-    def _call_sigma(self, timestep: torch.Tensor) -> torch.Tensor:
-        """The noise level of the current model call."""
-        if takes_raw_network_output(self.scheduler):
-            # Their timesteps are c_noise values; the sigma is tracked by the step index.
-            return self.scheduler.sigmas[self.scheduler.step_index]
-        return timestep
+    def sampling_range(self, scheduler: SchedulerMixin | None = None) -> tuple[float, float]:
+        """``(max(sigma_min, denoiser.sigma_min), min(sigma_max, denoiser.sigma_max))`` of the scheduler's config."""
+        config = (scheduler or self.scheduler).config
+        denoiser = self.denoiser
+        sigma_min = max(float(config.sigma_min), denoiser.sigma_min)
+        sigma_max = min(float(config.sigma_max), denoiser.sigma_max)
+        if not sigma_min < sigma_max:
+            raise ValueError(
+                f"The scheduler's noise range [{config.sigma_min}, {config.sigma_max}] and the {type(denoiser).__name__}'s "
+                f"[{denoiser.sigma_min}, {denoiser.sigma_max}] do not overlap; set the scheduler's sigma_min / sigma_max "
+                "within the denoiser's."
+            )
+        return sigma_min, sigma_max
 
-    def _scheduler_model_output(self, denoised: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """What the scheduler's ``step`` expects, given ``D(x; sigma)``."""
+    def _set_timesteps(self, num_inference_steps: int, device: torch.device) -> SchedulerMixin:
+        """Set the schedule of one call within :meth:`sampling_range`; returns the scheduler that samples it."""
+        check_integer("num_inference_steps", num_inference_steps, "an integer >= 1", lambda n: n >= 1)
         scheduler = self.scheduler
-        if takes_raw_network_output(scheduler):
-            one, zero = torch.ones((), dtype=torch.float32), torch.zeros((), dtype=torch.float32)
-            c_skip = scheduler.precondition_outputs(one, zero, sigma)
-            c_out = scheduler.precondition_outputs(zero, one, sigma)
-            return (denoised - c_skip.to(sample.device) * sample) / c_out.to(sample.device)
-        if scheduler.config.prediction_type == "epsilon":
-            return (sample - denoised) / sigma.to(sample.device, sample.dtype)
-        return denoised
+        sigma_min, sigma_max = self.sampling_range(scheduler)
+        if isinstance(scheduler, EDMHeunScheduler):
+            denoiser = self.denoiser
+            lowest, highest = denoiser.sigma_min, denoiser.sigma_max
 
-    def _initial_sigma(self) -> float:
-        """Standard deviation of the initial noise: the noise level of the first model call.
+            def round_sigma(sigma: torch.Tensor) -> torch.Tensor:
+                # Churn raises sigma_hat = sigma (1 + gamma) above the grid: cap it at the denoiser's range too.
+                return denoiser.round_sigma(sigma.clamp(lowest, highest))
 
-        diffusers' EDM schedulers report ``init_noise_sigma = sqrt(sigma_max^2 + 1)`` (a VP convention); EDM starts
-        at ``x_0 = sigma_0 n``, which is ``sigmas[0]`` there and ``init_noise_sigma`` for EDMHeunScheduler.
-        """
-        if takes_raw_network_output(self.scheduler):
-            return float(self.scheduler.sigmas[0])
-        return float(self.scheduler.init_noise_sigma)
-
-    def _guided_denoise(
-        self,
-        sample: torch.Tensor,
-        sigma: torch.Tensor,
-        class_labels: torch.LongTensor | None,
-        guidance_scale: float,
-        encoder_hidden_states: torch.Tensor | None,
-    ) -> torch.Tensor:
-        if guidance_scale == 1.0:
-            return self.denoiser(sample, sigma, class_labels, encoder_hidden_states).sample
-        null_labels = torch.full_like(class_labels, self.denoiser.config.null_class_label)
-        context = None if encoder_hidden_states is None else torch.cat([encoder_hidden_states] * 2)
-        both = self.denoiser(torch.cat([sample, sample]), sigma, torch.cat([class_labels, null_labels]), context).sample
-        conditional, unconditional = both.chunk(2)
-        return unconditional + guidance_scale * (conditional - unconditional)
+            scheduler.set_timesteps(
+                num_inference_steps, device=device, round_sigma=round_sigma, sigma_min=sigma_min, sigma_max=sigma_max
+            )
+            return scheduler
+        if (sigma_min, sigma_max) != (scheduler.config.sigma_min, scheduler.config.sigma_max):
+            # diffusers' EDM schedulers take their range from the config alone (EDMDPMSolverMultistepScheduler has no
+            # override at all, and EDMEulerScheduler's `sigmas=` are ramp positions in 0.42): sample with a copy.
+            scheduler = type(scheduler).from_config(scheduler.config, sigma_min=sigma_min, sigma_max=sigma_max)
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        return scheduler
 
     def _batch_and_labels(
         self, batch_size: int, class_labels: torch.Tensor | int | list[int] | None, guidance_scale: float, device
     ) -> tuple[int, torch.LongTensor | None]:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+        """The batch size and validated label ids of one call (the only look at label values: once per call)."""
+        check_integer("batch_size", batch_size, "an integer >= 1", lambda n: n >= 1)
+        check_guidance_scale(guidance_scale)
         config = self.denoiser.config
         if guidance_scale != 1.0 and (config.num_classes == 0 or config.null_class_label is None):
             raise ValueError(
@@ -142,7 +156,7 @@ class EDMPipeline(DiffusionPipeline):
                 f"(this one has num_classes={config.num_classes}, null_class_label={config.null_class_label}); use 1.0."
             )
         if class_labels is not None and not isinstance(class_labels, int):
-            count = torch.as_tensor(class_labels).numel()
+            count = label_tensor(class_labels).numel()
             if batch_size == 1:
                 batch_size = count
             elif count not in (1, batch_size):
@@ -158,7 +172,7 @@ class EDMPipeline(DiffusionPipeline):
         batch_size: int = 1,
         class_labels: torch.Tensor | int | list[int] | None = None,
         guidance_scale: float = 1.0,
-        num_inference_steps: int = 18,
+        num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
@@ -176,7 +190,8 @@ class EDMPipeline(DiffusionPipeline):
             batch_size: number of images (a list of ``class_labels`` sets it when ``batch_size`` is 1).
             class_labels: label ids for a class-conditional denoiser (one for all, or one per image); ``None`` samples
                 the null class where the denoiser has one.
-            guidance_scale: classifier-free guidance weight ``w`` (1.0: off; needs a ``null_class_label``).
+            guidance_scale: classifier-free guidance weight ``w``, a finite number (1.0: off; needs a
+                ``null_class_label``).
             num_inference_steps: number of sampler steps N (EDMHeunScheduler with Heun: 2N - 1 model calls).
             generator: torch generator(s) for the initial noise and any sampler noise (churn, SDE solvers).
             latents: initial standard-normal noise ``(B, C, H, W)``; it is scaled to the first noise level.
@@ -187,6 +202,8 @@ class EDMPipeline(DiffusionPipeline):
                 replacement ``latents``.
             callback_on_step_end_tensor_inputs: tensors passed to the callback (only ``"latents"``).
             encoder_hidden_states: cross-attention context for a ``UNet2DConditionModel`` denoiser.
+
+        Every argument is checked here, once per call; the sampling loop itself never waits for the device.
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"Unknown output_type {output_type!r}; expected one of {OUTPUT_TYPES}.")
@@ -207,12 +224,25 @@ class EDMPipeline(DiffusionPipeline):
             encoder_hidden_states = encoder_hidden_states.to(device=device, dtype=self.denoiser.dtype)
             if encoder_hidden_states.shape[0] == 1 and batch_size > 1:
                 encoder_hidden_states = encoder_hidden_states.expand(batch_size, *encoder_hidden_states.shape[1:])
+        guided = guidance_scale != 1.0
+        if guided:
+            # Both halves in one batched call: [labels, null] (built once, not per step).
+            labels = torch.cat([labels, torch.full_like(labels, self.denoiser.config.null_class_label)])
+            if encoder_hidden_states is not None:
+                encoder_hidden_states = torch.cat([encoder_hidden_states] * 2)
 
-        scheduler = self.scheduler
-        if isinstance(scheduler, EDMHeunScheduler):
-            scheduler.set_timesteps(num_inference_steps, device=device, round_sigma=self.denoiser.round_sigma)
+        scheduler = self._set_timesteps(num_inference_steps, device)
+        raw_output = takes_raw_network_output(scheduler)
+        if raw_output:
+            # Noise levels and the scheduler's c_skip / c_out of every step, on the device once per call.
+            call_sigmas = scheduler.sigmas.to(device=device, dtype=torch.float32)
+            one, zero = torch.ones((), device=device), torch.zeros((), device=device)
+            c_skips = scheduler.precondition_outputs(one, zero, call_sigmas)
+            c_outs = scheduler.precondition_outputs(zero, one, call_sigmas)
+            # EDM starts at x_0 = sigma_0 n; their init_noise_sigma is sqrt(sigma_max^2 + 1), a VP convention.
+            initial_sigma = float(scheduler.sigmas[0])
         else:
-            scheduler.set_timesteps(num_inference_steps, device=device)
+            initial_sigma = float(scheduler.init_noise_sigma)
 
         shape = (batch_size, self.denoiser.image_channels, *self.denoiser.sample_size)
         if latents is None:
@@ -220,14 +250,25 @@ class EDMPipeline(DiffusionPipeline):
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
         # The sampler runs in float32 whatever the denoiser's dtype (the denoiser casts its backbone input).
-        latents = latents.to(device=device, dtype=torch.float32) * self._initial_sigma()
+        latents = latents.to(device=device, dtype=torch.float32) * initial_sigma
 
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
             # The denoiser applies its own c_in; this call only advances the scheduler's bookkeeping.
             scheduler.scale_model_input(latents, t)
-            sigma = self._call_sigma(t)
-            denoised = self._guided_denoise(latents, sigma, labels, guidance_scale, encoder_hidden_states)
-            model_output = self._scheduler_model_output(denoised, latents, sigma)
+            # EDMHeunScheduler's timesteps are the noise levels; diffusers' are c_noise values, tracked by step index.
+            sigma = call_sigmas[scheduler.step_index] if raw_output else t
+            model_input = torch.cat([latents, latents]) if guided else latents
+            denoised = self.denoiser(model_input, sigma, labels, encoder_hidden_states).sample
+            if guided:
+                conditional, unconditional = denoised.chunk(2)
+                denoised = unconditional + guidance_scale * (conditional - unconditional)
+            if raw_output:
+                index = scheduler.step_index
+                model_output = (denoised - c_skips[index] * latents) / c_outs[index]
+            elif scheduler.config.prediction_type == "epsilon":
+                model_output = (latents - denoised) / sigma.to(latents.dtype)
+            else:
+                model_output = denoised
             latents = scheduler.step(model_output, t, latents, generator=generator).prev_sample
             if callback_on_step_end is not None:
                 available = {"latents": latents}
@@ -237,103 +278,53 @@ class EDMPipeline(DiffusionPipeline):
         if output_type == "latent":
             image = latents
         else:
-            image = latents
-            if self.vae is not None:
-                shift = self.vae.config.shift_factor or 0.0
-                image = latents / self.vae.config.scaling_factor + shift
-                image = self.vae.decode(image.to(self.vae.dtype), return_dict=False)[0]
-            image = self.image_processor.postprocess(image.float(), output_type=output_type)
+            image = LatentCodec(self.vae).decode(latents) if self.vae is not None else latents
+            image = self.image_processor.postprocess(image, output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (image,)
         return ImagePipelineOutput(images=image)
 
     # ------------------------------------------------------------------------------------------ sharing
-    def model_card(self, repo_id: str | None = None) -> ModelCard:
-        """A Hub model card (huggingface_hub ``ModelCard``) that states the model, the sampler settings and how to load it."""
-        denoiser, scheduler = self.denoiser, self.scheduler
-        conditional = denoiser.config.num_classes > 0
-        card_data = ModelCardData(
-            library_name="diffusers",
-            pipeline_tag="unconditional-image-generation",
-            tags=["diffusers", "diffusers-edm", "edm", "class-conditional" if conditional else "unconditional"],
-        )
-        sampler = {key: value for key, value in scheduler.config.items() if not key.startswith("_")}
-        sampler_lines = "\n".join(f"- `{key}`: `{value}`" for key, value in sorted(sampler.items()))
-        name = repo_id or "path/to/this/repo"
-        labels = f"{denoiser.config.num_classes} classes, null label {denoiser.config.null_class_label}" if conditional else "unconditional"
-        space = "latent space (AutoencoderKL)" if self.config.latent_space else "pixel space"
-        content = f"""---
-{card_data.to_yaml()}
----
-
-# {name.split("/")[-1]}
-
-An EDM-style diffusion model (Karras et al. 2022) made with
-[diffusers-edm](https://pypi.org/project/diffusers-edm/): a `{type(denoiser).__name__}` over a
-`{denoiser.config.backbone_class}` backbone, {labels}, sampling in {space} at
-{denoiser.image_channels}x{denoiser.sample_size[0]}x{denoiser.sample_size[1]}.
-
-## Sampler
-
-`{type(scheduler).__name__}` with
-
-{sampler_lines}
-
-and the pipeline default of 18 steps (`num_inference_steps`).
-
-## Usage
-
-```python
-import diffusers_edm  # pip install diffusers-edm
-from diffusers_edm import EDMPipeline
-
-pipe = EDMPipeline.from_pretrained("{name}")
-image = pipe(num_inference_steps=18{", class_labels=0" if conditional else ""}).images[0]
-```
-
-`DiffusionPipeline.from_pretrained("{name}")` also works once `diffusers_edm` is imported.
-"""
-        return ModelCard(content)
-
-    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any):
-        """``DiffusionPipeline.save_pretrained``; with ``push_to_hub=True`` the upload carries :meth:`model_card`."""
-        hub_keys = ("repo_id", "private", "token", "commit_message", "create_pr")
-        hub = {key: kwargs.pop(key) for key in hub_keys if key in kwargs}
-        super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
-        if not push_to_hub:
-            return None
-        repo_id = hub.get("repo_id") or os.path.basename(os.path.normpath(save_directory))
-        repo_id = create_repo(repo_id, exist_ok=True, private=hub.get("private"), token=hub.get("token")).repo_id
-        self.model_card(repo_id).save(os.path.join(save_directory, "README.md"))
-        return self._upload_folder(
-            save_directory,
-            repo_id,
-            token=hub.get("token"),
-            commit_message=hub.get("commit_message"),
-            create_pr=hub.get("create_pr", False),
-        )
-
-    def push_to_hub(
+    def model_card(
         self,
-        repo_id: str,
-        commit_message: str | None = None,
-        private: bool | None = None,
-        token: str | None = None,
-        create_pr: bool = False,
-        safe_serialization: bool = True,
-        variant: str | None = None,
-    ) -> str:
-        """Upload the pipeline and its :meth:`model_card` to the Hub repository ``repo_id``."""
-        with tempfile.TemporaryDirectory() as working_dir:
-            return self.save_pretrained(
-                working_dir,
-                push_to_hub=True,
-                repo_id=repo_id,
-                commit_message=commit_message,
-                private=private,
-                token=token,
-                create_pr=create_pr,
-                safe_serialization=safe_serialization,
-                variant=variant,
+        repo_id: str | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float = 1.0,
+        training: TrainingRecord | None = None,
+    ) -> ModelCard:
+        """The Hub model card (huggingface_hub ``ModelCard``) of this pipeline: the model, the sampler settings and a
+        usage example generated from the denoiser's config (labels within its classes), which runs as written.
+
+        Args:
+            repo_id: the Hub repository (or folder) the example loads from.
+            num_inference_steps: the example's steps (default: the pipeline's, 18).
+            guidance_scale: the example's guidance weight (used for a class-conditional model with a null label).
+            training: what a training run adds (steps, data set, arguments, sample grid).
+        """
+        denoiser = self.denoiser
+        config = denoiser.config
+        family = type(denoiser).__name__.removesuffix("Precond").lower()
+        call: dict[str, Any] = {}
+        if config.num_classes > 0:
+            call["class_labels"] = list(range(min(config.num_classes, USAGE_EXAMPLE_IMAGES)))
+            if guidance_scale != 1.0 and config.null_class_label is not None:
+                call["guidance_scale"] = float(guidance_scale)
+            labels = f"{config.num_classes} classes" + (
+                "" if config.null_class_label is None else f" (null label {config.null_class_label})"
             )
+        else:
+            call["batch_size"] = 4
+            labels = "unconditional"
+        call["num_inference_steps"] = int(num_inference_steps or DEFAULT_NUM_INFERENCE_STEPS)
+        space = "latent space (AutoencoderKL)" if self.config.latent_space else "pixel space"
+        height, width = denoiser.sample_size
+        summary = (
+            "An EDM-style diffusion model (Karras et al. 2022) made with "
+            f"[diffusers-edm](https://pypi.org/project/diffusers-edm/): denoiser `{type(denoiser).__name__}` over a "
+            f"`{config.backbone_class}` backbone, {labels}, sampling in {space} at "
+            f"{denoiser.image_channels}x{height}x{width}. Sampling covers the noise levels %g to %g (the scheduler's range "
+            "within the denoiser's)." % self.sampling_range()
+        )
+        tags = ["edm", f"{family}-preconditioning", "class-conditional" if config.num_classes > 0 else "unconditional"]
+        return build_model_card(self, repo_id=repo_id, summary=summary, tags=tags, call_arguments=call, training=training)
