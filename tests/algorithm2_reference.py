@@ -1,4 +1,4 @@
-"""An independent statement of EDM's sampler, written from REFERENCE.md section 1 for the tests.
+"""An independent statement of EDM's sampler (Karras et al. 2022, Algorithm 2 and Table 1), for the tests.
 
 Nothing here imports diffusers_edm: the schedulers are checked against these plain loops and formulas.
 """
@@ -58,7 +58,7 @@ def algorithm2(
     start_is_churned: bool = False,
     calls: list | None = None,
 ) -> torch.Tensor:
-    """EDM Algorithm 2 as a plain loop (REFERENCE.md section 1).
+    """EDM Algorithm 2 as a plain loop (Karras et al. 2022, Algorithm 2).
 
     ``sigmas`` are sigma_0..sigma_{N-1}; sigma_N = 0 is appended. ``x_start`` is x at step ``start_step``; when
     ``start_is_churned`` it is already x_hat of that step (the first churn is then not drawn). ``calls``, if given,
@@ -90,7 +90,7 @@ def algorithm2(
 
 
 # ------------------------------------------------------------------------------------------------
-# Time discretizations, each straight from its formula in REFERENCE.md section 1
+# Time discretizations, each straight from its formula (Karras et al. 2022, Table 1)
 # ------------------------------------------------------------------------------------------------
 def edm_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> list[float]:
     return [

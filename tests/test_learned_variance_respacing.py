@@ -1,8 +1,11 @@
-"""Respacing (REFERENCE.md section 4): kept timesteps and recomputed betas / posterior tables."""
+"""Respacing (Nichol & Dhariwal 2021, section 4): kept timesteps and recomputed betas / posterior tables."""
 
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+
+import random
+from itertools import accumulate, repeat
 
 import numpy as np
 import pytest
@@ -14,22 +17,51 @@ from diffusers_edm.schedulers.scheduling_learned_variance_ddpm import LearnedVar
 T = 1000
 
 
-def sections_expected(T: int, counts: list[int]) -> list[int]:
-    """'a,b,c': T cut into len(counts) near-equal consecutive sections, each strided to its count."""
-    sizes = [T // len(counts) + (1 if i < T % len(counts) else 0) for i in range(len(counts))]
-    kept, start = [], 0
-    for size, count in zip(sizes, counts):
-        kept += [start + round(j * (size - 1) / (count - 1)) for j in range(count)]
+def iddpm_space_timesteps(T: int, section_counts: str | list[int]) -> np.ndarray:
+    """Improved DDPM's respacing as its ``space_timesteps`` states it, as a sorted array.
+
+    "ddimK": the first stride s = 1, 2, ..., T-1 for which range(0, T, s) has K entries (ValueError if none).
+    "a,b,c" / counts: T cut into len(counts) consecutive sections, the first T % len(counts) one longer; a section of
+    size n keeps start + round(cur) while cur runs 0, frac, frac + frac, ... (frac = (n - 1) / (count - 1), 1 for
+    count 1): a running sum of Python floats, rounded half to even.
+    """
+    if isinstance(section_counts, str):
+        if section_counts.startswith("ddim"):
+            desired = int(section_counts[len("ddim"):])
+            for stride in range(1, T):
+                if len(range(0, T, stride)) == desired:
+                    return np.arange(0, T, stride)
+            raise ValueError(f"cannot create exactly {desired} steps with an integer stride")
+        section_counts = [int(x) for x in section_counts.split(",")]
+    size_per, extra = divmod(T, len(section_counts))
+    start, steps = 0, []
+    for i, count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        if size < count:
+            raise ValueError(f"cannot divide section of {size} steps into {count}")
+        frac_stride = 1 if count <= 1 else (size - 1) / (count - 1)
+        # cur_idx = 0.0, then cur_idx += frac_stride after each kept step: itertools.accumulate adds in that order
+        running_sum = np.fromiter(accumulate(repeat(frac_stride, count - 1), initial=0.0), dtype=np.float64, count=count)
+        steps.append(start + np.rint(running_sum).astype(np.int64))  # rint: half to even, as Python's round
         start += size
-    return kept
+    kept = np.sort(np.concatenate(steps))
+    return kept[np.concatenate(([True], kept[1:] != kept[:-1]))]  # as a set: each timestep once
+
+
+def ddim_strides(T: int) -> dict[int, int]:
+    """For each reachable K, the first stride in 1 .. T-1 whose range(0, T, stride) has K entries."""
+    first: dict[int, int] = {}
+    for stride in range(1, T):
+        first.setdefault(len(range(0, T, stride)), stride)
+    return first
 
 
 @pytest.mark.parametrize(
     "spacing, expected",
     [
         ("ddim25", list(range(0, 1000, 40))),
-        ("10,15,20", sections_expected(1000, [10, 15, 20])),
-        (50, [round(j * 999 / 49) for j in range(50)]),
+        ("10,15,20", iddpm_space_timesteps(1000, "10,15,20").tolist()),
+        (50, iddpm_space_timesteps(1000, [50]).tolist()),
     ],
 )
 @pytest.mark.parametrize("beta_schedule", ["linear", "squaredcos_cap_v2"])
@@ -52,6 +84,43 @@ def test_respaced_timesteps_betas_and_posterior(spacing, expected, beta_schedule
     np.testing.assert_allclose(scheduler.diffusion.posterior_mean_coef2, tab["coef2"], rtol=1e-10)
     # the kept steps keep their alpha_bar
     np.testing.assert_allclose(scheduler.diffusion.alphas_cumprod, ref.alpha_bars(full)[expected], rtol=1e-10)
+
+
+def test_running_sum_not_multiples_of_the_stride():
+    """T = 1000, K = 21: the stride 49.95 accumulated ten times is 499.49999999999994 and rounds to 499, where
+    10 * 49.95 = 499.5 would round (half to even) to 500."""
+    scheduler = LearnedVarianceDDPMScheduler(num_train_timesteps=1000)
+    scheduler.set_timesteps(21)
+    kept = scheduler.timesteps.tolist()[::-1]
+    assert kept[10] == 499 and 500 not in kept
+    assert kept == iddpm_space_timesteps(1000, "21").tolist()
+
+
+@pytest.mark.parametrize("T", [50, 100, 1000, 4000])
+def test_space_timesteps_equals_improved_ddpm_for_every_step_count(T):
+    """Every K = 1 .. T as an int, as the string "K" and as "ddimK", and a sample of multi-section strings."""
+    for K in range(1, T + 1):
+        expected = iddpm_space_timesteps(T, [K])
+        expected = expected.tolist()
+        assert space_timesteps(T, K) == expected, K
+        if K % 7 == 0 or K < 30:
+            assert space_timesteps(T, str(K)) == expected, K
+
+    strides = ddim_strides(T)
+    for K in range(1, T + 1):
+        if K in strides:
+            assert space_timesteps(T, f"ddim{K}") == list(range(0, T, strides[K])), K
+        else:
+            with pytest.raises(ValueError) as error:
+                space_timesteps(T, f"ddim{K}")
+            assert f"'ddim{K}'" in str(error.value)
+
+    rng = random.Random(T)
+    for _ in range(60):
+        sections = rng.randint(2, 6)
+        size = T // sections
+        counts = ",".join(str(rng.randint(1, size)) for _ in range(sections))
+        assert space_timesteps(T, counts) == iddpm_space_timesteps(T, counts).tolist(), counts
 
 
 def test_explicit_timesteps_and_full_spacing():

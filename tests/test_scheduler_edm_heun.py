@@ -1,4 +1,4 @@
-"""EDMHeunScheduler against a plain Algorithm 2 loop and the discretization formulas (REFERENCE.md section 1)."""
+"""EDMHeunScheduler against a plain Algorithm 2 loop and the discretization formulas (Karras et al. 2022, Algorithm 2, Table 1)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.stats import ks_2samp
 
 from algorithm2_reference import GaussianMixtureDenoiser, algorithm2, edm_sigmas, iddpm_sigmas, ve_sigmas, vp_sigmas
 from diffusers_edm import EDMHeunScheduler
@@ -96,6 +97,36 @@ def test_churn_at_the_first_step_draws_x_hat_0_directly(denoiser):
     noise, generator = initial_noise(5)
     result = run_scheduler(scheduler, denoiser, noise * scheduler.init_noise_sigma, generator=generator)
     torch.testing.assert_close(result, expected, rtol=0, atol=1e-10)
+
+
+# 2^24 draws for S_noise = 1.003: the relative standard error of an empirical std is 1 / sqrt(2 * 2^24) = 1.7e-4,
+# while sigma_hat_0 differs from the right std by 1.5e-3 relative there.
+@pytest.mark.parametrize("s_noise,count", [(1.003, 2**24), (7.0, 2**18)])
+def test_initial_noise_has_the_distribution_of_a_churned_x_hat_0(s_noise, count):
+    """Algorithm 2 starts at x_0 = sigma_0 n_0 and, with step 0 churned, evaluates the model at
+    x_hat_0 = x_0 + S_noise sqrt(sigma_hat_0^2 - sigma_0^2) n, whose standard deviation is
+    sqrt(sigma_0^2 + S_noise^2 (sigma_hat_0^2 - sigma_0^2)) (sigma_hat_0 only for S_noise = 1). A pipeline draws
+    randn * init_noise_sigma as the first model input; both must have the same distribution."""
+    num_steps = 8
+    scheduler = EDMHeunScheduler(s_churn=40.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=s_noise)
+    scheduler.set_timesteps(num_steps)
+    sigma_0 = 80.0
+    sigma_hat_0 = sigma_0 * (1 + min(40.0 / num_steps, math.sqrt(2) - 1))
+    expected_std = math.sqrt(sigma_0**2 + s_noise**2 * (sigma_hat_0**2 - sigma_0**2))
+    assert scheduler.init_noise_sigma == pytest.approx(expected_std, rel=1e-12)
+
+    generator = torch.Generator().manual_seed(0)
+    pipeline_start = torch.randn(count, generator=generator) * scheduler.init_noise_sigma
+    x_0 = sigma_0 * torch.randn(count, generator=generator)
+    algorithm2_start = x_0 + s_noise * math.sqrt(sigma_hat_0**2 - sigma_0**2) * torch.randn(count, generator=generator)
+    tolerance = 4.5 / math.sqrt(2 * count)
+    for sample in (pipeline_start, algorithm2_start):
+        assert float(sample.double().std()) / expected_std == pytest.approx(1.0, abs=tolerance)
+        assert abs(float(sample.double().mean())) / expected_std < 4.5 / math.sqrt(count)
+    ratio = float(pipeline_start.double().std() / algorithm2_start.double().std())
+    assert ratio == pytest.approx(1.0, abs=tolerance * math.sqrt(2))
+    # and the same shape of distribution: a two-sample Kolmogorov-Smirnov test on a subsample
+    assert ks_2samp(pipeline_start[:100_000].numpy(), algorithm2_start[:100_000].numpy()).pvalue > 1e-3
 
 
 def test_euler_solver_and_epsilon_prediction(denoiser):
@@ -253,7 +284,9 @@ def test_bad_config_is_a_clear_error(kwargs, message):
         (dict(num_inference_steps=2.5), "num_inference_steps"),
         (dict(sigmas=[1.0, 2.0]), "strictly decreasing"),
         (dict(sigmas=[2.0, 2.0]), "strictly decreasing"),
-        (dict(sigmas=[2.0, 0.0]), "positive"),
+        (dict(sigmas=[2.0, 0.0, 0.0]), "positive"),  # one final 0 is the appended sigma_N; a second is not a level
+        (dict(sigmas=[3.0, 0.0, 1.0]), "positive"),
+        (dict(sigmas=[0.0]), "positive"),
         (dict(sigmas=[2.0, -1.0]), "positive"),
         (dict(sigmas=[]), "at least one"),
         (dict(), "exactly one"),

@@ -1,4 +1,4 @@
-"""EDMHeunDiscreteScheduler: Algorithm 2 in sigma space driving a discrete-time VP model (REFERENCE.md section 1)."""
+"""EDMHeunDiscreteScheduler: Algorithm 2 in sigma space driving a discrete-time VP model (Karras et al. 2022, Algorithm 2)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, PNDMScheduler
+from diffusers.schedulers import AysSchedules
 
 from algorithm2_reference import GaussianMixtureDenoiser, algorithm2, edm_sigmas, vp_table_sigmas
 from diffusers_edm import EDMHeunDiscreteScheduler
@@ -198,5 +199,77 @@ def test_bad_custom_sigmas_are_a_clear_error():
         scheduler.set_timesteps(sigmas=[100.0, 1.0])
     with pytest.raises(ValueError, match="strictly decreasing"):
         scheduler.set_timesteps(sigmas=[1.0, 3.0])
-    with pytest.raises(ValueError, match="set_timesteps"):
-        scheduler.scale_model_input(torch.zeros(1), 10)
+
+
+# ------------------------------------------------------------------------------------------------ default schedule
+def test_a_default_schedule_exists_after_init():
+    """As diffusers' discrete schedulers: after __init__ the schedule visits every training timestep (T-1 .. 0),
+    so scale_model_input and add_noise work before set_timesteps."""
+    config = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    scheduler = EDMHeunDiscreteScheduler(**config)
+    # Heun: timestep 999 once, then every t from 998 to 0 twice (correction of one step, Euler call of the next)
+    expected = [999.0] + [float(t) for t in range(998, -1, -1) for _ in range(2)]
+    np.testing.assert_allclose(scheduler.timesteps.numpy(), expected, atol=1e-3)
+    np.testing.assert_allclose(scheduler.timesteps.numpy(), HeunDiscreteScheduler(**config).timesteps.numpy(), atol=1e-3)
+    assert scheduler.num_inference_steps == 1000
+
+    table = vp_table_sigmas("scaled_linear")
+    sample = torch.ones(2, 4, 2, 2)
+    torch.testing.assert_close(scheduler.scale_model_input(sample, 999.0), sample / math.sqrt(table[999] ** 2 + 1))
+    fresh = EDMHeunDiscreteScheduler(**config)
+    clean, noise = torch.zeros(2, 4, 2, 2), torch.ones(2, 4, 2, 2)
+    noisy = fresh.add_noise(clean, noise, torch.tensor([999.0, 500.0]))
+    torch.testing.assert_close(noisy[:, 0, 0, 0], torch.tensor([table[999], table[500]], dtype=torch.float32))
+
+
+# ------------------------------------------------------------------------------------------------ initial noise
+def test_initial_and_image_to_image_noise_with_churn_and_s_noise():
+    """At the first call of a churned step i the sample is x_hat_i, with std sqrt(sigma_i^2 + S_noise^2 (sigma_hat_i^2
+    - sigma_i^2)): init_noise_sigma for step 0, add_noise for a run that begins at step i."""
+    s_noise, num_steps = 2.0, 6
+    scheduler = EDMHeunDiscreteScheduler(beta_schedule="scaled_linear", sigma_max=5.0, s_churn=3.0, s_noise=s_noise)
+    scheduler.set_timesteps(num_steps)
+    table = vp_table_sigmas("scaled_linear")
+    sigmas = edm_sigmas(num_steps, table[0], 5.0)
+    gamma = min(3.0 / num_steps, math.sqrt(2) - 1)
+
+    def start_std(sigma: float) -> float:
+        sigma_hat = sigma * (1 + gamma)
+        return math.sqrt(sigma**2 + s_noise**2 * (sigma_hat**2 - sigma**2))
+
+    assert scheduler.init_noise_sigma == pytest.approx(start_std(sigmas[0]), rel=1e-12)
+    scheduler.set_begin_index(2 * 3)
+    noisy = scheduler.add_noise(torch.zeros(1, 4, 2, 2), torch.ones(1, 4, 2, 2), scheduler.timesteps[6:7])
+    torch.testing.assert_close(noisy, torch.full_like(noisy, start_std(sigmas[3])))
+
+
+# ------------------------------------------------------------------------------------------------ custom sigmas
+@pytest.mark.parametrize("name", ["StableDiffusionSigmas", "StableDiffusionXLSigmas"])
+def test_shipped_ays_sigma_schedules_are_accepted(name):
+    """diffusers' AYS schedules start at 14.615 (the table ends at 14.6146, 2.5e-5 relative below) and end in 0."""
+    levels = AysSchedules[name]
+    scheduler = EDMHeunDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    scheduler.set_timesteps(sigmas=levels)
+    table_max = vp_table_sigmas("scaled_linear")[-1]
+    assert levels[0] > table_max and levels[-1] == 0
+    expected = [table_max] + list(levels[1:])  # the top clamped to the table, the final 0 is sigma_N
+    np.testing.assert_allclose(scheduler.sigmas.numpy(), expected, rtol=1e-12)
+    assert scheduler.num_inference_steps == len(levels) - 1
+    assert scheduler.timesteps[0] == pytest.approx(999.0, abs=1e-4)
+
+
+def test_levels_near_the_table_ends_are_clamped_and_others_refused():
+    table = vp_table_sigmas("scaled_linear")
+    scheduler = EDMHeunDiscreteScheduler(beta_schedule="scaled_linear")
+    scheduler.set_timesteps(sigmas=[table[-1] * (1 + 5e-5), 1.0, table[0] * (1 - 5e-5)])
+    np.testing.assert_allclose(scheduler.sigmas.numpy(), [table[-1], 1.0, table[0], 0.0], rtol=1e-12)
+    with pytest.raises(ValueError, match="training table"):
+        scheduler.set_timesteps(sigmas=[table[-1] * (1 + 2e-4), 1.0])
+    with pytest.raises(ValueError, match="training table"):
+        scheduler.set_timesteps(sigmas=[1.0, table[0] * (1 - 2e-4)])
+    with pytest.raises(ValueError, match="strictly decreasing"):  # both clamp to the table's top
+        scheduler.set_timesteps(sigmas=[table[-1] * (1 + 5e-5), table[-1] * (1 + 1e-5), 1.0])
+    # the configured range follows the same rule
+    clamped = EDMHeunDiscreteScheduler(beta_schedule="scaled_linear", sigma_max=14.615)
+    clamped.set_timesteps(4)
+    assert float(clamped.sigmas[0]) == pytest.approx(table[-1], rel=1e-12)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import HeunDiscreteScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from diffusers.schedulers import AysSchedules
 
 from diffusers_edm import EDMHeunDiscreteScheduler
 from tiny_stable_diffusion import IMAGE_SIZE, SD15_SCHEDULER_CONFIG, CallRecorder, make_tiny_sd_pipeline, make_tiny_sdxl_pipeline
@@ -52,6 +53,21 @@ def test_deterministic_run_equals_diffusers_heun_with_karras_sigmas(sd_pipe):
     # and churn really changes the sampler
     sd_pipe.scheduler = EDMHeunDiscreteScheduler.from_config(sd_pipe.scheduler.config, s_churn=5.0, s_tmax=10.0)
     assert np.abs(generate(sd_pipe, steps=5) - reference).max() > 1e-3
+
+
+def test_shipped_ays_sigmas_through_the_pipeline(sd_pipe):
+    """pipe(sigmas=AysSchedules["StableDiffusionSigmas"]): 14.615 at the top (the table ends at 14.6146) and a final 0."""
+    sd_pipe.scheduler = EDMHeunDiscreteScheduler.from_config(sd_pipe.scheduler.config, s_churn=0.0)
+    levels = AysSchedules["StableDiffusionSigmas"]
+    recorder = CallRecorder(sd_pipe.unet)
+    try:
+        images = generate(sd_pipe, sigmas=levels)
+    finally:
+        recorder.remove()
+    steps = len(levels) - 1  # the final 0 is sigma_N
+    assert len(recorder.timesteps) == 2 * steps - 1
+    assert recorder.timesteps[0] == pytest.approx(999.0, abs=1e-3)
+    assert images.shape == (1, IMAGE_SIZE, IMAGE_SIZE, 3) and np.isfinite(images).all()
 
 
 def test_save_and_load_round_trip(sd_pipe, tmp_path):
@@ -102,7 +118,8 @@ def test_sdxl_with_swapped_scheduler(tmp_path):
 
 
 def test_hand_written_model_index_entry_loads(sd_pipe, tmp_path):
-    """["diffusers_edm", "EDMHeunDiscreteScheduler"] in model_index.json loads (REFERENCE.md section 7)."""
+    """["diffusers_edm", "EDMHeunDiscreteScheduler"] in model_index.json loads (diffusers looks the scheduler base
+    class up in the named library, which re-exports SchedulerMixin)."""
     import json
 
     sd_pipe.scheduler = EDMHeunDiscreteScheduler.from_config(sd_pipe.scheduler.config, s_churn=0.5)

@@ -18,9 +18,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .noise_schedules import PREDICTION_TYPES as NOISE_SCHEDULE_PREDICTION_TYPES
+
 VARIANCE_TYPES = ("learned_range", "learned", "fixed_small", "fixed_large")
 LEARNED_VARIANCE_TYPES = ("learned_range", "learned")
-PREDICTION_TYPES = ("epsilon", "sample")
+PREDICTION_TYPES = NOISE_SCHEDULE_PREDICTION_TYPES["ddpm_posterior"]
 
 
 def check_variance_type(variance_type: str) -> None:
@@ -41,11 +43,16 @@ def check_prediction_type(prediction_type: str) -> None:
 def space_timesteps(num_train_timesteps: int, spacing: int | str | Sequence[int]) -> list[int]:
     """The sorted training timesteps kept by a respaced sampler.
 
-    - ``"ddimK"``: ``range(0, T, stride)`` for the integer stride that gives exactly K steps.
+    Improved DDPM's rule (Nichol & Dhariwal 2021, section 4; ``space_timesteps`` of its code), exactly:
+
+    - ``"ddimK"``: ``range(0, T, stride)`` for the smallest integer stride in ``1 .. T-1`` that gives exactly K
+      steps (none for K = 1).
     - ``"a,b,c"`` (or a sequence of ints): the T timesteps are cut into ``len(counts)`` consecutive sections
       (sizes differ by at most one, the first ``T % len(counts)`` one larger); section ``i`` of size ``n`` keeps
-      ``count_i`` of its timesteps at offsets ``round(j * (n - 1) / (count_i - 1))``, j = 0 .. count_i - 1
-      (offset 0 alone when ``count_i = 1``). Python's ``round`` (half to even) is used, as Improved DDPM does.
+      ``count_i`` of its timesteps at offsets ``round(c_j)`` with the running sum ``c_0 = 0``,
+      ``c_{j+1} = c_j + (n - 1) / (count_i - 1)`` (offset 0 alone when ``count_i = 1``). The sum is accumulated in
+      float64 and rounded half to even, as Improved DDPM does: where ``j (n - 1) / (count_i - 1)`` would round
+      differently from the accumulated sum (e.g. T = 1000, K = 21 keeps 499, not 500), Improved DDPM's value is kept.
     - an int K: the same with one section, i.e. an even spacing from 0 to T-1 (``set_timesteps(K)``).
 
     Raises ``ValueError`` for an unparsable string, a count below 1, a section asked for more steps than it
@@ -64,9 +71,11 @@ def space_timesteps(num_train_timesteps: int, spacing: int | str | Sequence[int]
                 raise ValueError(
                     f"Invalid spacing {spacing!r}: asks for {desired} steps; allowed are 1 .. num_train_timesteps={num_train_timesteps}."
                 )
-            for stride in range(1, num_train_timesteps + 1):
-                if len(range(0, num_train_timesteps, stride)) == desired:
-                    return list(range(0, num_train_timesteps, stride))
+            # len(range(0, T, s)) = ceil(T / s) falls as s grows, so the first stride of Improved DDPM's search over
+            # s = 1 .. T-1 with exactly K entries, if there is one, is the smallest with at most K: ceil(T / K).
+            stride = -(-num_train_timesteps // desired)
+            if stride < num_train_timesteps and len(range(0, num_train_timesteps, stride)) == desired:
+                return list(range(0, num_train_timesteps, stride))
             raise ValueError(
                 f"Invalid spacing {spacing!r}: no integer stride gives exactly {desired} of {num_train_timesteps} timesteps "
                 f"(use a section count such as '{desired}' for an approximately even spacing)."
@@ -92,7 +101,7 @@ def space_timesteps(num_train_timesteps: int, spacing: int | str | Sequence[int]
         )
 
     size_per_section, extra = divmod(num_train_timesteps, len(counts))
-    kept: list[int] = []
+    kept: list[np.ndarray] = []
     section_start = 0
     for section, count in enumerate(counts):
         size = size_per_section + (1 if section < extra else 0)
@@ -101,10 +110,14 @@ def space_timesteps(num_train_timesteps: int, spacing: int | str | Sequence[int]
                 f"Invalid spacing {spacing!r}: section {section} holds {size} timesteps and cannot keep {count} of them."
             )
         stride = (size - 1) / (count - 1) if count > 1 else 1.0
-        # j * stride (instead of a running sum) keeps the offsets exact where the stride is an integer.
-        kept.extend(section_start + round(j * stride) for j in range(count))
+        # The running sum 0, stride, stride + stride, ... (np.cumsum adds left to right, like Improved DDPM's loop);
+        # np.rint rounds half to even, like Python's round.
+        offsets = np.rint(np.cumsum(np.concatenate(([0.0], np.full(count - 1, stride))))).astype(np.int64)
+        kept.append(section_start + offsets)
         section_start += size
-    return sorted(set(kept))
+    # Sorted and distinct already: a stride >= 1 never rounds two offsets of a section to one value, sections follow
+    # each other.
+    return np.concatenate(kept).tolist()
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Noise levels: the one place where sigma grids, VP noise schedules and beta tables are computed.
 
-Everything here follows REFERENCE.md sections 1, 2 and 4 and works in float64 NumPy (or Python
-floats). Schedulers, model wrappers and losses import these functions and move the results to
-their own device and dtype; nothing else in the package recomputes a sigma grid.
+Everything here follows Karras et al. 2022 ("EDM", Algorithm 2 and Table 1), Ho et al. 2020 (DDPM, section 4)
+and Nichol & Dhariwal 2021 (Improved DDPM, section 3.2) and works in float64 NumPy (or Python floats).
+Schedulers, model wrappers and losses import these functions and move the results to their own device and
+dtype; nothing else in the package recomputes a sigma grid.
 
 Notation: ``sigma`` is the noise standard deviation of the "variance exploding" form
 ``x = y + sigma * n``. A VP model's ``alpha_bar`` maps to it by ``sigma = sqrt((1 - alpha_bar) / alpha_bar)``.
@@ -11,6 +12,7 @@ Notation: ``sigma`` is the noise standard deviation of the "variance exploding" 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence, Union
 
 import numpy as np
@@ -20,6 +22,60 @@ ArrayLike = Union[np.ndarray, float, torch.Tensor]
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 DISCRETIZATIONS = ("edm", "vp", "ve", "iddpm")
+
+# What a model's output may be, by the way the model is called (the one place these lists are defined):
+# - "sigma": a sigma-conditioned (EDM-native) model returns D(x; sigma) ("sample") or eps = (x - D) / sigma;
+# - "discrete_vp": a discrete-time VP network returns eps (Ho et al. 2020, eq. 11), v = sqrt(alpha_bar) eps -
+#   sqrt(1 - alpha_bar) x_0 (Salimans & Ho 2022, section 4) or x_0 ("sample");
+# - "ddpm_posterior": the DDPM reverse step (Improved DDPM) reads eps or x_0.
+PREDICTION_TYPES: dict[str, tuple[str, ...]] = {
+    "sigma": ("sample", "epsilon"),
+    "discrete_vp": ("epsilon", "v_prediction", "sample"),
+    "ddpm_posterior": ("epsilon", "sample"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Validation of user-given constants
+# --------------------------------------------------------------------------------------------
+def check_real(
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+    exclusive_maximum: bool = False,
+    allow_infinity: bool = False,
+) -> float:
+    """``value`` as a float, or a ``ValueError`` that names ``name``, the value and what is allowed.
+
+    A real number (not a bool, string or None), not NaN, finite unless ``allow_infinity``, and within the bounds.
+    """
+    conditions = []
+    if minimum is not None:
+        conditions.append(f"{'>' if exclusive_minimum else '>='} {minimum:g}")
+    if maximum is not None:
+        conditions.append(f"{'<' if exclusive_maximum else '<='} {maximum:g}")
+    allowed = f"a {'' if allow_infinity else 'finite '}number" + (f" {' and '.join(conditions)}" if conditions else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}.")
+    number = float(value)
+    ok = not math.isnan(number) and (allow_infinity or math.isfinite(number))
+    if ok and minimum is not None:
+        ok = number > minimum if exclusive_minimum else number >= minimum
+    if ok and maximum is not None:
+        ok = number < maximum if exclusive_maximum else number <= maximum
+    if not ok:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}.")
+    return number
+
+
+def check_positive_integer(name: str, value: object, minimum: int = 1) -> int:
+    """``value`` as an int ``>= minimum`` (bools and non-integral numbers are refused with a ``ValueError``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -50,12 +106,18 @@ def betas_for_schedule(
     - ``trained_betas``, when given, is used as is and overrides the schedule name.
     """
     if trained_betas is not None:
-        betas = np.asarray(trained_betas, dtype=np.float64)
+        try:
+            betas = np.asarray(trained_betas, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"trained_betas must be a sequence of numbers in (0, 1), got {trained_betas!r}.") from error
         if betas.ndim != 1 or len(betas) == 0:
             raise ValueError(f"trained_betas must be a non-empty 1-D sequence, got shape {betas.shape}.")
     else:
-        if not isinstance(num_train_timesteps, (int, np.integer)) or num_train_timesteps < 1:
-            raise ValueError(f"num_train_timesteps must be a positive integer, got {num_train_timesteps!r}.")
+        num_train_timesteps = check_positive_integer("num_train_timesteps", num_train_timesteps)
+        if beta_schedule in ("linear", "scaled_linear"):
+            open_unit = dict(minimum=0.0, maximum=1.0, exclusive_minimum=True, exclusive_maximum=True)
+            beta_start = check_real("beta_start", beta_start, **open_unit)
+            beta_end = check_real("beta_end", beta_end, **open_unit)
         if beta_schedule == "linear":
             betas = np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float64)
         elif beta_schedule == "scaled_linear":
@@ -66,8 +128,8 @@ def betas_for_schedule(
             betas = np.minimum(1.0 - ratio, max_beta)
         else:
             raise ValueError(f"Unknown beta_schedule {beta_schedule!r}; expected one of {BETA_SCHEDULES} or trained_betas.")
-    if np.any(betas <= 0) or np.any(betas >= 1):
-        raise ValueError(f"Every beta must lie in (0, 1); got values from {betas.min()} to {betas.max()}.")
+    if not np.all((betas > 0) & (betas < 1)):  # also refuses NaN
+        raise ValueError(f"Every beta must lie in (0, 1); got values from {np.nanmin(betas)} to {np.nanmax(betas)}.")
     return betas
 
 
@@ -151,49 +213,71 @@ def sigma_steps(
         raise ValueError(f"Unknown discretization {discretization!r}; expected one of {DISCRETIZATIONS}.")
     if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool) or num_steps < 1:
         raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_steps!r}.")
-    if not (0.0 < sigma_min < sigma_max):
-        raise ValueError(f"Need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}.")
+    if not (0.0 < sigma_min < sigma_max < math.inf):
+        raise ValueError(f"Need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}.")
     steps = np.arange(num_steps, dtype=np.float64)
     ramp = steps / (num_steps - 1) if num_steps > 1 else steps
 
-    if discretization == "edm":
-        if rho <= 0:
-            raise ValueError(f"rho must be > 0, got {rho}.")
-        max_inv_rho, min_inv_rho = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
-        sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
-    elif discretization == "vp":
-        if not (0.0 < epsilon_s < 1.0):
-            raise ValueError(f"epsilon_s must lie in (0, 1), got {epsilon_s}.")
-        beta_d = 2.0 * (math.log(sigma_min**2 + 1.0) / epsilon_s - math.log(sigma_max**2 + 1.0)) / (epsilon_s - 1.0)
-        beta_min = math.log(sigma_max**2 + 1.0) - 0.5 * beta_d
-        sigmas = vp_sigma(1.0 + ramp * (epsilon_s - 1.0), beta_d, beta_min)
-    elif discretization == "ve":
-        sigmas = np.sqrt(sigma_max**2 * (sigma_min**2 / sigma_max**2) ** ramp)
-    else:  # iddpm
-        u = iddpm_sigma_table(iddpm_M, iddpm_C_1, iddpm_C_2)
-        levels = u[(u >= sigma_min) & (u <= sigma_max)]
-        if len(levels) < num_steps:
-            raise ValueError(
-                f"discretization 'iddpm' has only {len(levels)} table levels within "
-                f"[sigma_min={sigma_min}, sigma_max={sigma_max}], fewer than num_inference_steps={num_steps}."
-            )
-        scale = (len(levels) - 1) / (num_steps - 1) if num_steps > 1 else 0.0
-        sigmas = levels[np.round(scale * steps).astype(np.int64)]
+    # Overflow (e.g. sigma_max^2 beyond float64) or underflow is reported below as an unusable range.
+    try:
+        with np.errstate(all="ignore"):
+            if discretization == "edm":
+                if rho <= 0:
+                    raise ValueError(f"rho must be > 0, got {rho}.")
+                max_inv_rho, min_inv_rho = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
+                sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+            elif discretization == "vp":
+                if not (0.0 < epsilon_s < 1.0):
+                    raise ValueError(f"epsilon_s must lie in (0, 1), got {epsilon_s}.")
+                beta_d = 2.0 * (math.log(sigma_min**2 + 1.0) / epsilon_s - math.log(sigma_max**2 + 1.0)) / (epsilon_s - 1.0)
+                beta_min = math.log(sigma_max**2 + 1.0) - 0.5 * beta_d
+                sigmas = vp_sigma(1.0 + ramp * (epsilon_s - 1.0), beta_d, beta_min)
+            elif discretization == "ve":
+                sigmas = np.sqrt(sigma_max**2 * (sigma_min**2 / sigma_max**2) ** ramp)
+            else:  # iddpm
+                u = iddpm_sigma_table(iddpm_M, iddpm_C_1, iddpm_C_2)
+                levels = u[(u >= sigma_min) & (u <= sigma_max)]
+                if len(levels) < num_steps:
+                    raise ValueError(
+                        f"discretization 'iddpm' has only {len(levels)} table levels within "
+                        f"[sigma_min={sigma_min}, sigma_max={sigma_max}], fewer than num_inference_steps={num_steps}."
+                    )
+                scale = (len(levels) - 1) / (num_steps - 1) if num_steps > 1 else 0.0
+                sigmas = levels[np.round(scale * steps).astype(np.int64)]
+    except (OverflowError, ZeroDivisionError):
+        sigmas = np.array([math.nan])
+    # strictly decreasing (NaN compares false), finite at the top and positive at the bottom: finite and positive
+    if not (math.isfinite(sigmas[0]) and sigmas[-1] > 0 and (sigmas[1:] < sigmas[:-1]).all()):
+        settings = f" and rho={rho:g}" if discretization == "edm" else ""
+        raise ValueError(
+            f"discretization {discretization!r} with {num_steps} steps from sigma_max={sigma_max:g} to sigma_min="
+            f"{sigma_min:g}{settings} gives noise levels that are not finite, positive and strictly decreasing in "
+            "float64; use a narrower range or fewer steps."
+        )
     return sigmas
 
 
-def check_sigma_steps(sigmas: Sequence[float] | np.ndarray, name: str = "sigmas") -> np.ndarray:
-    """Validate user-given noise levels (positive, finite, strictly decreasing) and return them as float64."""
+def check_sigma_steps(sigmas: Sequence[float] | np.ndarray | torch.Tensor, name: str = "sigmas") -> np.ndarray:
+    """Validate user-given noise levels and return ``sigma_0 > ... > sigma_{N-1} > 0`` as float64.
+
+    The levels must be finite, positive and strictly decreasing; one final 0 is allowed (it is the ``sigma_N = 0``
+    that every schedule ends with, and is dropped here because the schedulers append it).
+    """
     try:
         values = np.asarray(
-            sigmas.detach().cpu().double().numpy() if hasattr(sigmas, "detach") else sigmas, dtype=np.float64
+            sigmas.detach().cpu().double().numpy() if isinstance(sigmas, torch.Tensor) else sigmas, dtype=np.float64
         ).reshape(-1)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{name} must be a sequence of numbers, got {sigmas!r}.") from error
+    if len(values) > 1 and values[-1] == 0:
+        values = values[:-1]
     if len(values) == 0:
-        raise ValueError(f"{name} must hold at least one noise level, got an empty sequence.")
+        raise ValueError(f"{name} must hold at least one positive noise level, got {np.asarray(sigmas).tolist()!r}.")
     if not np.all(np.isfinite(values)) or np.any(values <= 0):
-        raise ValueError(f"{name} must be finite and positive (the final 0 is appended for you), got {values.tolist()}.")
+        raise ValueError(
+            f"{name} must be finite and positive, with at most one final 0 (the appended sigma_N = 0), "
+            f"got {values.tolist()}."
+        )
     if np.any(np.diff(values) >= 0):
         raise ValueError(f"{name} must be strictly decreasing, got {values.tolist()}.")
     return values

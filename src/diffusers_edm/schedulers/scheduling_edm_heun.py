@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from diffusers import ConfigMixin, SchedulerMixin
 from diffusers.configuration_utils import register_to_config
 
+from .model_call import SigmaModelCall
 from .stochastic_heun import StochasticHeunMixin, validate_algorithm2_config
-
-PREDICTION_TYPES = ("sample", "epsilon")
 
 
 class EDMHeunScheduler(StochasticHeunMixin, SchedulerMixin, ConfigMixin):
@@ -22,11 +19,12 @@ class EDMHeunScheduler(StochasticHeunMixin, SchedulerMixin, ConfigMixin):
     (``"epsilon"``). The sampler evaluates the model at the churned point ``(x_hat_i, sigma_hat_i)`` exactly as
     Algorithm 2 does; with ``s_churn=0`` it is Algorithm 1 (deterministic Heun).
 
+    Interchangeable (``compatibles``, ``from_config``) with diffusers' ``EDMEulerScheduler`` and
+    ``EDMDPMSolverMultistepScheduler``, which :class:`~diffusers_edm.EDMPipeline` drives as well.
+
     Args:
         sigma_min: smallest noise level of the time discretization (EDM: 0.002).
-        sigma_max: largest noise level (EDM: 80).
-        sigma_data: standard deviation of the data; recorded for the model wrapper and pipelines (the sampler
-            itself does not depend on it).
+        sigma_max: largest noise level (EDM: 80); finite.
         rho: exponent of the ``"edm"`` discretization.
         s_churn: total churn S_churn; ``gamma_i = min(s_churn / N, sqrt(2) - 1)`` inside ``[s_tmin, s_tmax]``.
         s_tmin, s_tmax: the sigma range in which churn is applied.
@@ -47,12 +45,13 @@ class EDMHeunScheduler(StochasticHeunMixin, SchedulerMixin, ConfigMixin):
             x = scheduler.step(denoiser(scheduler.scale_model_input(x, t), t), t, x, generator=g).prev_sample
     """
 
+    _compatibles = ["EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"]
+
     @register_to_config
     def __init__(
         self,
         sigma_min: float = 0.002,
         sigma_max: float = 80.0,
-        sigma_data: float = 0.5,
         rho: float = 7.0,
         s_churn: float = 0.0,
         s_tmin: float = 0.0,
@@ -66,43 +65,21 @@ class EDMHeunScheduler(StochasticHeunMixin, SchedulerMixin, ConfigMixin):
         iddpm_C_1: float = 0.001,
         iddpm_C_2: float = 0.008,
     ):
-        if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"Need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}.")
-        if not sigma_data > 0:
-            raise ValueError(f"sigma_data must be > 0, got {sigma_data}.")
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"Unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}.")
-        validate_algorithm2_config(s_churn, s_tmin, s_tmax, s_noise, solver, discretization, rho)
+        validate_algorithm2_config(
+            s_churn, s_tmin, s_tmax, s_noise, solver, discretization, rho, vp_epsilon_s, iddpm_M, iddpm_C_1, iddpm_C_2
+        )
+        self.model_call = SigmaModelCall.from_config(self.config)
         self._reset_schedule()
-
-    def _sigma_range(self) -> tuple[float, float]:
-        return float(self.config.sigma_min), float(self.config.sigma_max)
-
-    def _max_model_sigma(self) -> float:
-        return math.inf
-
-    def _check_custom_sigmas(self, sigmas) -> None:
-        """Any positive, strictly decreasing levels are allowed for a sigma-conditioned model."""
-
-    def _timesteps_for(self, call_sigmas: torch.Tensor, device: str | torch.device | None) -> torch.Tensor:
-        # The model is conditioned on sigma itself; keep float64 where the device has it.
-        dtype = torch.float32 if torch.device(device or "cpu").type == "mps" else torch.float64
-        return call_sigmas.to(device=device, dtype=dtype)
-
-    def _derivative(self, model_output: torch.Tensor, sample: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.config.prediction_type == "epsilon":
-            return model_output, torch.add(sample, model_output, alpha=-sigma)  # d = eps, D = x - sigma eps
-        return torch.sub(sample, model_output).div_(sigma), model_output  # d = (x - D) / sigma
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
-        """Identity: EDM-native models take ``x`` itself (their wrapper applies ``c_in``)."""
-        return sample
 
     def add_noise(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: float | torch.Tensor
     ) -> torch.Tensor:
-        """``x = y + sigma n``, where ``timesteps`` are noise levels (one per sample, or one for all)."""
+        """``x = y + sigma n``, where ``timesteps`` are noise levels (one per sample, or one for all).
+
+        To start Algorithm 2 at a churned step i with ``s_noise != 1``, noise to ``plan.start_stds[i]`` (the
+        standard deviation of ``x_hat_i``), which is ``sigma_hat_i`` only for ``s_noise = 1``.
+        """
         sigma = torch.as_tensor(timesteps, dtype=torch.float64)
-        if torch.any(sigma < 0) or not torch.all(torch.isfinite(sigma)):
+        if torch.any(sigma < 0) or not torch.all(torch.isfinite(sigma)):  # once per image-to-image run
             raise ValueError(f"add_noise needs finite noise levels >= 0, got {sigma.tolist()}.")
         return self._noised(original_samples, noise, sigma)

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from diffusers import ConfigMixin, SchedulerMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
 
-from ..noise_schedules import betas_for_schedule, sigmas_from_betas
+from .model_call import DiscreteVPModelCall
 from .stochastic_heun import StochasticHeunMixin, validate_algorithm2_config
-
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 class EDMHeunDiscreteScheduler(StochasticHeunMixin, SchedulerMixin, ConfigMixin):
@@ -29,6 +25,10 @@ class EDMHeunDiscreteScheduler(StochasticHeunMixin, SchedulerMixin, ConfigMixin)
     - ``"v_prediction"``: ``D = x / (sigma^2 + 1) - sigma / sqrt(sigma^2 + 1) v``;
     - ``"sample"``: ``D = output``.
 
+    Until ``set_timesteps`` is called the schedule visits every training timestep within ``[sigma_min, sigma_max]``
+    once, from the noisiest down (T steps for the default range, timesteps ``T-1 .. 0``), as diffusers' discrete
+    schedulers do after ``__init__``; so ``scale_model_input`` and ``add_noise`` work before ``set_timesteps``.
+
     Swap it into a pipeline with ``EDMHeunDiscreteScheduler.from_config(pipe.scheduler.config, s_churn=...)``:
     the betas and prediction type come from the pipeline's scheduler config, keys that do not apply to this
     sampler (``timestep_spacing``, ``steps_offset``, ...) are ignored.
@@ -39,7 +39,8 @@ class EDMHeunDiscreteScheduler(StochasticHeunMixin, SchedulerMixin, ConfigMixin)
         prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
         rho: exponent of the ``"edm"`` time discretization.
         sigma_min, sigma_max: the range of the time discretization; default (None) is the range of the training
-            table, ``sigma(t=0)`` to ``sigma(t=T-1)``. Must lie within that range.
+            table, ``sigma(t=0)`` to ``sigma(t=T-1)``. Must lie within that range (values within a relative
+            ``TABLE_END_TOLERANCE`` = 1e-4 of its ends are clamped to them; so are such levels given as ``sigmas=``).
         s_churn, s_tmin, s_tmax, s_noise: churn parameters of Algorithm 2 (config keys: pipelines never pass them).
             A churned level ``sigma_hat`` above the table's largest sigma is capped there (the model knows no higher one).
         solver: ``"heun"`` (``order = 2``, 2N-1 model calls) or ``"euler"`` (N calls).
@@ -72,77 +73,35 @@ class EDMHeunDiscreteScheduler(StochasticHeunMixin, SchedulerMixin, ConfigMixin)
         iddpm_C_1: float = 0.001,
         iddpm_C_2: float = 0.008,
     ):
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"Unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}.")
-        validate_algorithm2_config(s_churn, s_tmin, s_tmax, s_noise, solver, discretization, rho)
-        betas = betas_for_schedule(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas)
-        self.betas = torch.from_numpy(betas)
-        self.alphas_cumprod = torch.from_numpy(np.cumprod(1.0 - betas))
-        self._train_sigmas = sigmas_from_betas(betas)
-        self._train_log_sigmas = np.log(self._train_sigmas)
-        low, high = float(self._train_sigmas[0]), float(self._train_sigmas[-1])
-        for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
-            # A small relative slack lets configs that store the table's own ends (rounded) pass.
-            if value is not None and not low * (1 - 1e-6) <= value <= high * (1 + 1e-6):
-                raise ValueError(f"{name}={value} lies outside the training table's sigma range [{low:.6g}, {high:.6g}].")
-        if sigma_min is not None and sigma_max is not None and not sigma_min < sigma_max:
-            raise ValueError(f"Need sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}.")
+        validate_algorithm2_config(
+            s_churn, s_tmin, s_tmax, s_noise, solver, discretization, rho, vp_epsilon_s, iddpm_M, iddpm_C_1, iddpm_C_2
+        )
+        self.model_call = DiscreteVPModelCall.from_config(self.config)
+        self.betas = torch.from_numpy(self.model_call.betas)
+        self.alphas_cumprod = torch.from_numpy(np.cumprod(1.0 - self.model_call.betas))
         self._reset_schedule()
+        self._use_plan(self._plan_for(self._default_grid()))
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
 
-    def _sigma_range(self) -> tuple[float, float]:
-        sigma_min = self.config.sigma_min if self.config.sigma_min is not None else self._train_sigmas[0]
-        sigma_max = self.config.sigma_max if self.config.sigma_max is not None else self._train_sigmas[-1]
-        return float(sigma_min), float(sigma_max)
-
-    def _max_model_sigma(self) -> float:
-        return float(self._train_sigmas[-1])
-
-    def _check_custom_sigmas(self, sigmas: np.ndarray) -> None:
-        low, high = self._train_sigmas[0], self._train_sigmas[-1]
-        if sigmas[0] > high * (1 + 1e-6) or sigmas[-1] < low * (1 - 1e-6):
-            raise ValueError(
-                f"sigmas must lie within the training table's range [{low:.6g}, {high:.6g}] "
-                f"(the model knows no other noise levels), got {sigmas[0]:.6g} .. {sigmas[-1]:.6g}."
-            )
+    def _default_grid(self) -> np.ndarray:
+        """Every table level within the configured range, largest first (both ends if none lies strictly inside)."""
+        low, high = self.model_call.sigma_range()
+        table = self.model_call.train_sigmas
+        levels = table[(table >= low) & (table <= high)][::-1]
+        return levels.copy() if len(levels) > 0 else np.array([high, low])
 
     def sigma_to_timestep(self, sigmas: np.ndarray | torch.Tensor) -> np.ndarray:
         """Fractional training timestep of each noise level: linear interpolation in log-sigma over the table."""
-        log_sigmas = np.log(np.asarray(sigmas, dtype=np.float64))
-        return np.interp(log_sigmas, self._train_log_sigmas, np.arange(len(self._train_log_sigmas), dtype=np.float64))
-
-    def _timesteps_for(self, call_sigmas: torch.Tensor, device: str | torch.device | None) -> torch.Tensor:
-        return torch.from_numpy(self.sigma_to_timestep(call_sigmas.numpy())).to(device=device, dtype=torch.float32)
-
-    def _derivative(self, model_output: torch.Tensor, sample: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-        prediction_type = self.config.prediction_type
-        if prediction_type == "epsilon":
-            return model_output, torch.add(sample, model_output, alpha=-sigma)  # d = eps, D = x - sigma eps
-        if prediction_type == "v_prediction":
-            # D = x / (sigma^2 + 1) - sigma / sqrt(sigma^2 + 1) v
-            denoised = torch.add(sample / (sigma**2 + 1), model_output, alpha=-sigma / math.sqrt(sigma**2 + 1))
-        else:
-            denoised = model_output
-        return torch.sub(sample, denoised).div_(sigma), denoised
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
-        """``x / sqrt(sigma^2 + 1)``: the VP input of the current model call."""
-        if self.timesteps is None:
-            raise ValueError(f"{type(self).__name__} has no schedule yet: call `set_timesteps` first.")
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        if self._step_index >= len(self._call_sigma_list):
-            raise ValueError("All model calls of this schedule have been stepped; call `set_timesteps` to sample again.")
-        sigma = self._call_sigma_list[self._step_index]
-        return sample / math.sqrt(sigma**2 + 1)
+        return self.model_call.sigma_to_timestep(np.asarray(sigmas, dtype=np.float64))
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """``x = y + sigma n`` in the sampler's (sigma-space) coordinates, for image-to-image starts.
 
-        The sigma is the one of the schedule's begin call (before sampling), of the current call (during
-        sampling), or of the call whose timestep matches each entry of ``timesteps``, as in diffusers.
+        The call is the schedule's begin call (before sampling), the current call (during sampling), or the call
+        whose timestep matches each entry of ``timesteps``, as in diffusers; ``sigma`` is that call's level, or at
+        the first call of a churned step the standard deviation of ``x_hat`` (see ``init_noise_sigma``).
         """
-        sigma = torch.tensor(self._call_sigmas_for(torch.as_tensor(timesteps)), dtype=torch.float64)
+        sigma = torch.tensor(self._noise_stds_for(torch.as_tensor(timesteps)), dtype=torch.float64)
         return self._noised(original_samples, noise, sigma)

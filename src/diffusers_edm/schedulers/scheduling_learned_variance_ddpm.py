@@ -9,7 +9,6 @@ import torch
 from diffusers import ConfigMixin, SchedulerMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
-from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..gaussian_diffusion import (
@@ -19,13 +18,14 @@ from ..gaussian_diffusion import (
     space_timesteps,
 )
 from ..noise_schedules import betas_for_schedule
+from .compatibles import PackageCompatiblesMixin
 
 # Improved DDPM's linear schedule: 1e-4 .. 0.02 for T = 1000, both ends scaled by 1000 / T.
 IMPROVED_DDPM_LINEAR_BETA_START = 0.0001
 IMPROVED_DDPM_LINEAR_BETA_END = 0.02
 
 
-class LearnedVarianceDDPMScheduler(SchedulerMixin, ConfigMixin):
+class LearnedVarianceDDPMScheduler(PackageCompatiblesMixin, SchedulerMixin, ConfigMixin):
     """DDPM ancestral sampler for models with a learned variance (Nichol & Dhariwal 2021), any respacing.
 
     At each kept timestep ``t`` (index ``i`` of the respaced diffusion) the model output (``2C`` channels: eps or
@@ -59,7 +59,7 @@ class LearnedVarianceDDPMScheduler(SchedulerMixin, ConfigMixin):
         clip_sample_range: the clamp range (1.0 for images in [-1, 1]).
     """
 
-    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    _compatibles = ["DDPMScheduler"]  # samples a learned variance; with this, compatibles lists the class itself too
     order = 1
 
     @register_to_config

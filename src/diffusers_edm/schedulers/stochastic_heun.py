@@ -1,17 +1,19 @@
 """EDM's Algorithm 2 (stochastic Heun with churn) laid out for the diffusers sampling loop.
 
-A diffusers pipeline calls ``scale_model_input -> model -> step`` once per model evaluation. Algorithm 2
-(REFERENCE.md section 1) evaluates the model at the churned point ``(x_hat_i, sigma_hat_i)`` and, for Heun,
-once more at ``(x_next, sigma_{i+1})``. Because the churn of step i+1 depends only on ``sigma_{i+1}``, every
-``sigma_hat`` is known when the schedule is set, and the churn noise of step i+1 is added at the end of
-step i. The model calls are therefore, for N steps::
+A diffusers pipeline calls ``scale_model_input -> model -> step`` once per model evaluation. Algorithm 2 of
+Karras et al. 2022 evaluates the model at the churned point ``(x_hat_i, sigma_hat_i)`` and, for Heun, once more
+at ``(x_next, sigma_{i+1})``. Because the churn of step i+1 depends only on ``sigma_{i+1}``, every ``sigma_hat``
+is known when the schedule is set, and the churn noise of step i+1 is added at the end of step i. The model
+calls are therefore, for N steps::
 
     sigma_hat_0, sigma_1, sigma_hat_1, sigma_2, ..., sigma_{N-1}, sigma_hat_{N-1}     (Heun: 2N - 1 calls)
     sigma_hat_0, sigma_hat_1, ..., sigma_hat_{N-1}                                     (Euler: N calls)
 
 and call k is the Euler ("predictor") call of step ``k // order`` when ``k % order == 0``, else its Heun
-correction. The sampler arithmetic uses Python floats computed in float64 when the schedule is set, so
-``step`` never synchronises with the device.
+correction. Everything numeric about a run is an :class:`Algorithm2Plan` of Python floats computed in float64
+when the schedule is set; ``step`` reads only those floats, so it never synchronises with the device. How the
+model is called and read (its input, its timestep, ``D`` from its output) is the scheduler's
+:class:`~diffusers_edm.schedulers.model_call.ModelCall`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import torch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..noise_schedules import DISCRETIZATIONS, check_sigma_steps, sigma_steps
+from ..noise_schedules import DISCRETIZATIONS, check_positive_integer, check_real, sigma_steps
+from .compatibles import PackageCompatiblesMixin
+from .model_call import ModelCall
 
 SOLVERS = ("heun", "euler")
 
@@ -44,51 +48,127 @@ class EDMHeunSchedulerOutput(BaseOutput):
 
 
 def validate_algorithm2_config(
-    s_churn: float, s_tmin: float, s_tmax: float, s_noise: float, solver: str, discretization: str, rho: float
+    s_churn: object,
+    s_tmin: object,
+    s_tmax: object,
+    s_noise: object,
+    solver: object,
+    discretization: object,
+    rho: object,
+    vp_epsilon_s: object = 1e-3,
+    iddpm_M: object = 1000,
+    iddpm_C_1: object = 0.001,
+    iddpm_C_2: object = 0.008,
 ) -> None:
-    """Raise ``ValueError`` for churn / solver / discretization settings that Algorithm 2 does not define."""
-    if not s_churn >= 0:
-        raise ValueError(f"s_churn must be >= 0, got {s_churn}.")
-    if not s_noise >= 0:
-        raise ValueError(f"s_noise must be >= 0, got {s_noise}.")
-    if not s_tmin >= 0:
-        raise ValueError(f"s_tmin must be >= 0, got {s_tmin}.")
-    if not s_tmax >= s_tmin:
-        raise ValueError(f"s_tmax must be >= s_tmin, got s_tmin={s_tmin}, s_tmax={s_tmax}.")
-    if solver not in SOLVERS:
+    """Raise a ``ValueError`` naming the value and what is allowed for settings Algorithm 2 does not define."""
+    check_real("s_churn", s_churn, minimum=0.0)
+    check_real("s_noise", s_noise, minimum=0.0)
+    s_tmin = check_real("s_tmin", s_tmin, minimum=0.0)
+    check_real("s_tmax", s_tmax, minimum=s_tmin, allow_infinity=True)
+    if not isinstance(solver, str) or solver not in SOLVERS:
         raise ValueError(f"Unknown solver {solver!r}; expected one of {SOLVERS}.")
-    if discretization not in DISCRETIZATIONS:
+    if not isinstance(discretization, str) or discretization not in DISCRETIZATIONS:
         raise ValueError(f"Unknown discretization {discretization!r}; expected one of {DISCRETIZATIONS}.")
-    if not rho > 0:
-        raise ValueError(f"rho must be > 0, got {rho}.")
+    check_real("rho", rho, minimum=0.0, exclusive_minimum=True)
+    check_real("vp_epsilon_s", vp_epsilon_s, minimum=0.0, maximum=1.0, exclusive_minimum=True, exclusive_maximum=True)
+    check_positive_integer("iddpm_M", iddpm_M)
+    check_real("iddpm_C_1", iddpm_C_1, minimum=0.0, exclusive_minimum=True)
+    check_real("iddpm_C_2", iddpm_C_2, minimum=0.0)
 
 
-class StochasticHeunMixin:
-    """Algorithm 2 state machine shared by :class:`EDMHeunScheduler` and :class:`EDMHeunDiscreteScheduler`.
+@dataclass(frozen=True)
+class Algorithm2Plan:
+    """The noise levels of an N-step Algorithm 2 run (Karras et al. 2022), fixed when the schedule is set.
 
-    A subclass is a ``SchedulerMixin, ConfigMixin`` whose config holds ``s_churn``, ``s_tmin``, ``s_tmax``,
-    ``s_noise``, ``solver``, ``discretization``, ``rho`` and the discretization constants, and which defines:
-
-    - ``_sigma_range()``: the default (sigma_min, sigma_max) of the time discretization;
-    - ``_max_model_sigma()``: the largest noise level the model can be evaluated at (caps churned levels);
-    - ``_check_custom_sigmas(values)``: extra checks on user-given noise levels;
-    - ``_timesteps_for(call_sigmas)``: what the model receives as ``timestep`` for each call;
-    - ``_derivative(model_output, sample, sigma)``: ``(d, D)`` with ``d = (x - D(x; sigma)) / sigma`` from the model
-      output (computed directly where the output is eps, which is the ODE's derivative itself).
+    Attributes:
+        sigmas: ``sigma_0 > ... > sigma_{N-1} > sigma_N = 0``.
+        sigmas_hat: ``sigma_hat_i = sigma_i (1 + gamma_i)``, ``gamma_i = min(S_churn / N, sqrt(2) - 1)`` where
+            ``S_tmin <= sigma_i <= S_tmax``, else 0 (capped at the model's largest level, rounded by ``round_sigma``).
+        churn_stds: the churn of step i, ``x_hat_i = x_i + churn_stds[i] n``, is
+            ``S_noise sqrt(sigma_hat_i^2 - sigma_i^2)``.
+        start_stds: the standard deviation of ``x_hat_i - y`` when ``x_i = y + sigma_i n_i``:
+            ``sqrt(sigma_i^2 + churn_stds[i]^2)`` (``sigma_hat_i`` only when ``S_noise = 1``). A run that starts at
+            step i (``init_noise_sigma``, image-to-image) draws ``x_hat_i`` with this standard deviation.
+        call_sigmas: the noise level of every model call, in order.
+        order: 2 (Heun) or 1 (Euler).
     """
 
+    sigmas: tuple[float, ...]
+    sigmas_hat: tuple[float, ...]
+    churn_stds: tuple[float, ...]
+    start_stds: tuple[float, ...]
+    call_sigmas: tuple[float, ...]
+    order: int
+
+    @property
+    def num_steps(self) -> int:
+        """N, the number of steps."""
+        return len(self.sigmas_hat)
+
+    @classmethod
+    def build(
+        cls,
+        grid: np.ndarray,
+        *,
+        s_churn: float,
+        s_tmin: float,
+        s_tmax: float,
+        s_noise: float,
+        order: int,
+        max_sigma: float = math.inf,
+        round_sigma: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> Algorithm2Plan:
+        """The plan for noise levels ``grid`` (``sigma_0 > ... > sigma_{N-1} > 0``, float64)."""
+        num_steps = len(grid)
+        gamma_max = min(s_churn / num_steps, math.sqrt(2.0) - 1.0)
+        sigmas = (*np.asarray(grid, dtype=np.float64).tolist(), 0.0)
+        sigmas_hat, churn_stds, start_stds = [], [], []
+        for sigma in sigmas[:-1]:
+            gamma = gamma_max if s_tmin <= sigma <= s_tmax else 0.0
+            # capped at the model's largest level, but never below sigma_i (which may exceed that cap by an ulp)
+            sigma_hat = max(min(sigma * (1.0 + gamma), max_sigma), sigma)
+            if round_sigma is not None and gamma > 0:
+                sigma_hat = float(apply_round_sigma(round_sigma, np.array([sigma_hat]))[0])
+            # sqrt((sigma_hat - sigma)(sigma_hat + sigma)) = sqrt(sigma_hat^2 - sigma^2) without overflowing the squares
+            churn_std = s_noise * math.sqrt((sigma_hat - sigma) * (sigma_hat + sigma)) if sigma_hat > sigma else 0.0
+            start_std = math.hypot(sigma, churn_std)  # not finite exactly when churn_std is not
+            if not (math.isfinite(sigma_hat) and math.isfinite(start_std)):
+                raise ValueError(
+                    f"The churn settings give non-finite noise levels for this schedule (sigma={sigma:g}, "
+                    f"s_churn={s_churn:g}, s_noise={s_noise:g}); use smaller noise levels or a smaller s_noise."
+                )
+            sigmas_hat.append(sigma_hat)
+            churn_stds.append(churn_std)
+            start_stds.append(start_std)
+        call_sigmas = []
+        for i in range(num_steps):
+            call_sigmas.append(sigmas_hat[i])
+            if order == 2 and sigmas[i + 1] > 0:
+                call_sigmas.append(sigmas[i + 1])
+        return cls(sigmas, tuple(sigmas_hat), tuple(churn_stds), tuple(start_stds), tuple(call_sigmas), order)
+
+    def noise_std_of_call(self, call: int) -> float:
+        """The standard deviation of the noise in the input of model call ``call`` (for ``add_noise``): the start
+        std of its step at an Euler call, the call's own level at a Heun correction."""
+        step, is_correction = divmod(call, self.order)
+        return self.call_sigmas[call] if is_correction else self.start_stds[step]
+
+
+class StochasticHeunMixin(PackageCompatiblesMixin):
+    """Algorithm 2 shared by :class:`EDMHeunScheduler` and :class:`EDMHeunDiscreteScheduler`.
+
+    A subclass is a ``SchedulerMixin, ConfigMixin`` whose config holds ``s_churn``, ``s_tmin``, ``s_tmax``,
+    ``s_noise``, ``solver``, ``discretization``, ``rho`` and the discretization constants, and whose ``__init__`` sets
+    ``self.model_call`` (a :class:`~diffusers_edm.schedulers.model_call.ModelCall`) and calls ``_reset_schedule()``.
+    """
+
+    model_call: ModelCall
     num_inference_steps: int | None = None
 
     def _reset_schedule(self) -> None:
         self.num_inference_steps = None
         self.timesteps: torch.Tensor | None = None
-        self.sigmas: torch.Tensor | None = None
-        self.sigmas_hat: torch.Tensor | None = None
-        self.evaluation_sigmas: torch.Tensor | None = None
-        self._sigma_list: list[float] = []
-        self._sigma_hat_list: list[float] = []
-        self._churn_std_list: list[float] = []
-        self._call_sigma_list: list[float] = []
+        self._plan: Algorithm2Plan | None = None
         self._step_index: int | None = None
         self._begin_index: int | None = None
         self._x_hat: torch.Tensor | None = None
@@ -101,16 +181,37 @@ class StochasticHeunMixin:
         return 2 if self.config.solver == "heun" else 1
 
     @property
-    def init_noise_sigma(self) -> float:
-        """Standard deviation of the initial noise: the sigma of the first model call (``sigma_hat_0``).
+    def plan(self) -> Algorithm2Plan | None:
+        """The float64 plan of the current schedule (None before ``set_timesteps`` where there is no default)."""
+        return self._plan
 
-        When step 0 is churned, ``x_hat_0 = sigma_0 n_0 + sqrt(sigma_hat_0^2 - sigma_0^2) n`` has the same
-        distribution as ``sigma_hat_0 n``, so the initial noise is drawn at that level directly. Before
-        ``set_timesteps`` this is the largest noise level of the time discretization.
+    @property
+    def sigmas(self) -> torch.Tensor | None:
+        """``sigma_0, ..., sigma_{N-1}, 0`` (float64, CPU)."""
+        return None if self._plan is None else torch.tensor(self._plan.sigmas, dtype=torch.float64)
+
+    @property
+    def sigmas_hat(self) -> torch.Tensor | None:
+        """``sigma_hat_0, ..., sigma_hat_{N-1}``, the churned levels (float64, CPU)."""
+        return None if self._plan is None else torch.tensor(self._plan.sigmas_hat, dtype=torch.float64)
+
+    @property
+    def evaluation_sigmas(self) -> torch.Tensor | None:
+        """The noise level of every model call, in the order of ``timesteps`` (float64, CPU)."""
+        return None if self._plan is None else torch.tensor(self._plan.call_sigmas, dtype=torch.float64)
+
+    @property
+    def init_noise_sigma(self) -> float:
+        """Standard deviation of the initial noise: that of ``x_hat_0``, the input of the first model call.
+
+        Algorithm 2 starts at ``x_0 = sigma_0 n_0`` and, when step 0 is churned, evaluates the model at
+        ``x_hat_0 = x_0 + S_noise sqrt(sigma_hat_0^2 - sigma_0^2) n``, whose distribution is
+        ``N(0, sigma_0^2 + S_noise^2 (sigma_hat_0^2 - sigma_0^2))``: the initial noise is drawn there directly (it
+        is ``sigma_hat_0`` for ``S_noise = 1``). Without a schedule this is the largest level of the configured range.
         """
-        if self._call_sigma_list:
-            return self._call_sigma_list[0]
-        return self._sigma_range()[1]
+        if self._plan is not None:
+            return self._plan.start_stds[0]
+        return self.model_call.sigma_range()[1]
 
     @property
     def step_index(self) -> int | None:
@@ -152,8 +253,9 @@ class StochasticHeunMixin:
 
         Args:
             num_inference_steps: N, the number of steps; the levels come from ``config.discretization``.
-            device: where ``timesteps`` live (the sigma bookkeeping stays on the CPU in float64).
-            sigmas: noise levels ``sigma_0 > ... > sigma_{N-1} > 0`` to use instead (a final 0 is appended).
+            device: where ``timesteps`` live (the plan stays on the host in float64).
+            sigmas: noise levels ``sigma_0 > ... > sigma_{N-1} > 0`` to use instead; the final ``sigma_N = 0`` is
+                appended (a given final 0 is taken as that one).
             round_sigma: optional map from noise levels to the ones a model supports (EDM's ``net.round_sigma``,
                 e.g. iDDPM's discrete table); applied to the grid and to every ``sigma_hat``, as in EDM's sampler.
             sigma_min, sigma_max: the range of this schedule's discretization instead of the config's (a pipeline
@@ -170,19 +272,15 @@ class StochasticHeunMixin:
         if (num_inference_steps is None) == (sigmas is None):
             raise ValueError("Pass exactly one of `num_inference_steps` or `sigmas` to set_timesteps.")
         if sigmas is not None:
-            grid = check_sigma_steps(sigmas)
-            self._check_custom_sigmas(grid)
+            grid = self.model_call.check_sigmas(sigmas)
         else:
-            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-                raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}.")
-            default_min, default_max = self._sigma_range()
-            sigma_min = default_min if sigma_min is None else float(sigma_min)
-            sigma_max = default_max if sigma_max is None else float(sigma_max)
+            num_steps = check_positive_integer("num_inference_steps", num_inference_steps)
+            low, high = self.model_call.sigma_range(sigma_min, sigma_max)
             grid = sigma_steps(
                 config.discretization,
-                int(num_inference_steps),
-                sigma_min,
-                sigma_max,
+                num_steps,
+                low,
+                high,
                 rho=config.rho,
                 epsilon_s=config.vp_epsilon_s,
                 iddpm_M=config.iddpm_M,
@@ -190,42 +288,33 @@ class StochasticHeunMixin:
                 iddpm_C_2=config.iddpm_C_2,
             )
         if round_sigma is not None:
-            grid = _apply_round_sigma(round_sigma, grid)
-        num_steps = len(grid)
+            grid = apply_round_sigma(round_sigma, grid)
+        self._use_plan(self._plan_for(grid, round_sigma), device)
 
-        gamma_max = min(config.s_churn / num_steps, math.sqrt(2.0) - 1.0)
-        sigma_list = [float(s) for s in grid] + [0.0]
-        sigma_hat_list, churn_std_list = [], []
-        for sigma in sigma_list[:-1]:
-            gamma = gamma_max if config.s_tmin <= sigma <= config.s_tmax else 0.0
-            sigma_hat = min(sigma * (1.0 + gamma), self._max_model_sigma())
-            if round_sigma is not None and gamma > 0:
-                sigma_hat = float(_apply_round_sigma(round_sigma, np.array([sigma_hat]))[0])
-            sigma_hat_list.append(sigma_hat)
-            churn_std_list.append(math.sqrt(sigma_hat**2 - sigma**2) * config.s_noise if sigma_hat > sigma else 0.0)
+    def _plan_for(
+        self, grid: np.ndarray, round_sigma: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> Algorithm2Plan:
+        config = self.config
+        return Algorithm2Plan.build(
+            grid,
+            s_churn=float(config.s_churn),
+            s_tmin=float(config.s_tmin),
+            s_tmax=float(config.s_tmax),
+            s_noise=float(config.s_noise),
+            order=self.order,
+            max_sigma=self.model_call.max_sigma,
+            round_sigma=round_sigma,
+        )
 
-        call_sigma_list = []
-        for i in range(num_steps):
-            call_sigma_list.append(sigma_hat_list[i])
-            if self.order == 2 and sigma_list[i + 1] > 0:
-                call_sigma_list.append(sigma_list[i + 1])
-
+    def _use_plan(self, plan: Algorithm2Plan, device: str | torch.device | None = None) -> None:
         self._reset_schedule()
-        self._heun = self.order == 2
-        self.num_inference_steps = num_steps
-        self._sigma_list, self._sigma_hat_list = sigma_list, sigma_hat_list
-        self._churn_std_list, self._call_sigma_list = churn_std_list, call_sigma_list
-        self.sigmas = torch.tensor(sigma_list, dtype=torch.float64)
-        self.sigmas_hat = torch.tensor(sigma_hat_list, dtype=torch.float64)
-        self.evaluation_sigmas = torch.tensor(call_sigma_list, dtype=torch.float64)
-        self.timesteps = self._timesteps_for(self.evaluation_sigmas, device)
+        self._plan = plan
+        self.num_inference_steps = plan.num_steps
+        self.timesteps = self.model_call.timesteps_for(plan.call_sigmas, device)
 
     # ------------------------------------------------------------------ stepping
-    def _init_step_index(self, timestep: float | torch.Tensor) -> None:
-        self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
-
-    def index_for_timestep(self, timestep: float | torch.Tensor) -> int:
-        """The index in ``timesteps`` of the first model call of a step whose timestep equals ``timestep``.
+    def index_for_timestep(self, timestep: float | torch.Tensor, first_call_of_step: bool = True) -> int:
+        """The index in ``timesteps`` of the first model call (of a step, by default) whose timestep is ``timestep``.
 
         Without churn, ``sigma_hat_i = sigma_i`` and the value appears twice (the Heun correction of step
         i - 1 and the Euler call of step i); the Euler call is the one a run can start from.
@@ -233,16 +322,37 @@ class StochasticHeunMixin:
         schedule = self.timesteps
         value = torch.as_tensor(timestep, device=schedule.device).to(schedule.dtype).reshape(-1)[:1]
         matches = torch.isclose(schedule, value, rtol=1e-6, atol=0.0).nonzero().flatten().tolist()
-        starts = [m for m in matches if m % self.order == 0]
+        starts = [m for m in matches if m % self.order == 0] or ([] if first_call_of_step else matches)
         if not starts:
+            kind = "the first model call of any step" if first_call_of_step else "a model call"
             raise ValueError(
-                f"timestep {float(value):.6g} is not the first model call of any step of this schedule "
+                f"timestep {float(value):.6g} is not {kind} of this schedule "
                 f"(timesteps: {[round(float(t), 6) for t in schedule[:: self.order]]})."
             )
         return starts[0]
 
+    def _current_call(self, timestep: float | torch.Tensor) -> int:
+        """The index of the model call being made (set from ``timestep`` or ``begin_index`` at the first call)."""
+        if self._plan is None:
+            raise ValueError(f"{type(self).__name__} has no schedule yet: call `set_timesteps` first.")
+        if self._step_index is None:
+            self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
+        if self._step_index >= len(self._plan.call_sigmas):
+            raise ValueError(
+                f"All {len(self._plan.call_sigmas)} model calls of this schedule have been stepped; "
+                "call `set_timesteps` to sample again."
+            )
+        return self._step_index
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
+        """The model's input for the current call (``model_call.model_input``: ``x`` itself for a sigma-conditioned
+        model, ``x / sqrt(sigma^2 + 1)`` for a discrete VP network)."""
+        if not self.model_call.scales_input:
+            return sample
+        return self.model_call.model_input(sample, self._plan.call_sigmas[self._current_call(timestep)])
+
     def _check_step_input(self, model_output: torch.Tensor, sample: torch.Tensor) -> None:
-        if self.timesteps is None:
+        if self._plan is None:
             raise ValueError(f"{type(self).__name__} has no schedule yet: call `set_timesteps` before `step`.")
         if model_output.shape == sample.shape:
             return
@@ -280,44 +390,36 @@ class StochasticHeunMixin:
         Returns ``prev_sample`` (the next call's input, or the final sample) and ``pred_original_sample`` (D).
         """
         self._check_step_input(model_output, sample)
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        call = self._step_index
-        if call >= len(self._call_sigma_list):
-            raise ValueError(
-                f"All {len(self._call_sigma_list)} model calls of this schedule have been stepped; "
-                "call `set_timesteps` to sample again."
-            )
-        step, is_correction = divmod(call, self.order)
+        call = self._current_call(timestep)
+        plan = self._plan
+        i, is_correction = divmod(call, plan.order)
 
         # Half precision keeps its dtype for the model, the sampler arithmetic runs in at least float32.
         compute_dtype = torch.promote_types(sample.dtype, torch.float32)
         x = sample if sample.dtype == compute_dtype else sample.to(compute_dtype)
         if model_output.dtype != compute_dtype:
             model_output = model_output.to(compute_dtype)
-        sigma = self._call_sigma_list[call]
-        d, denoised = self._derivative(model_output, x, sigma)
-        sigma_hat, sigma_next = self._sigma_hat_list[step], self._sigma_list[step + 1]
-        h = sigma_next - sigma_hat
+        d, denoised = self.model_call.derivative(model_output, x, plan.call_sigmas[call])
+        sigma_next = plan.sigmas[i + 1]
+        h = sigma_next - plan.sigmas_hat[i]
 
-        if is_correction:
-            if self._x_hat is None:
-                raise ValueError(
-                    f"Model call {call} is the Heun correction of step {step}, but its Euler call was not stepped; "
-                    "a run must start at an even index (see set_begin_index)."
-                )
-            # x_{i+1} = x_hat + h (d + d') / 2
-            x_next = torch.add(self._d_hat, d).mul_(0.5 * h).add_(self._x_hat)
-            self._x_hat = self._d_hat = None
-        else:
-            x_next = torch.add(x, d, alpha=h)  # x_hat + h d
-            if self._heun and sigma_next > 0:
+        if not is_correction:
+            x_next = torch.add(x, d, alpha=h)  # x_hat + (sigma_{i+1} - sigma_hat) d
+            if plan.order == 2 and sigma_next > 0:  # Heun: the model is evaluated at (x_next, sigma_{i+1}) next
                 self._x_hat, self._d_hat = x, d
                 return self._output(x_next, denoised, sample.dtype, return_dict)
+        else:
+            if self._x_hat is None:
+                raise ValueError(
+                    f"Model call {call} is the Heun correction of step {i}, but its Euler call was not stepped; "
+                    "a run must start at an even index (see set_begin_index)."
+                )
+            x_next = torch.add(self._d_hat, d).mul_(0.5 * h).add_(self._x_hat)  # x_hat + h (d + d') / 2
+            self._x_hat = self._d_hat = None
 
-        if step + 1 < self.num_inference_steps and self._churn_std_list[step + 1] > 0:
+        if i + 1 < plan.num_steps and plan.churn_stds[i + 1] > 0:  # x_hat_{i+1} = x_{i+1} + churn
             noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
-            x_next.add_(noise.to(compute_dtype), alpha=self._churn_std_list[step + 1])
+            x_next.add_(noise.to(compute_dtype), alpha=plan.churn_stds[i + 1])
         return self._output(x_next, denoised, sample.dtype, return_dict)
 
     def _output(
@@ -331,17 +433,19 @@ class StochasticHeunMixin:
         return EDMHeunSchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
 
     # ------------------------------------------------------------------ image-to-image
-    def _call_sigmas_for(self, timesteps: torch.Tensor) -> list[float]:
-        """Noise levels for ``add_noise``, with diffusers' rule: the begin call before sampling starts, the
-        current call during sampling, else the call whose timestep matches each entry."""
-        if self.timesteps is None:
+    def _noise_stds_for(self, timesteps: torch.Tensor) -> list[float]:
+        """Noise standard deviations for ``add_noise``, with diffusers' rule for which call: the begin call before
+        sampling starts, the current call during sampling, else the call whose timestep matches each entry. At the
+        Euler call of a churned step this is the step's start std (see :class:`Algorithm2Plan`)."""
+        if self._plan is None:
             raise ValueError("add_noise needs a schedule: call `set_timesteps` first.")
         count = timesteps.reshape(-1).shape[0]
         if self._step_index is not None:
-            return [self._call_sigma_list[self._step_index]] * count
+            return [self._plan.noise_std_of_call(self._step_index)] * count
         if self._begin_index is not None:
-            return [self._call_sigma_list[self._begin_index]] * count
-        return [self._call_sigma_list[self.index_for_timestep(t)] for t in timesteps.reshape(-1)]
+            return [self._plan.noise_std_of_call(self._begin_index)] * count
+        calls = [self.index_for_timestep(t, first_call_of_step=False) for t in timesteps.reshape(-1)]
+        return [self._plan.noise_std_of_call(call) for call in calls]
 
     @staticmethod
     def _noised(original_samples: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -351,9 +455,12 @@ class StochasticHeunMixin:
         return original_samples + noise * sigma
 
 
-def _apply_round_sigma(round_sigma: Callable[[torch.Tensor], torch.Tensor], sigmas: np.ndarray) -> np.ndarray:
+def apply_round_sigma(round_sigma: Callable[[torch.Tensor], torch.Tensor], sigmas: np.ndarray) -> np.ndarray:
+    """``round_sigma`` applied to float64 noise levels; a ``ValueError`` unless it keeps them positive and finite."""
     rounded = round_sigma(torch.as_tensor(sigmas, dtype=torch.float64))
     rounded = torch.as_tensor(rounded).detach().double().cpu().numpy().reshape(-1)
     if rounded.shape != sigmas.shape or np.any(~np.isfinite(rounded)) or np.any(rounded <= 0):
-        raise ValueError(f"round_sigma must map positive noise levels to positive noise levels, got {rounded.tolist()}.")
+        raise ValueError(
+            f"round_sigma must map positive noise levels to positive noise levels, got {rounded.tolist()}."
+        )
     return rounded

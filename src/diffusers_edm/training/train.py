@@ -333,7 +333,7 @@ class Trainer:
             return LearnedVariancePipeline(unet=model, scheduler=self.scheduler, vae=self.vae, null_class_label=null_label)
         sigma_min = max(EDMHeunScheduler().config.sigma_min, model.sigma_min)
         sigma_max = min(EDMHeunScheduler().config.sigma_max, model.sigma_max)
-        scheduler = EDMHeunScheduler(sigma_min=sigma_min, sigma_max=sigma_max, sigma_data=self.args.sigma_data)
+        scheduler = EDMHeunScheduler(sigma_min=sigma_min, sigma_max=sigma_max)
         return EDMPipeline(denoiser=model, scheduler=scheduler, vae=self.vae)
 
     def _sample_grid(self, model: torch.nn.Module, count: int) -> Image.Image:
