@@ -15,7 +15,9 @@ embedded digits):
 Both take the same batch (already on the device: data loading is the same for any loop) and run in the same process,
 interleaved (each repetition times a block of steps of every variant, in a rotating order) after warm-up, with one
 intra-op thread on the CPU (two threads on a loaded 2-core machine stall unpredictably); the table reports medians of
-the time per step as images/second and the overhead ``Trainer / bare - 1`` (target < 5%).
+the time per step as images/second and the overhead ``Trainer / bare - 1`` (target < 5%), from the medians and from
+the fastest block of each variant. Other jobs on a shared machine only ever add time, so the fastest of repeated
+blocks is the estimate least disturbed by them; the verdict uses it, and both are reported.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over a few steps of each variant (after
 ``reset_peak_memory_stats``). On the CPU there is no allocator statistic, so each variant runs a few steps in a
@@ -180,6 +182,7 @@ def measure_throughput(settings: ThroughputSettings, device: torch.device, work_
                 if repetition >= settings.warmup:
                     per_step[name].append(seconds)
         bare = statistics.median(per_step["bare"])
+        bare_fastest = min(per_step["bare"])
         for name in names:
             median = statistics.median(per_step[name])
             results.append(
@@ -190,6 +193,7 @@ def measure_throughput(settings: ThroughputSettings, device: torch.device, work_
                     "seconds_per_step": median,
                     "images_per_second": settings.batch / median,
                     "overhead": median / bare - 1.0,
+                    "fastest_overhead": min(per_step[name]) / bare_fastest - 1.0,
                     "spread": [min(per_step[name]), max(per_step[name])],
                     "steps_timed": len(per_step[name]) * count,
                 }
@@ -284,7 +288,8 @@ def profile_steps(settings: ThroughputSettings, device: torch.device, work_dir: 
 # ------------------------------------------------------------------------------------------------ report
 def throughput_table(results: list[dict[str, Any]], memory: list[dict[str, Any]]) -> str:
     """Markdown table: ms/step, images/s, overhead vs bare, and peak memory per variant and size."""
-    headers = ["size", "batch", "variant", "ms / step", "images / s", "overhead vs bare", "step spread ms", "peak memory MB", "memory increase MB"]
+    headers = ["size", "batch", "variant", "ms / step", "images / s", "overhead vs bare", "overhead, fastest blocks",
+               "step spread ms", "peak memory MB", "memory increase MB"]
     rows = []
     for row in results:
         mem = next((m for m in memory if m["size"] == row["size"] and m["variant"] == row["variant"]), None)
@@ -296,6 +301,7 @@ def throughput_table(results: list[dict[str, Any]], memory: list[dict[str, Any]]
                 f"{row['seconds_per_step'] * 1e3:.1f}",
                 f"{row['images_per_second']:.0f}",
                 "baseline" if row["variant"] == "bare" else f"{row['overhead'] * 100:+.1f}%",
+                "baseline" if row["variant"] == "bare" else f"{row['fastest_overhead'] * 100:+.1f}%",
                 f"{row['spread'][0] * 1e3:.0f}-{row['spread'][1] * 1e3:.0f}",
                 f"{mem['peak_bytes'] / 2**20:.0f}" if mem else "",
                 f"{mem['increase_bytes'] / 2**20:.1f}" if mem else "",
@@ -345,10 +351,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         table = throughput_table(results, memory)
         print(f"\nTraining step throughput, medians of interleaved repetitions on {device}, float32\n")
         print(table)
-        overheads = {r["size"]: r["overhead"] for r in results if r["variant"] == "Trainer step"}
-        worst = max(overheads.values())
+        trainer_rows = [r for r in results if r["variant"] == "Trainer step"]
+        worst = max(r["fastest_overhead"] for r in trainer_rows)
+        worst_median = max(r["overhead"] for r in trainer_rows)
         verdict = "within" if worst < OVERHEAD_TARGET else "ABOVE"
-        print(f"\nworst Trainer-step overhead vs bare: {worst * 100:+.1f}% ({verdict} the {OVERHEAD_TARGET:.0%} target)")
+        print(f"\nworst Trainer-step overhead vs bare: {worst * 100:+.1f}% of the fastest blocks ({verdict} the "
+              f"{OVERHEAD_TARGET:.0%} target), {worst_median * 100:+.1f}% of the medians")
 
         profile_path = None
         if args.profile or (not args.quick and worst >= OVERHEAD_TARGET):
@@ -367,7 +375,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     markdown_path = output_dir / "training_throughput.md"
     markdown_path.write_text(
         f"# Training throughput ({'quick' if args.quick else 'full'} run, {machine['date']}, device {device})\n\n{table}\n\n"
-        f"Worst Trainer-step overhead vs bare: {worst * 100:+.1f}% (target < {OVERHEAD_TARGET:.0%}).\n"
+        f"Worst Trainer-step overhead vs bare: {worst * 100:+.1f}% of the fastest blocks, {worst_median * 100:+.1f}% of the "
+        f"medians (target < {OVERHEAD_TARGET:.0%}).\n"
         f"Memory: {memory[0]['method'] if memory else 'not measured'}.\n"
     )
     result = {
@@ -377,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "results": results,
         "memory": memory,
         "worst_overhead": worst,
+        "worst_median_overhead": worst_median,
         "files": {"markdown": str(markdown_path), "png": str(png) if png else None, "profile": str(profile_path) if profile_path else None},
     }
     write_record(output_dir / "training_throughput.json", result)
