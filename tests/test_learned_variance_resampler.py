@@ -1,4 +1,4 @@
-"""Timestep samplers: uniform, loss-second-moment (REFERENCE.md section 4), checkpointing, two processes."""
+"""Timestep samplers: uniform, loss-second-moment (Nichol & Dhariwal 2021, section 3.3), checkpointing, two processes."""
 
 import os
 
@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from diffusers_edm.training import (
     LossSecondMomentTimestepSampler,
@@ -30,6 +32,42 @@ def reference_probabilities(events: list[tuple[int, float]], T: int, history: in
         return np.full(T, 1.0 / T)
     raw = np.array([np.sqrt(np.mean(np.square(per_t[t]))) for t in range(T)])
     return (1 - uniform_prob) * raw / raw.sum() + uniform_prob / T
+
+
+def sequential_histories(batches: list[list[tuple[int, float]]], T: int, history: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rule one loss at a time, in order: a full history drops its oldest entry, otherwise the loss is appended.
+
+    Returned as the sampler stores it: histories left-aligned in a (T, history) array (zeros after the count).
+    """
+    per_t: dict[int, list[float]] = {t: [] for t in range(T)}
+    for batch in batches:
+        for t, loss in batch:
+            if len(per_t[t]) == history:
+                per_t[t].pop(0)
+            per_t[t].append(loss)
+    table = np.zeros((T, history))
+    for t, values in per_t.items():
+        table[t, : len(values)] = values
+    return table, np.array([len(per_t[t]) for t in range(T)])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    T=st.integers(1, 5),
+    history=st.integers(1, 4),
+    batches=st.lists(st.lists(st.tuples(st.integers(0, 4), st.floats(0, 100)), min_size=0, max_size=12), max_size=6),
+)
+def test_batched_history_update_equals_one_by_one_appends(T, history, batches):
+    """Duplicated timesteps in one batch, batches longer than the history: the vectorised update keeps the same losses."""
+    batches = [[(t % T, loss) for t, loss in batch] for batch in batches]
+    sampler = LossSecondMomentTimestepSampler(T, history_per_term=history)
+    for batch in batches:
+        timesteps = torch.tensor([t for t, _ in batch], dtype=torch.int64)
+        losses = torch.tensor([loss for _, loss in batch], dtype=torch.float64)
+        sampler.update_with_all_losses(timesteps, losses)
+    expected_history, expected_counts = sequential_histories(batches, T, history)
+    np.testing.assert_array_equal(sampler.loss_history.numpy(), expected_history)
+    np.testing.assert_array_equal(sampler.loss_counts.numpy(), expected_counts)
 
 
 def test_uniform_sampler():

@@ -1,4 +1,4 @@
-"""LearnedVarianceDDPMScheduler against an independent float64 implementation of REFERENCE.md section 4."""
+"""LearnedVarianceDDPMScheduler against an independent float64 implementation of Improved DDPM (Nichol & Dhariwal 2021)."""
 
 import os
 
@@ -13,6 +13,7 @@ from diffusers import DDPMPipeline, UNet2DModel
 
 import learned_variance_reference as ref
 from diffusers_edm.schedulers.scheduling_learned_variance_ddpm import LearnedVarianceDDPMScheduler
+from host_sync_counter_training import count_host_syncs
 
 
 @pytest.mark.parametrize("T", [1000, 4000])
@@ -190,3 +191,26 @@ def test_inside_diffusers_ddpm_pipeline():
             x = mean
     expected = np.clip(x / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
     np.testing.assert_allclose(images, expected, atol=2e-5)
+
+
+def test_step_never_reads_the_device_once_the_schedule_is_set():
+    """A sampling loop over ``scheduler.timesteps`` (tensors): the index is found on the device, noise masked there."""
+    scheduler = LearnedVarianceDDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2")
+    scheduler.set_timesteps("6,3")  # respaced: the timesteps are looked up in the kept table
+    sample = _draw((2, 3, 4, 4), 0)
+    outputs = [_draw((2, 6, 4, 4), 10 + i) for i in range(len(scheduler.timesteps))]
+    generator = torch.Generator().manual_seed(0)
+    calls = []
+    for t, model_output in zip(scheduler.timesteps, outputs):
+        per_example = t.repeat(2)
+        with count_host_syncs() as counter:
+            sample = scheduler.step(model_output, t, sample, generator=generator).prev_sample
+            scheduler.step(model_output, per_example, sample, generator=generator)
+        calls.append(counter.calls)
+    assert all(not c for c in calls), calls
+
+    # the device lookup and the host-checked Python-int path give the same step
+    for t, model_output in zip(scheduler.timesteps, outputs):
+        on_device = scheduler.step(model_output, t, sample, generator=torch.Generator().manual_seed(1)).prev_sample
+        on_host = scheduler.step(model_output, int(t), sample, generator=torch.Generator().manual_seed(1)).prev_sample
+        torch.testing.assert_close(on_device, on_host, rtol=0, atol=0)

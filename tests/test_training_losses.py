@@ -1,4 +1,4 @@
-"""EDM / VP / VE / iDDPM denoising losses and EDM's EMA against REFERENCE.md section 3."""
+"""EDM / VP / VE / iDDPM denoising losses (EDM, Karras et al. 2022, eq. 8 and Table 1) and EDM's EMA."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def test_edm_ema_decay_and_update_follow_reference():
         param.data += 1.0
         previous = ema.shadow_params[0].clone()
         ema.step([param])
-        halflife = min(500.0, step * 64 * 0.05)
+        halflife = min(500.0, (step - 1) * 64 * 0.05)  # images seen before this step
         beta = 0.5 ** (64 / max(halflife, 1e-8))
         assert ema.cur_decay_value == pytest.approx(beta, rel=1e-12)
         torch.testing.assert_close(ema.shadow_params[0], param.data + beta * (previous - param.data))
@@ -124,6 +124,31 @@ def test_edm_ema_decay_and_update_follow_reference():
     assert restored.optimization_step == ema.optimization_step
     with pytest.raises(ValueError, match="batch_size"):
         EDMEMAModel([torch.nn.Parameter(torch.zeros(3))], batch_size=32, ema_halflife_kimg=0.5).load_state_dict(state)
+
+
+@pytest.mark.parametrize("rampup_ratio", [0.05, None])
+def test_edm_ema_trajectory_of_a_scalar_follows_edms_training_loop(rampup_ratio):
+    """EDM's loop: ema_halflife_nimg = min(halflife, cur_nimg * ratio) with cur_nimg BEFORE ``cur_nimg += batch``."""
+    batch, halflife_kimg = 32, 0.4
+    values = [float(v) for v in np.random.default_rng(3).normal(size=60).cumsum()]
+    param = torch.nn.Parameter(torch.tensor([values[0]], dtype=torch.float64))
+    ema = EDMEMAModel([param], batch_size=batch, ema_halflife_kimg=halflife_kimg, ema_rampup_ratio=rampup_ratio)
+    reference, cur_nimg = values[0], 0
+    for value in values[1:]:
+        param.data.fill_(value)  # the optimizer step
+        ema.step([param])
+        halflife_nimg = halflife_kimg * 1000
+        if rampup_ratio is not None:
+            halflife_nimg = min(halflife_nimg, cur_nimg * rampup_ratio)
+        beta = 0.5 ** (batch / max(halflife_nimg, 1e-8))
+        reference = value + (reference - value) * beta  # p_ema = p_net.lerp(p_ema, beta)
+        cur_nimg += batch
+        assert ema.shadow_params[0].item() == pytest.approx(reference, rel=1e-12, abs=1e-12)
+    if rampup_ratio is not None:  # the first update (cur_nimg = 0) copies the weights: beta = 0
+        first = EDMEMAModel([torch.nn.Parameter(torch.zeros(1))], batch_size=batch, ema_rampup_ratio=rampup_ratio)
+        weights = torch.nn.Parameter(torch.full((1,), 5.0))
+        first.step([weights])
+        assert first.cur_decay_value == 0.0 and first.shadow_params[0].item() == 5.0
 
 
 @pytest.mark.parametrize("make", [lambda: EDMLoss(P_std=0), lambda: VPLoss(epsilon_t=0), lambda: VELoss(sigma_min=5, sigma_max=1)])

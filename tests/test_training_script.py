@@ -72,8 +72,8 @@ def test_edm_run_writes_a_loadable_pipeline_card_checkpoints_and_logs(tmp_path, 
     assert not list(out.glob(".checkpoint-*"))
     assert (out / "samples" / "step-0000003.png").is_file() and list((out / "logs").rglob("events.out.tfevents.*"))
     grid = Image.open(out / "samples.png")
-    # 4 samples of 8x8, fewer than the 10 classes: a 2x2 grid, cells enlarged 8x to 64 px
-    assert grid.size == (2 * 64, 2 * 64)
+    # 4 samples of 8x8, fewer than the 10 classes: a 2x2 grid, cells enlarged 8x to 64 px, 2 px apart
+    assert grid.size == (2 * 64 + 2, 2 * 64 + 2)
     card = (out / "README.md").read_text()
     assert "library_name: diffusers" in card and "diffusers-edm" in card and "edm-preconditioning" in card
     assert json.loads((out / "training_args.json").read_text())["label_dropout"] == 0.1

@@ -179,7 +179,8 @@ class ReverseStepParameters:
 # The tables
 # --------------------------------------------------------------------------------------------
 class DiscreteGaussianDiffusion:
-    """Float64 tables of a discrete Gaussian diffusion, original or respaced (REFERENCE.md section 4).
+    """Float64 tables of a discrete Gaussian diffusion, original or respaced (Ho et al. 2020, DDPM, eqs. 4-7;
+    Nichol & Dhariwal 2021, Improved DDPM, sections 3.1 and 4 for the learned range and respacing).
 
     For betas ``beta_0 .. beta_{K-1}`` (``K`` steps, index ``i``):
 
@@ -194,6 +195,10 @@ class DiscreteGaussianDiffusion:
 
     With a single step there is no index 1 to borrow the clipped log variance from; index 0 then uses
     ``log(beta_0)`` (the "fixed_large" value). Sampling never uses it (no noise is added at the last step).
+
+    The tensor methods read the tables as tensors on the device (and in the dtype) of the data they work on; each
+    table is converted once per device and dtype and kept, so a training or sampling step copies nothing from the
+    host and never waits for the device (:meth:`gather`, :meth:`device_index`).
     """
 
     def __init__(self, betas: Sequence[float] | np.ndarray, timesteps: Sequence[int] | np.ndarray | None = None):
@@ -231,6 +236,8 @@ class DiscreteGaussianDiffusion:
         # which only changes the decoder likelihood (beta_0 is far below the posterior variance of index 1).
         self.fixed_large_log_variance = np.log(np.append(borrowed_first_variance, betas[1:]))
         self.log_betas = np.log(betas)
+        self._is_original = bool(np.array_equal(self.timesteps, np.arange(self.num_timesteps)))
+        self._device_tables: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
 
     def respace(self, kept_timesteps: Sequence[int]) -> "DiscreteGaussianDiffusion":
         """The diffusion that visits only ``kept_timesteps`` (training timesteps of this diffusion).
@@ -258,23 +265,62 @@ class DiscreteGaussianDiffusion:
         return clipped
 
     def index_of(self, timesteps: torch.Tensor | int | Sequence[int]) -> torch.Tensor:
-        """Indices (positions in this diffusion) of training timesteps; ``ValueError`` for one not in the table."""
+        """Indices (positions in this diffusion) of training timesteps; ``ValueError`` for one not in the table.
+
+        Looks at the values on the host (one synchronisation for a device tensor): for input checks, once per call
+        or data set. Hot loops over timesteps that come from the table use :meth:`device_index`.
+        """
         values = torch.as_tensor(timesteps)
         if values.is_floating_point():
             if not torch.all(values == values.round()):
                 raise ValueError(f"timesteps must be integers, got {values.tolist()}.")
         flat = values.detach().cpu().reshape(-1).to(torch.int64).numpy()
-        return torch.from_numpy(self._positions_of(flat)).reshape(values.shape)
+        return torch.from_numpy(self._positions_of(flat)).reshape(values.shape).to(values.device)
 
-    @staticmethod
-    def gather(table: np.ndarray, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """``table[index]`` as a tensor of ``like``'s dtype and device, broadcastable against ``like``.
+    def host_index(self, timestep: int) -> int:
+        """The index of one training timestep given as a Python int; ``ValueError`` if it is not in the table.
 
-        A scalar index gives a 0-d tensor; a batch of B indices gives shape ``(B, 1, ..., 1)``.
+        Pure host work (no tensor), so a sampling loop that passes Python ints checks every step for free.
         """
-        index = torch.as_tensor(index).detach().cpu()
-        # Cast on the CPU first: some devices (MPS) have no float64.
-        values = torch.from_numpy(table)[index].to(dtype=like.dtype).to(like.device)
+        if int(timestep) != timestep:
+            raise ValueError(f"timesteps must be integers, got {timestep!r}.")
+        return int(self._positions_of(np.asarray([int(timestep)], dtype=np.int64))[0])
+
+    def device_index(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Indices of training timesteps that are in the table, computed on their device without looking at them.
+
+        No host synchronisation and no check: a timestep that is not in the table gets the index of a neighbour.
+        Use it for timesteps drawn from the table (training) or taken from ``scheduler.timesteps`` (sampling), and
+        :meth:`index_of` to check input from elsewhere. An original diffusion's index is the timestep itself; a
+        respaced one's is found by ``searchsorted`` in its (increasing) timesteps, held on the device.
+        """
+        timesteps = torch.as_tensor(timesteps)
+        if timesteps.is_floating_point():
+            timesteps = timesteps.round()
+        timesteps = timesteps.to(torch.int64)
+        if self._is_original:
+            return timesteps
+        kept = self._table("timesteps", timesteps.device, torch.int64)
+        return torch.searchsorted(kept, timesteps).clamp_(max=self.num_timesteps - 1)
+
+    def _table(self, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The table ``name`` as a tensor of ``dtype`` on ``device``, converted once and kept."""
+        key = (name, torch.device(device), dtype)
+        if key not in self._device_tables:
+            # Cast on the CPU first: some devices (MPS) have no float64.
+            self._device_tables[key] = torch.from_numpy(getattr(self, name)).to(dtype).to(device)
+        return self._device_tables[key]
+
+    def gather(self, name: str, index: torch.Tensor | int | Sequence[int], like: torch.Tensor) -> torch.Tensor:
+        """The entries ``index`` of the table ``name`` in ``like``'s dtype and device, broadcastable against ``like``.
+
+        A Python int or 0-d index gives a 0-d tensor; a batch of B indices gives shape ``(B, 1, ..., 1)``. Indexes
+        a device copy of the table kept by :meth:`_table` (no host copy, no synchronisation).
+        """
+        table = self._table(name, like.device, like.dtype)
+        if isinstance(index, (int, np.integer)):
+            return table[int(index)]
+        values = table[torch.as_tensor(index).to(like.device)]
         if values.ndim == 1:
             values = values.reshape(-1, *([1] * (like.ndim - 1)))
         return values
@@ -285,28 +331,28 @@ class DiscreteGaussianDiffusion:
     def q_sample(self, x_start: torch.Tensor, index: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """``x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) noise``."""
         return (
-            self.gather(self.sqrt_alphas_cumprod, index, x_start) * x_start
-            + self.gather(self.sqrt_one_minus_alphas_cumprod, index, x_start) * noise
+            self.gather("sqrt_alphas_cumprod", index, x_start) * x_start
+            + self.gather("sqrt_one_minus_alphas_cumprod", index, x_start) * noise
         )
 
     def q_mean_log_variance(self, x_start: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log variance of ``q(x_t | x_0) = N(sqrt(alpha_bar) x_0, 1 - alpha_bar)``."""
-        mean = self.gather(self.sqrt_alphas_cumprod, index, x_start) * x_start
-        log_variance = self.gather(self.log_one_minus_alphas_cumprod, index, x_start).expand_as(x_start)
+        mean = self.gather("sqrt_alphas_cumprod", index, x_start) * x_start
+        log_variance = self.gather("log_one_minus_alphas_cumprod", index, x_start).expand_as(x_start)
         return mean, log_variance
 
     def q_posterior_mean_variance(
         self, x_start: torch.Tensor, x_t: torch.Tensor, index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean, variance and clipped log variance of ``q(x_{t-1} | x_t, x_0)``."""
-        mean = self.gather(self.posterior_mean_coef1, index, x_t) * x_start + self.gather(self.posterior_mean_coef2, index, x_t) * x_t
-        variance = self.gather(self.posterior_variance, index, x_t).expand_as(x_t)
-        log_variance = self.gather(self.posterior_log_variance_clipped, index, x_t).expand_as(x_t)
+        mean = self.gather("posterior_mean_coef1", index, x_t) * x_start + self.gather("posterior_mean_coef2", index, x_t) * x_t
+        variance = self.gather("posterior_variance", index, x_t).expand_as(x_t)
+        log_variance = self.gather("posterior_log_variance_clipped", index, x_t).expand_as(x_t)
         return mean, variance, log_variance
 
     def predict_x0_from_eps(self, x_t: torch.Tensor, index: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """``x_0 = sqrt(1 / alpha_bar) x_t - sqrt(1 / alpha_bar - 1) eps``."""
-        return self.gather(self.sqrt_recip_alphas_cumprod, index, x_t) * x_t - self.gather(self.sqrt_recipm1_alphas_cumprod, index, x_t) * eps
+        return self.gather("sqrt_recip_alphas_cumprod", index, x_t) * x_t - self.gather("sqrt_recipm1_alphas_cumprod", index, x_t) * eps
 
     # ----------------------------------------------------------------------------------------
     # Reverse process
@@ -326,12 +372,12 @@ class DiscreteGaussianDiffusion:
             raise ValueError(f"variance_type {variance_type!r} needs the model's variance output v, got None.")
         if variance_type == "learned":
             return variance_output
-        min_log = self.gather(self.posterior_log_variance_clipped, index, like)
+        min_log = self.gather("posterior_log_variance_clipped", index, like)
         if variance_type == "learned_range":
-            return learned_range_log_variance(variance_output, min_log, self.gather(self.log_betas, index, like))
+            return learned_range_log_variance(variance_output, min_log, self.gather("log_betas", index, like))
         if variance_type == "fixed_small":
             return min_log.expand_as(like)
-        return self.gather(self.fixed_large_log_variance, index, like).expand_as(like)
+        return self.gather("fixed_large_log_variance", index, like).expand_as(like)
 
     def p_mean_variance(
         self,

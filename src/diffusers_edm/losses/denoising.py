@@ -1,4 +1,4 @@
-"""EDM's denoising losses (REFERENCE.md section 3): ``loss = lambda(sigma) |D(y + sigma n; sigma) - y|^2``.
+"""EDM's denoising losses (Karras et al. 2022, eq. 8 and Table 1): ``loss = lambda(sigma) |D(y + sigma n; sigma) - y|^2``.
 
 The four families differ only in how sigma is drawn and in the weight lambda(sigma):
 
@@ -12,7 +12,8 @@ iDDPM    ``sigma = u_j`` of the cosine table, ``j ~ U{0..M-1}``          ``1 / s
 =======  ==============================================================  ================================
 
 Each loss is a callable ``loss(denoiser, images, **conditioning)`` returning a :class:`DenoisingLossOutput`:
-the per-element loss (the shape of ``images``, which the training script averages) and the sigmas drawn. Randomness comes from the global torch RNG on the images'
+the per-element loss (the shape of ``images``; the training script reduces it as ``--loss_reduction`` says, EDM's
+``sum / batch`` by default) and the sigmas drawn. Randomness comes from the global torch RNG on the images'
 device, so Accelerate's checkpoints (which save the RNG states) resume a run exactly.
 """
 
@@ -106,10 +107,14 @@ class IDDPMLoss(DenoisingLoss):
 
     def __init__(self, M: int = 1000, C_1: float = 0.001, C_2: float = 0.008):
         self.table = torch.from_numpy(iddpm_sigma_table(M, C_1, C_2)[:M]).to(torch.float32)
+        self._per_device: dict[torch.device, torch.Tensor] = {}
 
     def sample_sigma(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        device = torch.device(device)
+        if device not in self._per_device:  # one copy per device, not one per step
+            self._per_device[device] = self.table.to(device)
         index = torch.randint(0, len(self.table), (batch_size,), device=device)
-        return self.table.to(device)[index]
+        return self._per_device[device][index]
 
 
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

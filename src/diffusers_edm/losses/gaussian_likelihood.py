@@ -1,4 +1,4 @@
-"""Gaussian KL divergence and the discretized Gaussian log-likelihood of 8-bit images (REFERENCE.md section 4)."""
+"""Gaussian KL divergence and the discretized Gaussian log-likelihood of 8-bit images (Ho et al. 2020, section 3.3 and eq. 13)."""
 
 from __future__ import annotations
 

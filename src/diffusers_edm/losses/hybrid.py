@@ -1,4 +1,4 @@
-"""Improved DDPM's hybrid loss ``L_simple + lambda * L_vlb`` (REFERENCE.md section 4)."""
+"""Improved DDPM's hybrid loss ``L_simple + lambda * L_vlb`` (Nichol & Dhariwal 2021, section 3.1)."""
 
 from __future__ import annotations
 

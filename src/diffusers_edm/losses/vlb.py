@@ -1,4 +1,5 @@
-"""Terms of the variational bound of a discrete Gaussian diffusion, in bits per dimension (REFERENCE.md section 4).
+"""Terms of the variational bound of a discrete Gaussian diffusion, in bits per dimension (Ho et al. 2020, eq. 5;
+Nichol & Dhariwal 2021, section 2).
 
 ``-log p(x_0) <= L_prior + sum_t L_t``, with ``L_prior = KL(q(x_T | x_0) || N(0, I))``,
 ``L_t = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))`` for t > 0 and ``L_0 = -log p(x_0 | x_1)`` (discretized
@@ -22,8 +23,7 @@ def mean_over_non_batch_dims(values: torch.Tensor) -> torch.Tensor:
 
 def prior_bits(diffusion: DiscreteGaussianDiffusion, x_start: torch.Tensor) -> torch.Tensor:
     """``KL(q(x_T | x_0) || N(0, I))`` in bits per dimension, one value per example (T = the diffusion's last index)."""
-    last = torch.full((x_start.shape[0],), diffusion.num_timesteps - 1, dtype=torch.int64)
-    mean, log_variance = diffusion.q_mean_log_variance(x_start, last)
+    mean, log_variance = diffusion.q_mean_log_variance(x_start, diffusion.num_timesteps - 1)
     zeros = torch.zeros_like(x_start)
     return mean_over_non_batch_dims(normal_kl(mean, log_variance, zeros, zeros)) / math.log(2.0)
 
@@ -47,11 +47,13 @@ def vlb_term_bits(
         diffusion: the tables (respaced or not); ``timesteps`` are its training timesteps.
         model_output: the network's output at ``(x_t, t)``, ``2C`` channels for learned variances.
         x_start, x_t: the data ``x_0`` and its noised version.
-        timesteps: one training timestep per example.
+        timesteps: one training timestep per example, each one of ``diffusion.timesteps`` (they are looked up on the
+            device without a check, so that a training step never waits for the device; check input from elsewhere
+            with ``diffusion.index_of``).
         variance_type, prediction_type: how to read the model output (see :mod:`diffusers_edm.gaussian_diffusion`).
         clip_denoised: clamp the x_0 prediction to [-1, 1] (training leaves it off; evaluation usually on).
     """
-    index = diffusion.index_of(timesteps).reshape(-1)
+    index = diffusion.device_index(torch.as_tensor(timesteps, device=x_start.device)).reshape(-1)
     if index.shape[0] != x_start.shape[0]:
         raise ValueError(f"Need one timestep per example: got {index.shape[0]} timesteps for a batch of {x_start.shape[0]}.")
     true_mean, _, true_log_variance = diffusion.q_posterior_mean_variance(x_start, x_t, index)
@@ -60,5 +62,4 @@ def vlb_term_bits(
     decoder_nll = -mean_over_non_batch_dims(
         discretized_gaussian_log_likelihood(x_start, means=reverse.mean, log_scales=0.5 * reverse.log_variance)
     )
-    is_first = (index == 0).to(x_start.device)
-    return torch.where(is_first, decoder_nll, kl) / math.log(2.0)
+    return torch.where(index == 0, decoder_nll, kl) / math.log(2.0)

@@ -1,17 +1,18 @@
 """The backbone networks F a preconditioned denoiser can wrap, and how each is built, stored and called.
 
 A wrapper's config holds its backbone as plain data (class name + config dict) because a module cannot be a
-config value (REFERENCE.md section 7); :func:`backbone_spec` writes that data and :func:`build_backbone` reads it.
+config value; :func:`backbone_spec` writes that data and :func:`build_backbone` reads it.
 The three supported classes take the noise label and class labels under different argument names;
-:func:`call_backbone` is the one place that knows them.
+:func:`backbone_caller` is the one place that knows them.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from diffusers import DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
 from diffusers.models.embeddings import LabelEmbedding
 
@@ -55,12 +56,23 @@ def build_backbone(name: str, config: dict[str, Any]) -> torch.nn.Module:
 def disable_internal_label_dropout(backbone: torch.nn.Module) -> None:
     """Switch off label dropout inside the backbone (DiT drops 10% of labels per block in train mode).
 
-    The embedding table keeps its extra "null" row, so classifier-free guidance can still use it; the wrapper
-    decides once per sample which labels to drop (REFERENCE.md sections 5 and 7).
+    The embedding table keeps its extra "null" row, so classifier-free guidance can still use it; the training code
+    decides once per sample which labels to drop, with :func:`drop_class_labels` (classifier-free guidance, Ho &
+    Salimans 2022, Algorithm 1: one dropout decision per example).
     """
     for module in backbone.modules():
         if isinstance(module, LabelEmbedding):
             module.dropout_prob = 0.0
+
+
+def drop_class_labels(class_labels: torch.LongTensor, dropout: float, null_class_label: int) -> torch.LongTensor:
+    """Classifier-free guidance training: each label independently becomes ``null_class_label`` with probability ``dropout``.
+
+    One uniform draw per example from the global torch RNG on the labels' device (``u_i < dropout`` drops label i),
+    so a checkpointed run resumes with the same decisions. No host synchronisation.
+    """
+    dropped = torch.rand(class_labels.shape[0], device=class_labels.device) < dropout
+    return torch.where(dropped, torch.full_like(class_labels, null_class_label), class_labels)
 
 
 def image_channels(backbone: torch.nn.Module) -> int:
@@ -105,6 +117,71 @@ def uses_cross_attention(backbone: torch.nn.Module) -> bool:
     return isinstance(backbone, UNet2DConditionModel)
 
 
+BackboneCall = Callable[
+    [torch.nn.Module, torch.Tensor, torch.Tensor, "torch.LongTensor | None", "torch.Tensor | None"], torch.Tensor
+]
+
+
+def _call_dit(
+    module: torch.nn.Module,
+    sample: torch.Tensor,
+    noise_label: torch.Tensor,
+    class_labels: torch.LongTensor | None,
+    encoder_hidden_states: torch.Tensor | None,
+) -> torch.Tensor:
+    return module(sample, timestep=noise_label, class_labels=class_labels, return_dict=False)[0]
+
+
+def _call_unet_condition(
+    module: torch.nn.Module,
+    sample: torch.Tensor,
+    noise_label: torch.Tensor,
+    class_labels: torch.LongTensor | None,
+    encoder_hidden_states: torch.Tensor | None,
+) -> torch.Tensor:
+    return module(
+        sample, timestep=noise_label, encoder_hidden_states=encoder_hidden_states, class_labels=class_labels,
+        return_dict=False,
+    )[0]
+
+
+def _call_unet(
+    module: torch.nn.Module,
+    sample: torch.Tensor,
+    noise_label: torch.Tensor,
+    class_labels: torch.LongTensor | None,
+    encoder_hidden_states: torch.Tensor | None,
+) -> torch.Tensor:
+    return module(sample, timestep=noise_label, class_labels=class_labels, return_dict=False)[0]
+
+
+_CALLS: tuple[tuple[type[torch.nn.Module], BackboneCall], ...] = (
+    (DiTTransformer2DModel, _call_dit),
+    (UNet2DConditionModel, _call_unet_condition),
+    (UNet2DModel, _call_unet),
+)
+SUPPORTED_CLASSES = tuple(cls for cls, _ in _CALLS)
+
+
+def backbone_caller(backbone: torch.nn.Module) -> BackboneCall:
+    """The calling convention of ``backbone``'s class: ``call(module, sample, noise_label, class_labels, encoder_hidden_states)``.
+
+    The class is read from the unwrapped module (DDP, FSDP, DeepSpeed and ``torch.compile`` wrappers are looked
+    through, with Accelerate's ``extract_model_from_parallel``), while the returned function calls whatever module
+    it is given, so a training loop decides once, at setup, and then calls the *wrapped* model (DDP's gradient
+    hooks, the compiled graph) with the argument names of the backbone inside. ``TypeError`` for other classes.
+    """
+    module = backbone
+    if not isinstance(module, SUPPORTED_CLASSES):  # a wrapper: unwrap (only then, it costs some microseconds)
+        module = extract_model_from_parallel(backbone, keep_torch_compile=False)
+    for cls, call in _CALLS:
+        if isinstance(module, cls):
+            return call
+    raise TypeError(
+        f"Unsupported backbone {type(module).__module__}.{type(module).__qualname__}; expected one of {sorted(SUPPORTED_BACKBONES)}."
+    )
+
+
 def call_backbone(
     backbone: torch.nn.Module,
     sample: torch.Tensor,
@@ -112,11 +189,9 @@ def call_backbone(
     class_labels: torch.LongTensor | None,
     encoder_hidden_states: torch.Tensor | None,
 ) -> torch.Tensor:
-    """``F(sample; noise_label)``: the raw network output, whatever the backbone's argument names."""
-    if isinstance(backbone, DiTTransformer2DModel):
-        return backbone(sample, timestep=noise_label, class_labels=class_labels, return_dict=False)[0]
-    if isinstance(backbone, UNet2DConditionModel):
-        return backbone(
-            sample, noise_label, encoder_hidden_states=encoder_hidden_states, class_labels=class_labels, return_dict=False
-        )[0]
-    return backbone(sample, noise_label, class_labels=class_labels, return_dict=False)[0]
+    """``F(sample; noise_label)``: the raw network output, whatever the backbone's argument names (and wrappers).
+
+    Looks the convention up on every call; a loop that calls the same model many times takes
+    :func:`backbone_caller` once instead.
+    """
+    return backbone_caller(backbone)(backbone, sample, noise_label, class_labels, encoder_hidden_states)

@@ -25,6 +25,7 @@ from .backbones import (
     call_backbone,
     class_table_size,
     disable_internal_label_dropout,
+    drop_class_labels,
     image_channels,
     output_channels,
     sample_size,
@@ -317,9 +318,7 @@ class PreconditionedDenoiser(ModelMixin, ConfigMixin):
         sigma = self._noise_levels(sigma, batch, sample.device)
         labels = self._label_ids(class_labels, batch, sample.device)
         if labels is not None and self.training and self.config.label_dropout > 0:
-            # One decision per sample (the backbone's own per-block dropout is off).
-            dropped = torch.rand(batch, device=sample.device) < self.config.label_dropout
-            labels = torch.where(dropped, torch.full_like(labels, self.config.null_class_label), labels)
+            labels = drop_class_labels(labels, self.config.label_dropout, self.config.null_class_label)
 
         c_skip, c_out, c_in, c_noise = self.preconditioning(sigma)
         c_skip, c_out, c_in = (c.reshape(batch, 1, 1, 1) for c in (c_skip, c_out, c_in))

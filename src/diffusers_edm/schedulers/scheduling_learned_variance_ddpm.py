@@ -159,8 +159,11 @@ class LearnedVarianceDDPMScheduler(PackageCompatiblesMixin, SchedulerMixin, Conf
         Args:
             model_output: ``2C`` channels (prediction, then ``v``) for a ``C``-channel ``sample``; ``C`` channels only
                 with a fixed variance type.
-            timestep: the training timestep the model was called with, one of ``self.timesteps`` (a scalar, or one
-                per batch element).
+            timestep: the training timestep the model was called with, one of ``self.timesteps``: a Python int
+                (checked on the host, ``ValueError`` if it is not one of them), or a tensor, a scalar or one per
+                batch element, as a loop over ``self.timesteps`` gives it. A tensor is looked up on its device
+                without a check, so that a step never waits for the device (check other input once with
+                ``scheduler.diffusion.index_of``).
             sample: ``x_t``.
             generator: for the noise ``z`` (diffusers' ``randn_tensor``).
             return_dict: return a ``DDPMSchedulerOutput`` rather than a tuple.
@@ -168,7 +171,10 @@ class LearnedVarianceDDPMScheduler(PackageCompatiblesMixin, SchedulerMixin, Conf
         Returns:
             ``prev_sample`` (``x_{t-1}``) and ``pred_original_sample`` (the x_0 prediction).
         """
-        index = self.diffusion.index_of(timestep)
+        if isinstance(timestep, torch.Tensor):
+            index: torch.Tensor | int = self.diffusion.device_index(timestep.to(sample.device))
+        else:
+            index = self.diffusion.host_index(timestep)
         # Half-precision inputs are stepped in float32: the coefficients span several orders of magnitude.
         compute_dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
         x_t = sample.to(compute_dtype)
@@ -181,12 +187,15 @@ class LearnedVarianceDDPMScheduler(PackageCompatiblesMixin, SchedulerMixin, Conf
             self.config.clip_sample_range if self.config.clip_sample else None,
         )
         prev_sample = reverse.mean
-        is_not_last = index != 0
-        if bool(is_not_last.any()):
+        if isinstance(index, torch.Tensor) or index != 0:
             noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=compute_dtype)
             noise_scale = torch.exp(0.5 * reverse.log_variance)
-            if is_not_last.ndim == 1:
-                noise_scale = noise_scale * is_not_last.to(device=sample.device, dtype=compute_dtype).reshape(-1, *([1] * (sample.ndim - 1)))
+            if isinstance(index, torch.Tensor):
+                # No noise where the index is 0, decided on the device (the noise is drawn in any case).
+                is_not_last = (index != 0).to(compute_dtype)
+                if is_not_last.ndim == 1:
+                    is_not_last = is_not_last.reshape(-1, *([1] * (sample.ndim - 1)))
+                noise_scale = noise_scale * is_not_last
             prev_sample = prev_sample + noise_scale * noise
         prev_sample = prev_sample.to(sample.dtype)
         pred_original_sample = reverse.pred_original_sample.to(sample.dtype)
@@ -195,6 +204,10 @@ class LearnedVarianceDDPMScheduler(PackageCompatiblesMixin, SchedulerMixin, Conf
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """``x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise`` on the training table (t in 0 .. T-1)."""
+        """``x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise`` on the training table (t in 0 .. T-1).
+
+        Checks the timesteps (``ValueError`` for one outside 0 .. T-1), which reads them on the host; a training
+        loop that draws them itself calls ``train_diffusion.q_sample(x_0, train_diffusion.device_index(t), noise)``.
+        """
         index = self.train_diffusion.index_of(timesteps)
         return self.train_diffusion.q_sample(original_samples, index, noise)

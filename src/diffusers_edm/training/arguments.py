@@ -9,13 +9,14 @@ from pathlib import Path
 
 from .checkpoints import list_checkpoints
 from .data import EMBEDDED_DATASET
+from .timestep_samplers import TIMESTEP_SAMPLERS
 
 PRECONDITIONINGS = ("edm", "vp", "ve", "iddpm")
 LOSSES = ("precond", "hybrid")
+LOSS_REDUCTIONS = ("sum", "mean")
 BACKBONES = ("unet", "dit")
 UNET_PRESETS = ("tiny", "small", "base")
 DIT_PRESETS = ("tiny", "S/2", "B/2")
-TIMESTEP_SAMPLERS = ("uniform", "loss-second-moment")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,9 +27,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model = parser.add_argument_group("model and loss")
     model.add_argument("--precond", choices=PRECONDITIONINGS, default=None,
-                       help="Preconditioning and its matching loss (REFERENCE.md sections 2-3). Default: edm.")
+                       help="Preconditioning and its matching loss (EDM, Karras et al. 2022, Table 1). Default: edm.")
     model.add_argument("--loss", choices=LOSSES, default="precond",
                        help="'precond': the loss of --precond; 'hybrid': learned-variance DDPM, L_simple + 0.001 L_vlb.")
+    model.add_argument("--loss_reduction", choices=LOSS_REDUCTIONS, default=None,
+                       help="How a batch's per-element losses become one number. 'sum': summed over each image's "
+                       "C*H*W elements (pixels, or latents with --vae) and averaged over the batch, EDM's "
+                       "loss.sum() / batch; 'mean': averaged over every element, Improved DDPM's mean_flat. 'sum' gives "
+                       "C*H*W times larger gradients, which matters for Adam's epsilon and for --max_grad_norm. "
+                       "Default: sum for --loss precond (as EDM), mean for --loss hybrid (as Improved DDPM, whose "
+                       "lambda = 0.001 and learning rates were set for per-dimension means).")
     model.add_argument("--backbone", choices=BACKBONES, default="unet", help="diffusers UNet2DModel or DiTTransformer2DModel.")
     model.add_argument("--model_size", default="tiny", help=f"Backbone preset: unet {UNET_PRESETS}, dit {DIT_PRESETS}.")
     model.add_argument("--backbone_config", default=None,
@@ -65,12 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--max_train_steps", type=int, default=2000, help="Optimizer steps.")
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
     optim.add_argument("--learning_rate", type=float, default=1e-3)
-    optim.add_argument("--lr_rampup_kimg", type=float, default=10.0, help="EDM's linear learning-rate ramp, in kimg.")
+    optim.add_argument("--lr_rampup_kimg", type=float, default=10.0,
+                       help="EDM's linear learning-rate ramp: each step uses lr * min(n / (lr_rampup_kimg * 1000), 1), "
+                       "n = images seen before the step, as in EDM (so the first step has lr 0, even with 0, which otherwise "
+                       "means no ramp).")
     optim.add_argument("--adam_beta1", type=float, default=0.9)
     optim.add_argument("--adam_beta2", type=float, default=0.999)
     optim.add_argument("--adam_epsilon", type=float, default=1e-8)
     optim.add_argument("--weight_decay", type=float, default=0.0)
-    optim.add_argument("--max_grad_norm", type=float, default=None, help="Gradient clipping (after NaN/inf replacement).")
+    optim.add_argument("--max_grad_norm", type=float, default=None,
+                       help="Clip the global L2 norm of the gradient of the reduced loss to this (after NaN/inf "
+                       "replacement); the norm before clipping is logged as grad_norm. Its scale follows "
+                       "--loss_reduction: with 'sum' the gradient is C*H*W times the one of 'mean' (256 for 16x16 "
+                       "grayscale, 3072 for 32x32 RGB), so a threshold tuned for 'mean' is multiplied by C*H*W.")
     optim.add_argument("--ema_halflife_kimg", type=float, default=500.0)
     optim.add_argument("--ema_rampup_ratio", type=float, default=0.05, help="<= 0 disables the ramp.")
     optim.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
@@ -113,6 +128,12 @@ def validate_args(args: argparse.Namespace) -> None:
             )
     else:
         args.precond = args.precond or "edm"
+    if args.loss_reduction is None:
+        args.loss_reduction = "sum" if args.loss == "precond" else "mean"
+    if args.max_grad_norm is not None and not args.max_grad_norm > 0:
+        raise ValueError(f"--max_grad_norm must be > 0 (or left out: no clipping), got {args.max_grad_norm}.")
+    if not args.lr_rampup_kimg >= 0:
+        raise ValueError(f"--lr_rampup_kimg must be >= 0, got {args.lr_rampup_kimg}.")
     presets = UNET_PRESETS if args.backbone == "unet" else DIT_PRESETS
     if args.model_size not in presets:
         raise ValueError(f"--model_size {args.model_size!r} is not a {args.backbone} preset; choose one of {presets}.")

@@ -1,11 +1,12 @@
 """EDM's exponential moving average of the weights, as a diffusers ``EMAModel``.
 
-EDM (REFERENCE.md section 3) defines the EMA by a half-life in images rather than a per-step decay:
-``h = ema_halflife_kimg * 1000``, ramped as ``h = min(h, n_img * ema_rampup_ratio)``, and
-``beta = 0.5 ** (batch_size / max(h, 1e-8))``, ``ema = lerp(param, ema, beta)``, with ``n_img`` the number of
-training images seen after this step. diffusers' ``EMAModel`` applies exactly that lerp with ``decay = beta``;
-only its decay rule (``(1 + s) / (10 + s)``, capped) differs, so this class replaces ``get_decay`` and keeps
-everything else (``copy_to``, ``store``/``restore``, ``state_dict`` for Accelerate checkpoints).
+EDM (Karras et al. 2022, Appendix F, training configurations) defines the EMA by a half-life in images
+rather than a per-step decay: ``h = ema_halflife_kimg * 1000``, ramped as ``h = min(h, n_img * ema_rampup_ratio)``,
+and ``beta = 0.5 ** (batch_size / max(h, 1e-8))``, ``ema = lerp(param, ema, beta)``, where ``n_img`` counts the
+training images seen *before* this step (EDM advances its counter after the update, so the first update has
+``h = 0``, ``beta = 0`` and copies the weights). diffusers' ``EMAModel`` applies exactly that lerp with
+``decay = beta``; only its decay rule (``(1 + s) / (10 + s)``, capped) differs, so this class replaces ``get_decay``
+and keeps everything else (``copy_to``, ``store``/``restore``, ``state_dict`` for Accelerate checkpoints).
 """
 
 from __future__ import annotations
@@ -46,10 +47,15 @@ class EDMEMAModel(EMAModel):
         self.ema_rampup_ratio = ema_rampup_ratio
 
     def get_decay(self, optimization_step: int) -> float:
-        """``beta = 0.5 ** (batch_size / max(h, 1e-8))`` with ``h = min(halflife_kimg * 1000, n_img * rampup_ratio)``."""
+        """``beta = 0.5 ** (batch_size / max(h, 1e-8))`` with ``h = min(halflife_kimg * 1000, n_img * rampup_ratio)``.
+
+        ``EMAModel.step`` counts the step before it asks for the decay, so ``optimization_step`` is 1 at the first
+        update; EDM's ``n_img`` is the images seen before the update, ``(optimization_step - 1) * batch_size``.
+        """
+        seen_nimg = (optimization_step - 1) * self.batch_size
         halflife_nimg = self.ema_halflife_kimg * 1000
         if self.ema_rampup_ratio is not None:
-            halflife_nimg = min(halflife_nimg, optimization_step * self.batch_size * self.ema_rampup_ratio)
+            halflife_nimg = min(halflife_nimg, seen_nimg * self.ema_rampup_ratio)
         return 0.5 ** (self.batch_size / max(halflife_nimg, 1e-8))
 
     def state_dict(self) -> dict:

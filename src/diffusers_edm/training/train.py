@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,7 +27,8 @@ from tqdm.auto import tqdm
 
 from ..losses import DENOISING_LOSSES, hybrid_loss
 from ..models import EDMPrecond, IDDPMPrecond, VEPrecond, VPPrecond
-from ..models.backbones import call_backbone, disable_internal_label_dropout
+from ..models.backbones import backbone_caller, disable_internal_label_dropout, drop_class_labels
+from ..models.latent_codec import LatentCodec
 from ..pipelines import EDMPipeline, LearnedVariancePipeline
 from ..schedulers import EDMHeunScheduler, LearnedVarianceDDPMScheduler
 from .arguments import parse_args, save_args
@@ -42,7 +44,7 @@ from .data import ImageDataset, image_channels, inspect_labels, load_image_datas
 from .ema import EDMEMAModel
 from .model_card import write_model_card
 from .model_presets import make_backbone
-from .timestep_samplers import create_timestep_sampler
+from .timestep_samplers import LossSecondMomentTimestepSampler, create_timestep_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -86,30 +88,52 @@ def make_dataloader(dataset: ImageDataset, args: argparse.Namespace) -> torch.ut
     )
 
 
-def ema_lr_factor(args: argparse.Namespace, global_batch: int):
-    """EDM's learning-rate ramp ``min(n_img / (lr_rampup_kimg * 1000), 1)`` as a LambdaLR factor of the step."""
-    rampup_nimg = args.lr_rampup_kimg * 1000
+def edm_learning_rate_ramp(lr_rampup_kimg: float, global_batch: int) -> Callable[[int], float]:
+    """EDM's learning-rate ramp as a ``LambdaLR`` factor of the optimizer step ``k`` (0-based).
+
+    ``min(n / max(lr_rampup_kimg * 1000, 1e-8), 1)`` with ``n = k * global_batch``, the images seen *before* step
+    ``k`` (EDM sets the rate before it advances its image counter, so the first step has rate 0).
+
+    diffusers' ``get_constant_schedule_with_warmup(optimizer, num_warmup_steps)`` has this shape but counts whole
+    optimizer steps (``k / num_warmup_steps``): it matches only when ``lr_rampup_kimg * 1000`` is a positive
+    multiple of the global batch. EDM's own setting (10 kimg at batch 512) is 19.53 steps, and with no ramp
+    (``lr_rampup_kimg = 0``) diffusers' first step has the full rate where EDM's has 0; so the ramp stays in images.
+    """
+    rampup_nimg = max(lr_rampup_kimg * 1000, 1e-8)
 
     def factor(step: int) -> float:
-        return min(step * global_batch / max(rampup_nimg, 1e-8), 1.0)
+        return min(step * global_batch / rampup_nimg, 1.0)
 
     return factor
 
 
-def image_grid(images: np.ndarray, rows: int, min_cell: int = 64) -> Image.Image:
-    """Tile ``(N, H, W, C)`` images in [0, 1] into one PIL image with ``rows`` rows.
+def reduce_loss(per_example_mean: torch.Tensor, elements_per_example: int, reduction: str) -> torch.Tensor:
+    """The batch loss from each example's loss averaged over its elements (pixels or latents).
+
+    ``"mean"``: the mean over the batch, i.e. over every element (Improved DDPM's ``mean_flat(...).mean()``).
+    ``"sum"``: ``elements_per_example`` times that, i.e. each example's loss summed over its elements and averaged
+    over the batch (EDM's ``loss.sum() / batch``); its gradient is ``elements_per_example`` times the mean's.
+    """
+    batch_mean = per_example_mean.mean()
+    return batch_mean * elements_per_example if reduction == "sum" else batch_mean
+
+
+def image_grid(images: np.ndarray, rows: int, min_cell: int = 64, gap: int = 2) -> Image.Image:
+    """Tile ``(N, H, W, C)`` images in [0, 1] into one PIL image with ``rows`` rows, ``gap`` white pixels between cells.
 
     Small images are enlarged by an integer factor (nearest neighbour, pixels stay visible) to at least ``min_cell``.
-    (diffusers' ``make_image_grid`` needs a full grid and resizes with interpolation, which blurs 16 px digits.)
+    (diffusers' ``make_image_grid`` needs a full grid, resizes with interpolation, which blurs 16 px digits, and
+    puts cells edge to edge, where neighbouring digits touch.) Empty cells of an incomplete last row stay white.
     """
     count, height, width, channels = images.shape
     cols = math.ceil(count / rows)
-    grid = np.ones((rows * height, cols * width, channels), dtype=np.float32)
+    factor = max(1, math.ceil(min_cell / min(height, width)))
+    cell_height, cell_width = height * factor, width * factor
+    grid = np.ones((rows * cell_height + (rows - 1) * gap, cols * cell_width + (cols - 1) * gap, channels), dtype=np.float32)
     for index, image in enumerate(images):
         row, col = divmod(index, cols)
-        grid[row * height : (row + 1) * height, col * width : (col + 1) * width] = image
-    factor = max(1, math.ceil(min_cell / min(height, width)))
-    grid = np.repeat(np.repeat(grid, factor, axis=0), factor, axis=1)
+        top, left = row * (cell_height + gap), col * (cell_width + gap)
+        grid[top : top + cell_height, left : left + cell_width] = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
     grid = (grid * 255).round().astype(np.uint8)
     return Image.fromarray(grid[..., 0] if channels == 1 else grid, mode="L" if channels == 1 else "RGB")
 
@@ -150,9 +174,11 @@ class Trainer:
         self.image_channels = channels
 
         self.vae = None
+        self.codec = None
         sample_size = args.resolution
         if args.vae is not None:
             self.vae = AutoencoderKL.from_pretrained(args.vae, subfolder=args.vae_subfolder).eval().requires_grad_(False)
+            self.codec = LatentCodec(self.vae)
             factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
             if args.resolution % factor != 0:
                 raise ValueError(f"--resolution {args.resolution} is not divisible by the VAE's downsampling factor {factor}.")
@@ -168,7 +194,8 @@ class Trainer:
             disable_internal_label_dropout(backbone)
             self.model = backbone
             self.scheduler = LearnedVarianceDDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule)
-            self.timestep_sampler = create_timestep_sampler(args.timestep_sampler, args.num_train_timesteps)
+            # On the training device: drawing timesteps and recording losses then never wait for the device.
+            self.timestep_sampler = create_timestep_sampler(args.timestep_sampler, args.num_train_timesteps).to(accelerator.device)
             self.loss_fn = None
         else:
             precond_config = dict(num_classes=self.num_classes, null_class_label=null_label, label_dropout=args.label_dropout)
@@ -194,8 +221,11 @@ class Trainer:
             eps=args.adam_epsilon, weight_decay=args.weight_decay,
         )
         # Stepped by hand once per optimizer step (a prepared scheduler would step once per process).
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, ema_lr_factor(args, self.global_batch))
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, edm_learning_rate_ramp(args.lr_rampup_kimg, self.global_batch))
         self.model, self.optimizer, self.dataloader = accelerator.prepare(self.model, optimizer, dataloader)
+        # The hybrid loss calls the backbone directly: its argument names are those of the class inside the DDP /
+        # compile wrappers, decided once here (the wrapped model is what is called, for DDP's gradient hooks).
+        self.call_backbone = backbone_caller(self.model) if args.loss == "hybrid" else None
         # After prepare: the EMA tracks the parameters the optimizer updates (FSDP/DeepSpeed may replace them).
         # The list is taken once: unwrapping the model on every step would sit in the hot loop for nothing.
         self.ema_parameters = list(self.unwrapped_model().parameters())
@@ -233,32 +263,42 @@ class Trainer:
             # Drawn from the checkpointed torch RNG in step order, so a resumed run flips the same images.
             flip = torch.rand(images.shape[0], device=images.device) < 0.5
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-        if self.vae is not None:
-            with torch.no_grad():
-                latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.sample()
-            images = (latents * self.vae.config.scaling_factor).to(torch.float32)
+        if self.codec is not None:
+            images = self.codec.encode(images)
         labels = batch.get("labels")
         return images, labels
 
     def _loss(self, images: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        """The batch loss, reduced as ``--loss_reduction`` says, and device-tensor statistics for the logs."""
+        elements = images[0].numel()
         if self.loss_fn is not None:
             conditioning = {"class_labels": labels} if labels is not None else {}
             output = self.loss_fn(self.model, images, **conditioning)
             log_sigma = output.sigma.log()
-            return output.loss.mean(), {"log_sigma_mean": log_sigma.mean().detach(), "log_sigma_std": log_sigma.std().detach()}
+            loss = reduce_loss(output.loss.flatten(1).mean(1), elements, self.args.loss_reduction)
+            return loss, {"log_sigma_mean": log_sigma.mean().detach(), "log_sigma_std": log_sigma.std().detach()}
         timesteps, weights = self.timestep_sampler.sample(images.shape[0], images.device)
         noise = torch.randn_like(images)
-        noisy = self.scheduler.add_noise(images, noise, timesteps)
+        diffusion = self.scheduler.train_diffusion
+        noisy = diffusion.q_sample(images, diffusion.device_index(timesteps), noise)
         if labels is not None and self.args.label_dropout > 0:
-            dropped = torch.rand(labels.shape[0], device=labels.device) < self.args.label_dropout
-            labels = torch.where(dropped, torch.full_like(labels, self.num_classes), labels)
-        model_output = call_backbone(self.model, noisy, timesteps, labels, None)
-        output = hybrid_loss(model_output.float(), images, noisy, noise, timesteps, self.scheduler.train_diffusion)
-        if hasattr(self.timestep_sampler, "update_with_local_losses"):
-            self.timestep_sampler.update_with_local_losses(timesteps, output.vlb.detach(), self.accelerator)
-        return (output.loss * weights).mean(), {"mse": output.mse.mean().detach(), "vlb": output.vlb.mean().detach()}
+            labels = drop_class_labels(labels, self.args.label_dropout, self.num_classes)
+        model_output = self.call_backbone(self.model, noisy, timesteps, labels, None)
+        output = hybrid_loss(model_output.float(), images, noisy, noise, timesteps, diffusion)
+        if isinstance(self.timestep_sampler, LossSecondMomentTimestepSampler):
+            # Every process has a full batch (drop_last) of timesteps drawn from the table: no size exchange, no check.
+            self.timestep_sampler.update_with_local_losses(
+                timesteps, output.vlb.detach(), self.accelerator, equal_batch_sizes=True, validate=False
+            )
+        loss = reduce_loss(output.loss * weights, elements, self.args.loss_reduction)
+        return loss, {"mse": output.mse.mean().detach(), "vlb": output.vlb.mean().detach()}
 
     def _train_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """One micro-batch: loss and backward; when it completes an optimizer step (``accelerator.sync_gradients``),
+        also NaN/inf gradient replacement, clipping, the optimizer step, the learning-rate ramp and the EMA update.
+
+        Everything stays on the device: nothing here waits for it (the logs read the returned tensors later).
+        """
         accelerator = self.accelerator
         with accelerator.accumulate(self.model):
             images, labels = self._batch_inputs(batch)
@@ -270,9 +310,12 @@ class Trainer:
                         # EDM replaces NaN/inf gradients rather than skipping the step.
                         torch.nan_to_num(param.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=param.grad)
                 if self.args.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+                    stats["grad_norm"] = accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+        if accelerator.sync_gradients:
+            self.lr_scheduler.step()
+            self.ema.step(self.ema_parameters)
         return loss.detach(), stats
 
     # ---------------------------------------------------------------------------------------------- loop
@@ -298,8 +341,6 @@ class Trainer:
                 loss, stats = self._train_step(batch)
                 if not accelerator.sync_gradients:
                     continue
-                self.lr_scheduler.step()
-                self.ema.step(self.ema_parameters)
                 self.progress.global_step += 1
                 step = self.progress.global_step
                 progress_bar.update(1)
