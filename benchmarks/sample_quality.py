@@ -180,8 +180,9 @@ def train_diffusers_recipe(settings: QualitySettings, data_dir: Path, device: to
     loader_args = argparse.Namespace(train_batch_size=settings.batch, dataloader_num_workers=0, seed=SEED)
     dataloader = package_training.make_dataloader(dataset, loader_args)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    ramp = argparse.Namespace(lr_rampup_kimg=settings.lr_rampup_kimg)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, package_training.ema_lr_factor(ramp, settings.batch))
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, package_training.edm_learning_rate_ramp(settings.lr_rampup_kimg, settings.batch)
+    )
     ema = EDMEMAModel(model.parameters(), batch_size=settings.batch)
     losses: list[float] = []
     step, log_every = 0, max(settings.train_steps // 10, 1)

@@ -366,6 +366,7 @@ class EDMPipeline(DiffusionPipeline):
                 encoder_hidden_states = torch.cat([encoder_hidden_states] * 2)
 
         scheduler = self._set_timesteps(num_inference_steps, device)
+        scheduler.set_begin_index(0)  # as diffusers' pipelines do: no timestep look-up (a host sync) in the loop
         raw = self._raw_output_scheduler(scheduler)
         if raw:
             call_sigmas = scheduler.sigmas.to(device=device, dtype=torch.float32)

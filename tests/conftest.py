@@ -1,8 +1,16 @@
 """Test-wide settings: no test may reach the Hugging Face Hub."""
 
 import os
+import sys
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+
+# `benchmarks` is a folder of the repository, not part of the package: its harness (e.g. the host-sync counter) is
+# imported by the tests too.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

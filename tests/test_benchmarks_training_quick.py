@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # `benchmarks` is a folder of the repository, not part of the package
-    sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import sample_quality, training_throughput  # noqa: E402
 

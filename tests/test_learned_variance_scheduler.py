@@ -13,7 +13,7 @@ from diffusers import DDPMPipeline, UNet2DModel
 
 import learned_variance_reference as ref
 from diffusers_edm.schedulers.scheduling_learned_variance_ddpm import LearnedVarianceDDPMScheduler
-from host_sync_counter_training import count_host_syncs
+from benchmarks.host_syncs import count_host_syncs
 
 
 @pytest.mark.parametrize("T", [1000, 4000])

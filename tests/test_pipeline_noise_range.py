@@ -50,7 +50,12 @@ def backbone_sigmas(pipe, family: str) -> list[float]:
     """Sample once and return the noise level of every backbone call, read from its noise label."""
     to_sigma = FAMILIES[family][2]
     received: list[float] = []
-    pipe.denoiser.backbone.register_forward_pre_hook(lambda module, args: received.extend(to_sigma(c) for c in args[1].tolist()))
+
+    def record(module, args, kwargs):
+        timestep = kwargs["timestep"] if "timestep" in kwargs else args[1]  # by name or by position
+        received.extend(to_sigma(c) for c in timestep.tolist())
+
+    pipe.denoiser.backbone.register_forward_pre_hook(record, with_kwargs=True)
     pipe.set_progress_bar_config(disable=True)
     pipe(batch_size=1, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output_type="latent")
     return received

@@ -12,11 +12,12 @@ Notation: ``sigma`` is the noise standard deviation of the "variance exploding" 
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Sequence, Union
 
 import numpy as np
 import torch
+
+from .value_checks import check_integer, check_real
 
 ArrayLike = Union[np.ndarray, float, torch.Tensor]
 
@@ -38,46 +39,6 @@ PREDICTION_TYPES: dict[str, tuple[str, ...]] = {
 # --------------------------------------------------------------------------------------------
 # Validation of user-given constants
 # --------------------------------------------------------------------------------------------
-def check_real(
-    name: str,
-    value: object,
-    *,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    exclusive_minimum: bool = False,
-    exclusive_maximum: bool = False,
-    allow_infinity: bool = False,
-) -> float:
-    """``value`` as a float, or a ``ValueError`` that names ``name``, the value and what is allowed.
-
-    A real number (not a bool, string or None), not NaN, finite unless ``allow_infinity``, and within the bounds.
-    """
-    conditions = []
-    if minimum is not None:
-        conditions.append(f"{'>' if exclusive_minimum else '>='} {minimum:g}")
-    if maximum is not None:
-        conditions.append(f"{'<' if exclusive_maximum else '<='} {maximum:g}")
-    allowed = f"a {'' if allow_infinity else 'finite '}number" + (f" {' and '.join(conditions)}" if conditions else "")
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}.")
-    number = float(value)
-    ok = not math.isnan(number) and (allow_infinity or math.isfinite(number))
-    if ok and minimum is not None:
-        ok = number > minimum if exclusive_minimum else number >= minimum
-    if ok and maximum is not None:
-        ok = number < maximum if exclusive_maximum else number <= maximum
-    if not ok:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}.")
-    return number
-
-
-def check_positive_integer(name: str, value: object, minimum: int = 1) -> int:
-    """``value`` as an int ``>= minimum`` (bools and non-integral numbers are refused with a ``ValueError``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
 # --------------------------------------------------------------------------------------------
 # Discrete-time (DDPM-style) tables
 # --------------------------------------------------------------------------------------------
@@ -113,7 +74,7 @@ def betas_for_schedule(
         if betas.ndim != 1 or len(betas) == 0:
             raise ValueError(f"trained_betas must be a non-empty 1-D sequence, got shape {betas.shape}.")
     else:
-        num_train_timesteps = check_positive_integer("num_train_timesteps", num_train_timesteps)
+        num_train_timesteps = check_integer("num_train_timesteps", num_train_timesteps, minimum=1)
         if beta_schedule in ("linear", "scaled_linear"):
             open_unit = dict(minimum=0.0, maximum=1.0, exclusive_minimum=True, exclusive_maximum=True)
             beta_start = check_real("beta_start", beta_start, **open_unit)

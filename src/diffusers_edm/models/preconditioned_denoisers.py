@@ -7,10 +7,9 @@ config), so ``save_pretrained`` writes one ``config.json`` and one safetensors f
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from accelerate import init_empty_weights
@@ -19,6 +18,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 
 from ..noise_schedules import iddpm_sigma_table, vp_sigma
+from ..value_checks import check_integer, check_real
 from .backbones import (
     backbone_spec,
     build_backbone,
@@ -41,23 +41,7 @@ from .preconditioning import (
 )
 
 
-IDDPM_MAX_LEVELS = 1_000_000
-
-
-def check_real(name: str, value: Any, allowed: str, accept: Callable[[float], bool]) -> None:
-    """``ValueError`` naming ``value`` unless it is a real number (not a bool) for which ``accept`` holds."""
-    try:
-        accepted = not isinstance(value, bool) and isinstance(value, numbers.Real) and accept(float(value))
-    except OverflowError:  # an integer beyond float's range
-        accepted = False
-    if not accepted:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}.")
-
-
-def check_integer(name: str, value: Any, allowed: str, accept: Callable[[int], bool]) -> None:
-    """``ValueError`` naming ``value`` unless it is an integer (not a bool) for which ``accept`` holds."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not accept(int(value)):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}.")
+MAX_DISCRETE_LEVELS = 1_000_000
 
 
 def label_tensor(class_labels: torch.Tensor | int | list[int], device: torch.device | str | None = None) -> torch.Tensor:
@@ -108,16 +92,16 @@ class PreconditionedDenoiser(ModelMixin, ConfigMixin):
         label_dropout: float,
     ):
         super().__init__()
-        check_integer("num_classes", num_classes, "an integer >= 0", lambda n: n >= 0)
+        check_integer("num_classes", num_classes, minimum=0)
         if null_class_label is not None:
             check_integer(
                 "null_class_label",
                 null_class_label,
-                f"None or an integer label id >= num_classes={num_classes} (a row of the backbone's class table that "
-                "is not a real class)",
-                lambda n: n >= num_classes,
+                minimum=num_classes,
+                allowed=f"None or an integer label id >= num_classes={num_classes} (a row of the backbone's class table "
+                "that is not a real class)",
             )
-        check_real("label_dropout", label_dropout, "a probability in [0, 1]", lambda p: 0.0 <= p <= 1.0)
+        check_real("label_dropout", label_dropout, minimum=0.0, maximum=1.0, allowed="a probability in [0, 1]")
         if label_dropout > 0 and null_class_label is None:
             raise ValueError(f"label_dropout={label_dropout} needs a null_class_label to drop labels to.")
         if not isinstance(backbone_config, dict):
@@ -360,9 +344,9 @@ class EDMPrecond(PreconditionedDenoiser):
         null_class_label: int | None = None,
         label_dropout: float = 0.0,
     ):
-        check_real("sigma_data", sigma_data, "a finite number > 0", lambda v: 0 < v < math.inf)
-        check_real("sigma_min", sigma_min, "a finite number >= 0", lambda v: 0 <= v < math.inf)
-        check_real("sigma_max", sigma_max, f"a number > sigma_min={sigma_min} (inf allowed)", lambda v: v > sigma_min)
+        check_real("sigma_data", sigma_data, minimum=0.0, exclusive_minimum=True)
+        check_real("sigma_min", sigma_min, minimum=0.0)
+        check_real("sigma_max", sigma_max, minimum=sigma_min, exclusive_minimum=True, allow_infinity=True)
         super().__init__(backbone_class, backbone_config, num_classes, null_class_label, label_dropout)
 
     def preconditioning(self, sigma: torch.Tensor) -> Preconditioning:
@@ -393,10 +377,11 @@ class VPPrecond(PreconditionedDenoiser):
         null_class_label: int | None = None,
         label_dropout: float = 0.0,
     ):
-        check_real("beta_d", beta_d, "a finite number > 0", lambda v: 0 < v < math.inf)
-        check_real("beta_min", beta_min, "a finite number > 0", lambda v: 0 < v < math.inf)
-        check_integer("M", M, "an integer >= 2", lambda n: n >= 2)
-        check_real("epsilon_t", epsilon_t, "a number in (0, 1)", lambda v: 0 < v < 1)
+        check_real("beta_d", beta_d, minimum=0.0, exclusive_minimum=True)
+        check_real("beta_min", beta_min, minimum=0.0, exclusive_minimum=True)
+        # The noise label (M - 1) t(sigma) is a float32 tensor: a million timesteps is already far beyond use.
+        check_integer("M", M, minimum=2, maximum=MAX_DISCRETE_LEVELS)
+        check_real("epsilon_t", epsilon_t, minimum=0.0, maximum=1.0, exclusive_minimum=True, exclusive_maximum=True)
         super().__init__(backbone_class, backbone_config, num_classes, null_class_label, label_dropout)
 
     @property
@@ -430,8 +415,8 @@ class VEPrecond(PreconditionedDenoiser):
         null_class_label: int | None = None,
         label_dropout: float = 0.0,
     ):
-        check_real("sigma_min", sigma_min, "a finite number > 0", lambda v: 0 < v < math.inf)
-        check_real("sigma_max", sigma_max, f"a finite number > sigma_min={sigma_min}", lambda v: sigma_min < v < math.inf)
+        check_real("sigma_min", sigma_min, minimum=0.0, exclusive_minimum=True)
+        check_real("sigma_max", sigma_max, minimum=sigma_min, exclusive_minimum=True)
         super().__init__(backbone_class, backbone_config, num_classes, null_class_label, label_dropout)
 
     def preconditioning(self, sigma: torch.Tensor) -> Preconditioning:
@@ -465,9 +450,9 @@ class IDDPMPrecond(PreconditionedDenoiser):
         label_dropout: float = 0.0,
     ):
         # The table is M + 1 float64 levels built by a Python loop: a million levels is already far beyond use.
-        check_integer("M", M, f"an integer in 2..{IDDPM_MAX_LEVELS}", lambda n: 2 <= n <= IDDPM_MAX_LEVELS)
-        check_real("C_1", C_1, "a number in (0, 1]", lambda v: 0 < v <= 1)
-        check_real("C_2", C_2, "a finite number >= 0", lambda v: 0 <= v < math.inf)
+        check_integer("M", M, minimum=2, maximum=MAX_DISCRETE_LEVELS)
+        check_real("C_1", C_1, minimum=0.0, maximum=1.0, exclusive_minimum=True)
+        check_real("C_2", C_2, minimum=0.0)
         super().__init__(backbone_class, backbone_config, num_classes, null_class_label, label_dropout)
         # The levels are fixed by the config: kept as float64 NumPy for the host-side range, and as a buffer so they
         # move with the model and are never copied to the device per call. The buffer is not saved (the config

@@ -16,7 +16,6 @@ evaluated at a noise level it was not trained for (VE below 0.02, iDDPM between 
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import torch
@@ -28,7 +27,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import ModelCard
 
 from ..models import LatentCodec, PreconditionedDenoiser
-from ..models.preconditioned_denoisers import check_integer, check_real, label_tensor
+from ..models.preconditioned_denoisers import label_tensor
+from ..value_checks import check_integer, check_real
 from ..schedulers import EDMHeunScheduler
 from .model_card import ModelCardHubMixin, TrainingRecord, build_model_card
 
@@ -44,7 +44,7 @@ def takes_raw_network_output(scheduler: SchedulerMixin) -> bool:
 
 def check_guidance_scale(guidance_scale: float) -> None:
     """``ValueError`` unless the classifier-free guidance weight is a finite real number."""
-    check_real("guidance_scale", guidance_scale, "a finite number (1.0: no guidance)", math.isfinite)
+    check_real("guidance_scale", guidance_scale, allowed="a finite number (1.0: no guidance)")
 
 
 class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
@@ -121,7 +121,7 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
 
     def _set_timesteps(self, num_inference_steps: int, device: torch.device) -> SchedulerMixin:
         """Set the schedule of one call within :meth:`sampling_range`; returns the scheduler that samples it."""
-        check_integer("num_inference_steps", num_inference_steps, "an integer >= 1", lambda n: n >= 1)
+        check_integer("num_inference_steps", num_inference_steps, minimum=1)
         scheduler = self.scheduler
         sigma_min, sigma_max = self.sampling_range(scheduler)
         if isinstance(scheduler, EDMHeunScheduler):
@@ -147,7 +147,7 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
         self, batch_size: int, class_labels: torch.Tensor | int | list[int] | None, guidance_scale: float, device
     ) -> tuple[int, torch.LongTensor | None]:
         """The batch size and validated label ids of one call (the only look at label values: once per call)."""
-        check_integer("batch_size", batch_size, "an integer >= 1", lambda n: n >= 1)
+        check_integer("batch_size", batch_size, minimum=1)
         check_guidance_scale(guidance_scale)
         config = self.denoiser.config
         if guidance_scale != 1.0 and (config.num_classes == 0 or config.null_class_label is None):
@@ -232,6 +232,7 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
                 encoder_hidden_states = torch.cat([encoder_hidden_states] * 2)
 
         scheduler = self._set_timesteps(num_inference_steps, device)
+        scheduler.set_begin_index(0)  # as diffusers' pipelines do: no timestep look-up (a host sync) in the loop
         raw_output = takes_raw_network_output(scheduler)
         if raw_output:
             # Noise levels and the scheduler's c_skip / c_out of every step, on the device once per call.

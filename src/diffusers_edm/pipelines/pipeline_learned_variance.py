@@ -13,7 +13,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import ModelCard
 
 from ..models import LatentCodec
-from ..models.preconditioned_denoisers import check_integer, label_tensor
+from ..models.backbones import class_table_size
+from ..models.preconditioned_denoisers import label_tensor
+from ..value_checks import check_integer
 from ..schedulers.scheduling_learned_variance_ddpm import LearnedVarianceDDPMScheduler
 from .model_card import ModelCardHubMixin, TrainingRecord, build_model_card
 from .pipeline_edm import USAGE_EXAMPLE_IMAGES, check_guidance_scale
@@ -60,22 +62,16 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
         self.register_to_config(null_class_label=null_class_label)
         self.image_processor = VaeImageProcessor(do_resize=False)
         if null_class_label is not None:
-            rows = self._class_table_size()
+            rows = class_table_size(self.unet)
             check_integer(
-                "null_class_label", null_class_label, f"None or a row of the backbone's class table, 0..{rows - 1}",
-                lambda label: 0 <= label < rows,
+                "null_class_label", null_class_label, minimum=0, maximum=rows - 1,
+                allowed=f"None or a row of the backbone's class table, 0..{rows - 1}",
             )
-
-    def _class_table_size(self) -> int:
-        """Rows of the backbone's class-embedding table (0: unconditional); the valid label ids are ``0..rows-1``."""
-        if isinstance(self.unet, DiTTransformer2DModel):
-            return int(self.unet.config.num_embeds_ada_norm) + 1  # the last row is DiT's null label
-        return int(getattr(self.unet.config, "num_class_embeds", None) or 0)
 
     def _class_labels(self, class_labels: Any, batch_size: int, guidance_scale: float) -> torch.Tensor | None:
         """``batch_size`` validated label ids on the host (``None`` for an unconditional call); the one look at the
         label values of a call."""
-        rows = self._class_table_size()
+        rows = class_table_size(self.unet)
         if class_labels is None:
             if guidance_scale != 1.0:
                 raise ValueError(f"guidance_scale={guidance_scale} needs class_labels (classifier-free guidance is class-conditional).")
@@ -154,7 +150,7 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"Unknown output_type {output_type!r}; expected one of {OUTPUT_TYPES}.")
-        check_integer("batch_size", batch_size, "an integer >= 1", lambda n: n >= 1)
+        check_integer("batch_size", batch_size, minimum=1)
         check_guidance_scale(guidance_scale)
         labels = self._class_labels(class_labels, batch_size, guidance_scale)
         if labels is not None:
@@ -233,7 +229,7 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
             guidance_scale: the example's guidance weight (used for a class-conditional model with a null label).
             training: what a training run adds (steps, data set, arguments, sample grid).
         """
-        rows = self._class_table_size()
+        rows = class_table_size(self.unet)
         call: dict[str, Any] = {}
         null_label = self._known_null_label()
         num_classes = rows - 1 if null_label is not None and null_label == rows - 1 else rows

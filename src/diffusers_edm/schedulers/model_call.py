@@ -35,7 +35,8 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 
-from ..noise_schedules import PREDICTION_TYPES, betas_for_schedule, check_real, check_sigma_steps, sigmas_from_betas
+from ..noise_schedules import PREDICTION_TYPES, betas_for_schedule, check_sigma_steps, sigmas_from_betas
+from ..value_checks import check_real
 
 # User-given levels this close (relative) to the ends of a training table are clamped to them: published schedules
 # print the ends rounded (diffusers' AysSchedules start Stable Diffusion at 14.615 for a table that ends at 14.6146).

@@ -27,7 +27,8 @@ import torch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..noise_schedules import DISCRETIZATIONS, check_positive_integer, check_real, sigma_steps
+from ..noise_schedules import DISCRETIZATIONS, sigma_steps
+from ..value_checks import check_integer, check_real
 from .compatibles import PackageCompatiblesMixin
 from .model_call import ModelCall
 
@@ -71,7 +72,7 @@ def validate_algorithm2_config(
         raise ValueError(f"Unknown discretization {discretization!r}; expected one of {DISCRETIZATIONS}.")
     check_real("rho", rho, minimum=0.0, exclusive_minimum=True)
     check_real("vp_epsilon_s", vp_epsilon_s, minimum=0.0, maximum=1.0, exclusive_minimum=True, exclusive_maximum=True)
-    check_positive_integer("iddpm_M", iddpm_M)
+    check_integer("iddpm_M", iddpm_M, minimum=1)
     check_real("iddpm_C_1", iddpm_C_1, minimum=0.0, exclusive_minimum=True)
     check_real("iddpm_C_2", iddpm_C_2, minimum=0.0)
 
@@ -274,7 +275,7 @@ class StochasticHeunMixin(PackageCompatiblesMixin):
         if sigmas is not None:
             grid = self.model_call.check_sigmas(sigmas)
         else:
-            num_steps = check_positive_integer("num_inference_steps", num_inference_steps)
+            num_steps = check_integer("num_inference_steps", num_inference_steps, minimum=1)
             low, high = self.model_call.sigma_range(sigma_min, sigma_max)
             grid = sigma_steps(
                 config.discretization,
