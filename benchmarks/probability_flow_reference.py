@@ -1,4 +1,4 @@
-"""Reference solution of the probability-flow ODE ``dx/dsigma = (x - D(x; sigma)) / sigma`` (REFERENCE.md section 1).
+"""Reference solution of the probability-flow ODE ``dx/dsigma = (x - D(x; sigma)) / sigma`` (Karras et al. 2022, eq. 1 with sigma(t) = t).
 
 The ODE is integrated with classical fourth-order Runge-Kutta in ``u = log(sigma)``, where it reads
 ``dx/du = x - D(x; e^u)``: smooth, with no 1/sigma blow-up, so equal steps in u resolve both the large-sigma

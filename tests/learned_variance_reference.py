@@ -1,4 +1,5 @@
-"""Independent float64 implementation of REFERENCE.md section 4, for the learned-variance tests.
+"""Independent float64 implementation of DDPM / Improved DDPM's discrete diffusion (Ho et al. 2020 eqs. 6-7, Nichol &
+Dhariwal 2021 eqs. 15-18; docs/algorithms.md section 4), for the learned-variance tests.
 
 Written from the reference text with plain Python / NumPy loops; it imports nothing from diffusers_edm.
 """

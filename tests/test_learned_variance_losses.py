@@ -1,4 +1,5 @@
-"""Gaussian KL, discretized decoder NLL, vlb terms and the hybrid loss against REFERENCE.md section 4 (float64)."""
+"""Gaussian KL, discretized decoder NLL, vlb terms and the hybrid loss against Improved DDPM's definitions (Nichol &
+Dhariwal 2021, section 2 and eq. 16; float64)."""
 
 import os
 

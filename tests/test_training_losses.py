@@ -81,7 +81,7 @@ def test_sigma_distributions_follow_reference():
 
 
 def test_edm_loss_equals_unit_weighted_mse_on_the_effective_target():
-    """lambda |D - y|^2 = |F - (y - c_skip x) / c_out|^2 with EDM's c_skip, c_out (REFERENCE.md section 3)."""
+    """lambda |D - y|^2 = |F - (y - c_skip x) / c_out|^2 with EDM's c_skip, c_out (EDM eq. 8 and Table 1)."""
     torch.manual_seed(2)
     unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=4,
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1)

@@ -1,6 +1,7 @@
 """Discrete Gaussian diffusion (DDPM / Improved DDPM): the one place where its tables and reverse-step math live.
 
-REFERENCE.md section 4. Every table is computed in float64 NumPy from the betas; the tensor functions gather the
+Ho et al. 2020 (DDPM, eqs. 6-7) and Nichol & Dhariwal 2021 (Improved DDPM, section 2 and eqs. 15-17); the formulas
+are collected in docs/algorithms.md, section 4. Every table is computed in float64 NumPy from the betas; the tensor functions gather the
 entries they need and cast them to the dtype and device of the tensors they work on. The
 :class:`~diffusers_edm.schedulers.LearnedVarianceDDPMScheduler`, the vlb / hybrid losses and the bits/dim
 evaluation all call this module, so sampling and likelihood use the same formulas.

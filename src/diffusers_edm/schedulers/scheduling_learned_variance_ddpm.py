@@ -115,8 +115,9 @@ class LearnedVarianceDDPMScheduler(PackageCompatiblesMixin, SchedulerMixin, Conf
         """Choose the timesteps to sample with and recompute the diffusion tables for them.
 
         Args:
-            num_inference_steps: an int K (K timesteps evenly spaced from 0 to T-1, ``round(j (T-1)/(K-1))``), or a
-                spacing string: ``"ddimK"`` (integer stride) or section counts such as ``"10,15,20"``.
+            num_inference_steps: an int K (K timesteps from 0 to T-1 at the rounded running sum of the stride
+                (T-1)/(K-1), as Improved DDPM's ``space_timesteps``), or a spacing string: ``"ddimK"`` (integer
+                stride) or section counts such as ``"10,15,20"``.
             device: where ``self.timesteps`` lives.
             timesteps: explicit training timesteps instead (any order; sorted and de-duplicated).
         """

@@ -50,7 +50,7 @@ class TimestepSampler(ABC):
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        """What a training checkpoint must keep (Accelerate's ``register_for_checkpointing``): nothing, by default."""
+        """What a training checkpoint must keep (tensors and plain numbers only): nothing, by default."""
         return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -79,8 +79,8 @@ class LossSecondMomentTimestepSampler(TimestepSampler):
     (Nichol & Dhariwal 2021, section 3.3).
     Feed it the per-example vlb terms with :meth:`update_with_local_losses` after each step; in multi-process
     training every rank passes its ``accelerator`` so that all ranks record the same losses in the same order and
-    sample from the same distribution. Register it with ``accelerator.register_for_checkpointing(sampler)`` so that
-    ``save_state`` / ``load_state`` keep its history, and move it to the training device with :meth:`to`: its
+    sample from the same distribution. Save :meth:`state_dict` with each checkpoint (the training script stores it
+    as safetensors + JSON) so that a resumed run keeps its history, and move it to the training device with :meth:`to`: its
     history then stays there, and sampling and recording never synchronise with the host.
     """
 
