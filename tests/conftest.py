@@ -20,3 +20,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+from tiny_training import reset_accelerate_state, write_tiny_config  # noqa: E402
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Each in-process training run starts from a fresh Accelerate singleton, as a new process would."""
+    reset_accelerate_state()
+    yield
+    reset_accelerate_state()
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A ``--backbone_config`` file of a tiny UNet (see tests/tiny_training.py)."""
+    return write_tiny_config(tmp_path)

@@ -11,13 +11,13 @@ import re
 from pathlib import Path
 
 import pytest
-from accelerate.state import AcceleratorState, PartialState
 from PIL import Image
 
 from diffusers_edm import EDMHeunScheduler, EDMPipeline, LearnedVarianceDDPMScheduler, LearnedVariancePipeline
 from diffusers_edm.models import EDMPrecond, VEPrecond
 from diffusers_edm.pipelines import model_card as model_card_module
 from tiny_backbones import tiny_dit, tiny_unet, tiny_vae
+from tiny_training import tiny_args, write_tiny_config
 
 REPO_ID = "someone/tiny-model"
 
@@ -93,34 +93,12 @@ def test_push_to_hub_uploads_the_pipeline_card(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- training runs
-TINY_UNET = {
-    "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
-    "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
-}
-
-
-@pytest.fixture
-def fresh_accelerate_state():
-    """Each in-process run starts from a fresh Accelerate singleton, as a new process would."""
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
-
-
 def train_tiny(tmp_path: Path, *extra: str) -> Path:
     from diffusers_edm.training.train import main
 
-    config = tmp_path / "tiny_unet.json"
-    config.write_text(json.dumps(TINY_UNET))
     out = tmp_path / "run"
-    main([
-        "--output_dir", str(out), "--backbone_config", str(config), "--resolution", "8", "--train_batch_size", "8",
-        "--max_train_steps", "2", "--checkpointing_steps", "100", "--validation_steps", "100",
-        "--num_validation_images", "4", "--report_to", "none", "--label_column", "label", "--label_dropout", "0.1",
-        *extra,
-    ])
+    main(tiny_args(out, write_tiny_config(tmp_path), "--max_train_steps", "2", "--checkpointing_steps", "100",
+                   "--validation_steps", "100", "--label_column", "label", "--label_dropout", "0.1", *extra))
     return out
 
 

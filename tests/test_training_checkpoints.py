@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, PartialState
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,33 +28,16 @@ from diffusers_edm.training.checkpoints import (
 from diffusers_edm.training.ema import EDMEMAModel
 from diffusers_edm.training.timestep_samplers import LossSecondMomentTimestepSampler
 from diffusers_edm.training.train import TrainingProgress, main
+from tiny_training import TINY_UNET, reset_accelerate_state
+from tiny_training import tiny_args as training_args
 
-TINY_UNET = {
-    "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
-    "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
-}
-
-
-def reset_accelerate() -> None:
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process run starts from a fresh Accelerate singleton, as a new process would."""
-    reset_accelerate()
-    yield
-    reset_accelerate()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def tiny_args(output_dir: Path, config: Path, *extra: str) -> list[str]:
-    return [
-        "--output_dir", str(output_dir), "--backbone_config", str(config), "--resolution", "8",
-        "--train_batch_size", "8", "--max_train_steps", "2", "--checkpointing_steps", "2", "--logging_steps", "1",
-        "--validation_steps", "1000", "--num_validation_images", "2", "--sample_steps", "2", "--report_to", "none",
-        *extra,
-    ]
+    """Two steps, a checkpoint at step 2, no validation grids."""
+    return training_args(output_dir, config, "--max_train_steps", "2", "--validation_steps", "1000",
+                         "--num_validation_images", "2", "--sample_steps", "2", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +46,9 @@ def finished_run(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("finished")
     config = root / "tiny_unet.json"
     config.write_text(json.dumps(TINY_UNET))
-    reset_accelerate()
+    reset_accelerate_state()
     main(tiny_args(root / "run", config))
-    reset_accelerate()
+    reset_accelerate_state()
     return root / "run", config
 
 
@@ -299,7 +281,7 @@ def test_latest_without_a_checkpoint_does_not_replace_a_finished_run(tmp_path):
     run = tmp_path / "run"
     main(tiny_args(run, config, "--checkpointing_steps", "1000"))  # finished, no checkpoint
     exported = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    reset_accelerate()
+    reset_accelerate_state()
     with pytest.raises(SystemExit, match="holds another run and no checkpoint to resume"):
         resume(run, config)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == exported

@@ -3,14 +3,12 @@ set (any colour image -> RGB) and every image is converted to it."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
-from accelerate.state import AcceleratorState, PartialState
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
@@ -18,31 +16,15 @@ from PIL import Image, ImageFile
 from diffusers_edm.training.arguments import parse_args
 from diffusers_edm.training.data import ImageDataset, image_channels, inspect_labels, load_image_dataset
 from diffusers_edm.training.train import Trainer, main
+from tiny_training import tiny_args as training_args
+from tiny_training import write_tiny_config
 
-TINY_UNET = {
-    "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
-    "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
-}
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
-
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 def tiny_args(output_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
-    config = tmp_path / "tiny_unet.json"
-    config.write_text(json.dumps(TINY_UNET))
-    return [
-        "--output_dir", str(output_dir), "--backbone_config", str(config), "--resolution", "8",
-        "--train_batch_size", "8", "--max_train_steps", "2", "--checkpointing_steps", "1000", "--logging_steps", "1",
-        "--validation_steps", "1000", "--num_validation_images", "2", "--sample_steps", "2", "--report_to", "none",
-        *extra,
-    ]
+    """Two steps, no checkpoints or validation grids."""
+    return training_args(output_dir, write_tiny_config(tmp_path), "--max_train_steps", "2", "--checkpointing_steps",
+                         "1000", "--validation_steps", "1000", "--num_validation_images", "2", "--sample_steps", "2", *extra)
 
 
 def write_images(folder: Path, count: int, mode: str = "RGB", prefix: str = "img", seed: int = 0) -> None:

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, PartialState
 from diffusers import AutoencoderKL
 
 import diffusers_edm.training.train as train_module
@@ -27,31 +26,14 @@ from diffusers_edm.models.backbones import call_backbone, drop_class_labels
 from diffusers_edm.training.arguments import parse_args
 from benchmarks.host_syncs import count_host_syncs
 from tiny_backbones import tiny_dit, tiny_unet_condition
+from tiny_training import tiny_args as training_args
+from tiny_training import reset_accelerate_state
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_UNET = {
-    "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
-    "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
-}
 TINY_DIT = {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 8}
 VAE_SCALE, VAE_SHIFT = 0.7, 0.3
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process Trainer starts from a fresh Accelerate singleton, as a new process would."""
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
-
-
-@pytest.fixture
-def tiny_config(tmp_path) -> Path:
-    path = tmp_path / "tiny_unet.json"
-    path.write_text(json.dumps(TINY_UNET))
-    return path
 
 
 @pytest.fixture
@@ -66,17 +48,13 @@ def shifted_vae_dir(tmp_path) -> Path:
 
 
 def tiny_args(output_dir: Path, config: Path, *extra: str) -> list[str]:
-    return [
-        "--output_dir", str(output_dir), "--backbone_config", str(config), "--resolution", "8",
-        "--train_batch_size", "8", "--max_train_steps", "4", "--checkpointing_steps", "1000", "--logging_steps", "1000",
-        "--validation_steps", "1000", "--num_validation_images", "4", "--sample_steps", "3", "--report_to", "none",
-        *extra,
-    ]
+    """No checkpoints, logs or validation grids: only the steps themselves."""
+    return training_args(output_dir, config, "--checkpointing_steps", "1000", "--logging_steps", "1000",
+                         "--validation_steps", "1000", *extra)
 
 
 def make_trainer(output_dir: Path, config: Path, *extra: str) -> train_module.Trainer:
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
+    reset_accelerate_state()
     trainer = train_module.Trainer(parse_args(tiny_args(output_dir, config, *extra)))
     trainer.setup()
     return trainer

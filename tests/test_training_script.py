@@ -14,45 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, PartialState
 from PIL import Image
 from safetensors.torch import load_file
 
 from diffusers_edm.training.train import main
+from tiny_training import TINY_UNET, tiny_args
+from tiny_training import reset_accelerate_state
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 TRAINING_SCRIPT = Path(__file__).resolve().parents[1] / "training" / "train_edm.py"
-TINY_UNET = {
-    "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
-    "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
-}
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process run starts from a fresh Accelerate singleton, as a new process would."""
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
-
-
-@pytest.fixture
-def tiny_config(tmp_path) -> Path:
-    path = tmp_path / "tiny_unet.json"
-    path.write_text(json.dumps(TINY_UNET))
-    return path
-
-
-def tiny_args(output_dir: Path, config: Path, *extra: str) -> list[str]:
-    return [
-        "--output_dir", str(output_dir), "--backbone_config", str(config), "--resolution", "8",
-        "--train_batch_size", "8", "--max_train_steps", "4", "--checkpointing_steps", "2", "--logging_steps", "1",
-        "--validation_steps", "3", "--num_validation_images", "4", "--sample_steps", "3", "--report_to", "none",
-        *extra,
-    ]
-
-
 def run_subprocess(args: list[str], launcher: list[str] | None = None) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = (launcher or [sys.executable]) + [str(TRAINING_SCRIPT), *args]
@@ -183,7 +154,7 @@ def test_bad_input_is_refused_before_training(tmp_path, tiny_config, extra, mess
 def test_output_dir_of_another_run_needs_overwrite(tmp_path, tiny_config):
     out = tmp_path / "run"
     main(tiny_args(out, tiny_config, "--max_train_steps", "1"))
-    AcceleratorState._reset_state(True)
+    reset_accelerate_state()
     with pytest.raises(SystemExit, match="holds another run"):
         main(tiny_args(out, tiny_config, "--max_train_steps", "1"))
     main(tiny_args(out, tiny_config, "--max_train_steps", "1", "--overwrite"))
@@ -192,7 +163,7 @@ def test_output_dir_of_another_run_needs_overwrite(tmp_path, tiny_config):
 def test_checkpoint_of_another_model_is_refused(tmp_path, tiny_config):
     out = tmp_path / "run"
     main(tiny_args(out, tiny_config, "--max_train_steps", "2"))
-    AcceleratorState._reset_state(True)
+    reset_accelerate_state()
     wider = tmp_path / "wider.json"
     wider.write_text(json.dumps({**TINY_UNET, "block_out_channels": [8, 24]}))
     with pytest.raises(ValueError, match="does not match the model"):
@@ -318,7 +289,7 @@ def test_latent_space_training_with_a_vae(tmp_path, tiny_config, tiny_vae_dir, b
 def test_dit_needs_labels_and_a_vae_channel_match(tmp_path, tiny_config, tiny_vae_dir):
     with pytest.raises(ValueError, match="--label_column"):
         main(tiny_args(tmp_path / "a", tiny_config, "--vae", str(tiny_vae_dir), "--backbone", "dit"))
-    AcceleratorState._reset_state(True)
+    reset_accelerate_state()
     folder = tmp_path / "rgb"
     folder.mkdir()
     for index in range(8):
