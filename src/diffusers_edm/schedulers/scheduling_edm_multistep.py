@@ -23,6 +23,9 @@ class EDMMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
     Interchangeable (``compatibles``, ``from_config``) with :class:`~diffusers_edm.EDMHeunScheduler` and diffusers'
     ``EDMEulerScheduler`` / ``EDMDPMSolverMultistepScheduler``, all of which :class:`~diffusers_edm.EDMPipeline` drives.
 
+    diffusers' multistep schedulers need an integer ``solver_order``: from a config whose ``solver_order`` is None
+    (the default, once saved and loaded) build them with one, e.g. ``EDMDPMSolverMultistepScheduler.from_config(config, solver_order=2)``.
+
     Args:
         sigma_min, sigma_max: the range of the time discretization (EDM: 0.002 to 80).
         sigma_data: the data's standard deviation, used by the analytical first step (``c_skip``).
