@@ -66,7 +66,8 @@ class Run:
 # Grids
 # ------------------------------------------------------------------------------------------------
 def logsnr_sigmas(n: int, sigma_min: float, sigma_max: float) -> list[float]:
-    """Uniform in lambda = -ln sigma (DPM-Solver's "logSNR" grid): ``ln sigma_i = ln sigma_max + i/(n-1) (ln sigma_min - ln sigma_max)``."""
+    """Uniform in lambda = -ln sigma (DPM-Solver's "logSNR" grid):
+    ``ln sigma_i = ln sigma_max + i/(n-1) (ln sigma_min - ln sigma_max)``."""
     return [math.exp(math.log(sigma_max) + i / (n - 1) * (math.log(sigma_min) - math.log(sigma_max))) for i in range(n)]
 
 
@@ -145,7 +146,8 @@ def ipndm(
     """iPNDM (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator", the improved
     PNDM of section 4 / Appendix): Adams-Bashforth with constant-step weights on d, in sigma::
 
-        d_i = (x_i - D(x_i; sigma_i)) / sigma_i,  o = o_i,  x_{i+1} = x_i + (sigma_{i+1} - sigma_i) * sum_k w^o_k d_{i-k}
+        d_i = (x_i - D(x_i; sigma_i)) / sigma_i,  o = o_i,
+        x_{i+1} = x_i + (sigma_{i+1} - sigma_i) * sum_k w^o_k d_{i-k}
         w^1 = (1), w^2 = (3, -1)/2, w^3 = (23, -16, 5)/12, w^4 = (55, -59, 37, -9)/24
 
     every step, the last one to sigma = 0 included. ``x`` is the sample at ``sigmas[start]``.
@@ -186,7 +188,8 @@ def dpmpp(
     taylor_third_order: bool = False,
 ) -> Run:
     """Multistep DPM-Solver++ (Lu et al. 2022, "DPM-Solver++": 2M is its Algorithm 2; 3M the third-order multistep
-    update in data prediction that the authors' code and diffusers implement) with alpha = 1, step i from s to t, h = ln(s / t), E = expm1(-h):
+    update in data prediction that the authors' code and diffusers implement) with alpha = 1, step i from s to t,
+    h = ln(s / t), E = expm1(-h):
 
         order 1 (DDIM):  x_t = (t/s) x_s - E D_s
         order 2:         r = ln(sigma_{i-1} / s) / h,  x_t = (t/s) x_s - E (D_s + (D_s - D_{i-1}) / (2 r))
@@ -309,7 +312,8 @@ def unipc(
     outputs: list[torch.Tensor] = []
     previous: tuple[torch.Tensor, int] | None = None  # (corrected x_{i-1}, order of step i-1)
 
-    def base(i: int, x_i: torch.Tensor, p: int) -> tuple[torch.Tensor, float, list[torch.Tensor], list[float], list[float]]:
+    def base(i: int, x_i: torch.Tensor, p: int):
+        """(t/s) x_i - phi_1 D_i, B(h), the D1_k and both weight sets of step i with order p."""
         s, t = levels[i], levels[i + 1]
         h = lam[i + 1] - lam[i]
         ratios = [(lam[i - k] - lam[i]) / h for k in range(1, p)]
