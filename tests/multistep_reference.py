@@ -37,7 +37,7 @@ ADAMS_BASHFORTH = {
     3: (23 / 12, -16 / 12, 5 / 12),
     4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
 }
-ORDER_RANGE = {"ipndm": (1, 4), "dpmpp": (1, 3), "unipc": (1, 3)}
+ORDER_RANGE = {"ipndm": (1, 4), "ipndm_v": (1, 4), "dpmpp": (1, 3), "unipc": (1, 3)}
 # diffusers' multistep schedulers lower the order of the last steps only when there are fewer steps than this
 LOWER_ORDER_FINAL_BELOW = 15
 
@@ -167,6 +167,56 @@ def ipndm(
         o = step_order(order, i, num_steps, lower_order_final, start)
         combined = sum(w * slopes[-1 - k] for k, w in enumerate(ADAMS_BASHFORTH[o]))
         x = x + (t - s) * combined
+        run.orders.append(o)
+        run.trajectory.append(x)
+    run.sample = x
+    return run
+
+
+def variable_step_weights(levels: Sequence[float], i: int, order: int) -> list[float]:
+    """``W_k = integral_{sigma_i}^{sigma_{i+1}} l_k(sigma) dsigma`` with the Lagrange basis polynomials
+    ``l_k(sigma) = prod_{j != k} (sigma - sigma_{i-j}) / (sigma_{i-k} - sigma_{i-j})`` over the nodes
+    ``sigma_i, ..., sigma_{i-order+1}``: Adams-Bashforth for uneven steps (Hairer, Norsett & Wanner, "Solving ODEs I",
+    III.5), built and integrated as explicit polynomials in sigma."""
+    from numpy.polynomial import polynomial as P
+
+    nodes = [levels[i - k] for k in range(order)]
+    weights = []
+    for k in range(order):
+        basis = np.array([1.0])
+        for j in range(order):
+            if j != k:
+                basis = P.polymul(basis, np.array([-nodes[j], 1.0]) / (nodes[k] - nodes[j]))
+        antiderivative = P.polyint(basis)
+        weights.append(float(P.polyval(levels[i + 1], antiderivative) - P.polyval(levels[i], antiderivative)))
+    return weights
+
+
+def ipndm_v(
+    denoise: Denoiser,
+    sigmas: Sequence[float],
+    x: torch.Tensor,
+    order: int = 4,
+    lower_order_final: bool = True,
+    analytical_first_step: bool = False,
+    sigma_data: float = 0.5,
+    start: int = 0,
+) -> Run:
+    """iPNDM with variable steps: ``x_{i+1} = x_i + sum_k W_k d_{i-k}`` with the weights of
+    :func:`variable_step_weights` (the polynomial through the last ``o_i`` values of d, integrated over the step),
+    every step, the last one to sigma = 0 included; orders, AFS and starts as :func:`ipndm`."""
+    levels = _levels(sigmas)
+    num_steps = len(levels) - 1
+    _check("ipndm_v", order, analytical_first_step, start, num_steps)
+    run = Run(sample=x, levels=levels)
+    slopes: list[torch.Tensor] = []
+    for i in range(start, num_steps):
+        denoised = _denoised(denoise, x, i, levels, analytical_first_step, sigma_data, run)
+        run.starts.append(x)
+        run.denoised.append(denoised)
+        slopes.append((x - denoised) / levels[i])
+        o = step_order(order, i, num_steps, lower_order_final, start)
+        x = x + sum(w * slopes[-1 - k] for k, w in enumerate(variable_step_weights(levels, i, o)))
         run.orders.append(o)
         run.trajectory.append(x)
     run.sample = x
@@ -346,7 +396,7 @@ def unipc(
     return run
 
 
-SOLVERS = {"ipndm": ipndm, "dpmpp": dpmpp, "unipc": unipc}
+SOLVERS = {"ipndm": ipndm, "ipndm_v": ipndm_v, "dpmpp": dpmpp, "unipc": unipc}
 
 
 def gaussian_ode_solution(x_start: torch.Tensor, sigma_start: float, sigma: float, data_std: float) -> torch.Tensor:

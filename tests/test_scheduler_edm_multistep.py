@@ -22,8 +22,8 @@ from diffusers_edm import EDMMultistepDiscreteScheduler, EDMMultistepScheduler
 
 SHAPE = (3, 4, 2, 2)
 DIM = 16
-SOLVER_ORDERS = [("ipndm", 1), ("ipndm", 2), ("ipndm", 3), ("ipndm", 4), ("dpmpp", 1), ("dpmpp", 2), ("dpmpp", 3),
-                 ("unipc", 1), ("unipc", 2), ("unipc", 3)]
+SOLVER_ORDERS = [("ipndm", 1), ("ipndm", 2), ("ipndm", 3), ("ipndm", 4), ("ipndm_v", 2), ("ipndm_v", 3), ("ipndm_v", 4),
+                 ("dpmpp", 1), ("dpmpp", 2), ("dpmpp", 3), ("unipc", 1), ("unipc", 2), ("unipc", 3)]
 GRIDS = ("edm", "logsnr", "time_uniform", "custom")
 # Budgets (model calls): 3 (orders lowered at once), 5, 8, 14 (14 steps without AFS: < 15, the last steps lower their
 # order; 15 with AFS: they do not), 16.
@@ -383,10 +383,12 @@ def test_image_to_image_starts_without_history(denoiser, solver, order, afs):
 DATA_STD = 0.5
 # (slope expected as the number of steps doubles from 128 to 256 to 512 on EDM's rho = 7 grid, tolerance).
 # iPNDM's constant-step Adams-Bashforth weights on a non-uniform grid leave a local error (g'' d' / 12) du^3
-# (sigma = g(u), u uniform), so iPNDM-3/4 converge at second order however accurate they are at few steps; the
+# (sigma = g(u), u uniform), so iPNDM-3/4 converge at second order however accurate they are at few steps (the
+# variable-step weights of "ipndm_v" keep order p); the
 # published DPM-Solver++ 3M halves its D'' term (second order); UniC-p raises UniP-p to order p + 1.
 EXPECTED_SLOPES = {
     ("ipndm", 1): 1.0, ("ipndm", 2): 2.0, ("ipndm", 3): 2.0, ("ipndm", 4): 2.0,
+    ("ipndm_v", 2): 2.0, ("ipndm_v", 3): 3.0, ("ipndm_v", 4): 4.0,
     ("dpmpp", 1): 1.0, ("dpmpp", 2): 2.0, ("dpmpp", 3): 3.0 if DPMPP_TAYLOR_THIRD_ORDER else 2.0,
     ("unipc", 1): 2.0, ("unipc", 2): 3.0, ("unipc", 3): 4.0,
 }
@@ -442,3 +444,34 @@ def test_reference_convergence_orders():
     for solver, order in (("ipndm", 4), ("dpmpp", 3), ("unipc", 2)):
         slopes = slopes_of(gaussian_errors(solver, order, reference_at_sigma_min))
         assert slopes[-1] == pytest.approx(EXPECTED_SLOPES[(solver, order)], abs=0.3)
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. iPNDM with variable steps
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_variable_step_weights_integrate_polynomials_exactly(order):
+    """Adams-Bashforth of order p integrates every polynomial of degree < p through its nodes exactly: with d(sigma) =
+    sigma^m, sum_k W_k d(sigma_{i-k}) = (sigma_{i+1}^(m+1) - sigma_i^(m+1)) / (m + 1)."""
+    custom_grid = [80.0, 31.0, 9.5, 3.3, 1.2, 0.41, 0.09, 0.002]
+    scheduler = EDMMultistepScheduler(solver="ipndm_v", solver_order=order, lower_order_final=False)
+    scheduler.set_timesteps(sigmas=custom_grid)
+    levels = custom_grid + [0.0]
+    for i in range(order - 1, len(custom_grid)):
+        weights = scheduler.plan.predictors[i].history_weights
+        assert len(weights) == order
+        for m in range(order):
+            exact = (levels[i + 1] ** (m + 1) - levels[i] ** (m + 1)) / (m + 1)
+            combined = sum(w * levels[i - k] ** m for k, w in enumerate(weights))
+            assert combined == pytest.approx(exact, rel=1e-9, abs=1e-12)
+
+
+def test_variable_step_weights_are_ipndms_on_equal_steps(denoiser):
+    """On equal steps the variable-step weights are the constant Adams-Bashforth ones: the two solvers agree."""
+    grid = [8.0 - 0.5 * i for i in range(15)]  # 8.0 ... 1.0, equal steps (the last one, to 0, is not equal)
+    x = torch.randn(SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * grid[0]
+    ends = []
+    for solver in ("ipndm", "ipndm_v"):
+        run = reference(solver, denoiser, grid, x, order=4, lower_order_final=False)
+        ends.append(run.trajectory[-2])  # at the last positive level: every step so far had equal length
+    torch.testing.assert_close(ends[0], ends[1], rtol=1e-12, atol=1e-12)

@@ -14,7 +14,9 @@ whose weights depend only on the noise levels. They are computed in float64 when
 with these Python floats: it never synchronises with the device.
 
 - iPNDM (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator", the improved PNDM):
-  Adams-Bashforth weights on ``d``, warm-started with lower orders.
+  Adams-Bashforth weights on ``d``, warm-started with lower orders. Its weights are those of equal steps, so on a
+  non-uniform grid it is a second-order method whatever its order; ``"ipndm_v"`` takes the Adams-Bashforth weights
+  of the actual steps (the integral of the polynomial through the last ``d`` over the step), order p for order p.
 - DPM-Solver++ multistep (Lu et al. 2022, "DPM-Solver++", Algorithm 2 and its third-order multistep form), data
   prediction, which in sigma space (alpha = 1) is an exponential integrator in ``D``.
 - UniPC (Zhao et al. 2023, "UniPC", Algorithms 2-3, ``B(h) = e^h - 1``, "bh2"), data prediction: the predictor
@@ -45,7 +47,7 @@ from .model_call import ModelCall
 from .stochastic_heun import add_sigma_noise, check_model_output, schedule_grid
 
 #: The solvers and the highest order each implements; ``solver_order=None`` is that highest order.
-MAX_ORDERS: dict[str, int] = {"ipndm": 4, "dpmpp": 3, "unipc": 3}
+MAX_ORDERS: dict[str, int] = {"ipndm": 4, "ipndm_v": 4, "dpmpp": 3, "unipc": 3}
 SOLVERS: tuple[str, ...] = tuple(MAX_ORDERS)
 SOLVER_CHOICES: tuple[str, ...] = ("auto", *SOLVERS)
 
@@ -157,6 +159,24 @@ def ipndm_update(sigmas: Sequence[float], i: int, order: int) -> LinearUpdate:
     return LinearUpdate(1.0, tuple(h * c for c in ADAMS_BASHFORTH[order]))
 
 
+def ipndm_v_update(sigmas: Sequence[float], i: int, order: int) -> LinearUpdate:
+    """iPNDM with variable steps, step i: Adams-Bashforth for non-uniform steps in sigma,
+
+    ``x_{i+1} = x_i + sum_k W_k d_{i-k}``, ``W_k = integral from sigma_i to sigma_{i+1} of l_k(sigma) dsigma``,
+
+    with ``l_k`` the Lagrange basis polynomials through ``sigma_i, sigma_{i-1}, ..., sigma_{i-order+1}`` (the
+    polynomial through the last ``order`` values of d, integrated over the step; Hairer, Norsett & Wanner, "Solving
+    Ordinary Differential Equations I", III.5; the weights of diffusers' ``LMSDiscreteScheduler``). On equal steps
+    these are iPNDM's constant weights. Computed in the step's own unit, ``tau = (sigma - sigma_i) / h``,
+    ``h = sigma_{i+1} - sigma_i``: ``W_k = h w_k`` with ``sum_k w_k tau_k^m = 1 / (m + 1)`` for m < order.
+    """
+    h = sigmas[i + 1] - sigmas[i]
+    nodes = np.array([(sigmas[i - k] - sigmas[i]) / h for k in range(order)])
+    moments = 1.0 / np.arange(1, order + 1)
+    weights = np.linalg.solve(np.vander(nodes, order, increasing=True).T, moments)
+    return LinearUpdate(1.0, tuple((h * weights).tolist()))
+
+
 def dpmpp_update(sigmas: Sequence[float], i: int, order: int) -> LinearUpdate:
     """DPM-Solver++ multistep step i in sigma space (Lu et al. 2022, Algorithm 2 and the third-order form),
     ``s = sigma_i``, ``t = sigma_{i+1}``, ``h = ln(s / t)``:
@@ -258,10 +278,11 @@ def unipc_corrector(sigmas: Sequence[float], i: int, order: int) -> LinearUpdate
 #: The step of each solver, and what its history holds.
 PREDICTORS: dict[str, Callable[[Sequence[float], int, int], LinearUpdate]] = {
     "ipndm": ipndm_update,
+    "ipndm_v": ipndm_v_update,
     "dpmpp": dpmpp_update,
     "unipc": unipc_predictor,
 }
-HISTORY_OF: dict[str, str] = {"ipndm": "d", "dpmpp": "D", "unipc": "D"}
+HISTORY_OF: dict[str, str] = {"ipndm": "d", "ipndm_v": "d", "dpmpp": "D", "unipc": "D"}
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -370,7 +391,7 @@ class MultistepPlan:
             o = min(order, i - first_step_of_run + 1)
             if lower_order_final and num_steps < LOWER_ORDER_FINAL_BELOW:
                 o = min(o, num_steps - i)
-            if solver != "ipndm" and sigmas[i + 1] == 0.0:
+            if HISTORY_OF[solver] == "D" and sigmas[i + 1] == 0.0:  # the exponential integrators: h = inf there
                 o = 1
             orders.append(o)
         predictor = PREDICTORS[solver]
