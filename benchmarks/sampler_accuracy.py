@@ -366,41 +366,53 @@ def full_table(result: dict[str, Any], group: str, budgets: Sequence[int], metri
 def plot_accuracy(result: dict[str, Any], path: Path) -> Path | None:
     """Log-log error vs model calls: one column per family, rows RMS / median / fraction switched; one line per
     family of configurations (scheduler class, and solver for the package), the best of its configurations at
-    each budget; the package solid, diffusers dashed."""
+    each budget among those starting at the family's top; the package solid, diffusers dashed."""
     plt = pyplot()
     if plt is None:
         return None
     metrics = (("rms", "RMS error vs reference"), ("median", "median per-sample RMS error"), ("switched", "fraction of samples switching component"))
-    figure, axes = plt.subplots(len(metrics), len(FAMILIES), figsize=(7.0 * len(FAMILIES), 4.2 * len(metrics)), squeeze=False)
+    figure, axes = plt.subplots(len(metrics), len(FAMILIES), figsize=(7.0 * len(FAMILIES), 4.4 * len(metrics)), squeeze=False)
+    tab20 = plt.get_cmap("tab20").colors
+    diffusers_colors = tab20[0::2] + tab20[1::2]
+    package_colors = ("black", "crimson", "mediumblue", "gold", "darkgreen")
     markers = "osD^v<>ph*xP+"
     floor = 0.5 / result["batch"]
+    budgets = [p["budget"] for p in result["rows"][0]["points"]]
     for column, group in enumerate(FAMILIES):
         rows = [r for r in result["rows"] if r["group"] == group and r["candidate"]]
         families = list(dict.fromkeys(r["scheduler"] for r in rows))
         for row_index, (metric, label) in enumerate(metrics):
             axis = axes[row_index][column]
+            package_families = [f for f in families if any(r["provider"] == "package" for r in rows if r["scheduler"] == f)]
+            diffusers_families = [f for f in families if f not in package_families]
             for index, family in enumerate(families):
                 members = [r for r in rows if r["scheduler"] == family]
+                package = members[0]["provider"] == "package"
+                color = (package_colors[package_families.index(family) % len(package_colors)] if package
+                         else diffusers_colors[diffusers_families.index(family) % len(diffusers_colors)])
                 xs, ys = [], []
                 for i in range(len(members[0]["points"])):
-                    points = [m["points"][i] for m in members if math.isfinite(m["points"][i][metric])
+                    points = [m["points"][i] for m in members if "failure" not in m["points"][i]
+                              and math.isfinite(m["points"][i][metric])
                               and math.isclose(m["points"][i]["sigma_start"], FAMILY_START[group], rel_tol=1e-6)]
                     if points:
                         best = min(points, key=lambda p: p[metric])
                         xs.append(best["nfe"])
                         ys.append(max(best[metric], floor if metric == "switched" else 1e-16))
-                package = members[0]["provider"] == "package"
-                axis.loglog(xs, ys, marker=markers[index % len(markers)], linestyle="-" if package else "--",
-                            linewidth=2.0 if package else 1.1, markersize=4, label=family)
-            if metric == "rms":
-                axis.axhline(result["reference"][group]["rms"], color="gray", linestyle=":", linewidth=1, label="reference's own error")
-            axis.set_title(f"{group}: {label}", fontsize=9)
+                axis.loglog(xs, ys, marker=markers[index % len(markers)], color=color,
+                            linestyle="-" if package else "--", linewidth=2.2 if package else 1.1, markersize=4, label=family)
+            axis.set_title(f"{group}:\n{label}", fontsize=9)
             axis.set_xlabel("model calls")
-            axis.set_ylabel(label + (f" (0 drawn at {floor:.0e})" if metric == "switched" else ""))
-            axis.grid(True, which="both", alpha=0.3)
+            axis.set_ylabel(label + (f" (0 drawn at {floor:.0e})" if metric == "switched" else ""), fontsize=8)
+            axis.set_xticks(budgets)
+            axis.set_xticklabels([str(b) for b in budgets], fontsize=7)
+            axis.minorticks_off()
+            axis.grid(True, which="major", alpha=0.3)
             if row_index == 0:
                 axis.legend(fontsize=6, ncol=2)
-    figure.suptitle("Probability-flow ODE accuracy, 64-D Gaussian mixture, exact denoiser: best configuration of each scheduler", fontsize=11)
+    figure.suptitle("Probability-flow ODE accuracy, 64-D Gaussian mixture, exact denoiser: best configuration of each "
+                    "scheduler (package solid, diffusers dashed)", fontsize=11)
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
     return save_figure(figure, path)
 
 

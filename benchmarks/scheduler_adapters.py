@@ -255,14 +255,16 @@ def package_cases() -> list[SamplerCase]:
 
     The multistep schedulers (issue 10) are included when the installed package has them.
     """
+    # On EDM's range "time_uniform" is EDM's "vp" grid and "logsnr" its "ve" grid (geometric): each is listed once.
+    grids = ("edm", "time_uniform", "logsnr", "iddpm") if _has_grid("logsnr") else ("edm", "vp", "ve", "iddpm")
     cases = [
         _case(EDMHeunScheduler, EDM_RANGE, {"grid": grid}, {"discretization": grid}, drive="sigma", calls_per_step=2, provider="package")
-        for grid in ("edm", "vp", "ve", "iddpm") + tuple(g for g in PACKAGE_GRIDS if g != "edm" and _has_grid(g))
+        for grid in grids
     ]
     cases += [
         _case(EDMHeunDiscreteScheduler, SD_RANGE, {"grid": grid}, {**SD_TABLE_CONFIG, "discretization": grid},
               drive="vp_discrete", calls_per_step=2, table_interpolation="log", provider="package")
-        for grid in ("edm",) + tuple(g for g in PACKAGE_GRIDS if g != "edm" and _has_grid(g))
+        for grid in grids[:-1]
     ]
     multistep = getattr(diffusers_edm, "EDMMultistepScheduler", None)
     discrete = getattr(diffusers_edm, "EDMMultistepDiscreteScheduler", None)

@@ -79,7 +79,7 @@ def test_every_configuration_stays_within_its_budget(accuracy: dict) -> None:
 
 def test_heun_converges_and_matches_diffusers_on_the_same_grid(accuracy: dict) -> None:
     rows = _rows(accuracy)
-    for name in ("EDMHeunScheduler(grid=edm)", "EDMHeunScheduler(grid=vp)", "EDMHeunDiscreteScheduler(grid=edm)", "HeunDiscreteScheduler(sigmas=karras)"):
+    for name in ("EDMHeunScheduler(grid=edm)", "EDMHeunScheduler(grid=time_uniform)", "EDMHeunDiscreteScheduler(grid=edm)", "HeunDiscreteScheduler(sigmas=karras)"):
         errors = _errors(rows[name])
         assert errors == sorted(errors, reverse=True), (name, errors)  # error decreases with the budget
         assert errors[-1] < 0.5 * errors[0]
@@ -95,6 +95,22 @@ def test_heun_converges_and_matches_diffusers_on_the_same_grid(accuracy: dict) -
             assert max(p["sigma_mismatch"] for p in row["points"]) < 1e-5, name
     dpm = rows["DPMSolverMultistepScheduler(sigmas=karras, order=2, lower_order_final=True, final_sigma=zero)"]
     assert max(p["sigma_mismatch"] for p in dpm["points"]) > 1e-3
+
+
+def test_package_multistep_matches_diffusers_dpm_solver_and_counts_calls(accuracy: dict) -> None:
+    rows = _rows(accuracy)
+    # DPM-Solver++ 2M (midpoint form) on EDM's Karras grid, model exact at its sigma in both: the same trajectory.
+    package = rows["EDMMultistepScheduler(solver=dpmpp, order=2, afs=False, grid=edm, lower_order_final=True)"]
+    diffusers = rows[
+        "EDMDPMSolverMultistepScheduler(order=2, solver_type=midpoint, sigmas=karras, lower_order_final=True, final_sigma=zero)"
+    ]
+    assert _errors(package) == pytest.approx(_errors(diffusers), rel=1e-3)
+    # One model call per step; the analytical first step saves the call at sigma_max: every budget is used exactly.
+    multistep = [row for row in rows.values() if row["scheduler"].startswith("EDMMultistep")]
+    assert {row["options"].get("afs") for row in multistep if row["candidate"]} == {False, True}
+    for row in multistep:
+        assert [p["nfe"] for p in row["points"]] == [p["budget"] for p in row["points"]], row["name"]
+        assert all(p["sigma_start"] == pytest.approx(FAMILY_START[row["group"]]) for p in row["points"]), row["name"]
 
 
 def test_summary_names_the_best_configuration_of_each_side(accuracy: dict) -> None:
@@ -135,6 +151,39 @@ def test_sample_errors_count_switched_components_and_median() -> None:
     diverged = sampler_accuracy.sample_errors(final, reference, reference_components, mixture)
     assert diverged["switched"] == 0.5 and diverged["rms"] == float("inf")
     assert diverged["median"] == pytest.approx((0.01 + jump) / 2)  # (jump, 0.01, inf, 0): mean of the middle two
+
+
+def test_reports_survive_a_configuration_that_fails(tmp_path: Path) -> None:
+    # diffusers raises for some option / budget pairs (e.g. beta sigmas at 35+ steps): recorded, never "best".
+    def point(budget: int, error: float | None, start: float) -> dict:
+        if error is None:
+            return {"budget": budget, "nfe": None, "rms": float("inf"), "median": float("inf"), "switched": 1.0, "failure": "IndexError: x"}
+        return {"budget": budget, "nfe": budget, "sigma_start": start, "sigma_mismatch": 0.0, "rms": error, "median": error / 2, "switched": 0.0}
+
+    rows = []
+    for family in FAMILIES:
+        start = FAMILY_START[family]
+        for name, provider, candidate, errors in (
+            ("A(x=1)", "diffusers", True, (0.1, None)),
+            ("B(x=2)", "diffusers", True, (0.2, 0.05)),
+            ("C(solver=s, y=3)", "package", True, (0.04, 0.1)),
+            ("C(solver=auto)", "package", False, (0.04, 0.1)),
+        ):
+            rows.append({"name": name, "group": family, "provider": provider, "scheduler": name[0], "options": {"solver": "s", "y": 3},
+                         "candidate": candidate, "points": [point(b, e, start) for b, e in zip((5, 10), errors)]})
+    result = {"rows": rows, "batch": 4, "reference": {f: {"sigma_start": FAMILY_START[f], "nfe": 8, "rms": 1e-9} for f in FAMILIES}}
+    summary = sampler_accuracy.summarize(result, (5, 10))
+    for family in FAMILIES:
+        five, ten = summary[family]["budgets"]
+        assert five["diffusers"]["name"] == "A(x=1)" and five["rms_ratio"] == pytest.approx(0.4)
+        assert ten["diffusers"]["name"] == "B(x=2)" and ten["rms_ratio"] == pytest.approx(2.0)
+        assert summary[family]["package_at_or_below"] == [5] and summary[family]["package_above"] == [10]
+        assert summary[family]["about_half_or_less"] == [5] and summary[family]["not_half_at_low_budgets"] == [10]
+        assert "failed" in sampler_accuracy.full_table(result, family, (5, 10), "rms")
+        assert "A(x=1)" in sampler_accuracy.summary_table(summary[family])
+        assert "WORSE than diffusers' best at calls: 10 (2.00)" in "\n".join(sampler_accuracy.verdict(family, summary[family]))
+    if HAS_MATPLOTLIB:
+        assert sampler_accuracy.plot_accuracy(result, tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_churn_records_are_complete_and_finite(accuracy: dict) -> None:
