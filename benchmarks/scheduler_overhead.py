@@ -1,4 +1,5 @@
-"""Scheduler overhead: the package's schedulers vs diffusers' HeunDiscrete / EulerDiscrete (issue #6, part 2).
+"""Scheduler overhead: the package's schedulers vs diffusers' HeunDiscrete / EulerDiscrete (issue #6, part 2) and, for
+the multistep schedulers, DPMSolverMultistep (issue #10).
 
 What is measured: the time the scheduler itself adds to a sampling loop, with a trivial model
 (``model(x, t) = 0.5 x``) so that nothing else is timed. For each scheduler, float32 samples of shape
@@ -13,7 +14,9 @@ What is measured: the time the scheduler itself adds to a sampling loop, with a 
 All schedulers are measured in the same run, interleaved (each repetition times every scheduler once, in a
 rotating order), after warm-up, with the garbage collector paused; the table reports medians over the
 repetitions and the RATIOS package / diffusers for the like-for-like pairs (Heun vs ``HeunDiscreteScheduler``,
-Euler vs ``EulerDiscreteScheduler``). Absolute times depend on the machine and its load; only the ratios
+Euler vs ``EulerDiscreteScheduler``, the multistep solvers vs ``DPMSolverMultistepScheduler`` with Karras sigmas and
+solver order 2 or 3: second-order rows against 2M, third- and fourth-order rows against 3M; every multistep run has
+18 model calls). Absolute times depend on the machine and its load; only the ratios
 within one run are meaningful.
 
 Churn: the ``(churn)`` rows churn every step (S_churn 40, S_noise 1.003, no S_tmin/S_tmax window), so every step
@@ -45,7 +48,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from diffusers import EulerDiscreteScheduler, HeunDiscreteScheduler
+from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 from diffusers.utils import logging as diffusers_logging
 
 from benchmarks.host_syncs import count_host_syncs
@@ -60,9 +63,15 @@ from benchmarks.reporting import (
     save_figure,
 )
 from benchmarks.scheduler_adapters import SD_TABLE_CONFIG
-from diffusers_edm import EDMHeunDiscreteScheduler, EDMHeunScheduler
+from diffusers_edm import (
+    EDMHeunDiscreteScheduler,
+    EDMHeunScheduler,
+    EDMMultistepDiscreteScheduler,
+    EDMMultistepScheduler,
+)
 
-NUM_STEPS = 18  # EDM's default: 35 model calls with Heun, 18 with Euler
+NUM_STEPS = 18  # EDM's default: 35 model calls with Heun, 18 with Euler and the multistep solvers
+DPM_2M, DPM_3M = "DPMSolverMultistepScheduler (2M, karras)", "DPMSolverMultistepScheduler (3M, karras)"
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,22 @@ SCHEDULERS: tuple[TimedScheduler, ...] = (
         "EDMHeunDiscreteScheduler (churn)",
         lambda: EDMHeunDiscreteScheduler(**SD_TABLE_CONFIG, s_churn=40, s_noise=1.003),
         "HeunDiscreteScheduler",
+    ),
+    # Multistep: one model call per step; diffusers' DPM-Solver++ with Karras sigmas is the baseline.
+    TimedScheduler(DPM_2M, lambda: DPMSolverMultistepScheduler(**SD_TABLE_CONFIG, use_karras_sigmas=True, solver_order=2), None),
+    TimedScheduler(DPM_3M, lambda: DPMSolverMultistepScheduler(**SD_TABLE_CONFIG, use_karras_sigmas=True, solver_order=3), None),
+    TimedScheduler("EDMMultistepScheduler (dpmpp 2)", lambda: EDMMultistepScheduler(solver="dpmpp", solver_order=2), DPM_2M),
+    TimedScheduler(
+        "EDMMultistepDiscreteScheduler (dpmpp 2)",
+        lambda: EDMMultistepDiscreteScheduler(**SD_TABLE_CONFIG, solver="dpmpp", solver_order=2),
+        DPM_2M,
+    ),
+    TimedScheduler("EDMMultistepScheduler (ipndm 4)", lambda: EDMMultistepScheduler(solver="ipndm"), DPM_3M),
+    TimedScheduler(
+        "EDMMultistepDiscreteScheduler (ipndm 4)", lambda: EDMMultistepDiscreteScheduler(**SD_TABLE_CONFIG, solver="ipndm"), DPM_3M
+    ),
+    TimedScheduler(
+        "EDMMultistepDiscreteScheduler (unipc 3)", lambda: EDMMultistepDiscreteScheduler(**SD_TABLE_CONFIG, solver="unipc"), DPM_3M
     ),
 )
 
@@ -230,7 +255,11 @@ def plot_overhead(results: list[dict[str, Any]], path: Path) -> Path | None:
         axis.set_title(title, fontsize=10)
     axes[0].set_ylabel("time ratio package / diffusers (lower is faster)")
     axes[0].legend(fontsize=8)
-    figure.suptitle("Scheduler overhead vs HeunDiscrete (Heun rows) and EulerDiscrete (Euler rows), float32, trivial model", fontsize=10)
+    figure.suptitle(
+        "Scheduler overhead vs HeunDiscrete (Heun rows), EulerDiscrete (Euler rows) and DPMSolverMultistep (multistep rows), "
+        "float32, trivial model",
+        fontsize=9,
+    )
     return save_figure(figure, path)
 
 

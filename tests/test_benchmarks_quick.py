@@ -208,8 +208,10 @@ def test_scheduler_overhead_writes_ratios_table_and_plot(overhead: dict) -> None
     assert {r["batch"] for r in compared} == {1, 64}
     for row in compared:
         # Quick timings are far too short to judge speed; check only that they are measured and comparable.
-        assert row["step"] > 0 and row["loop"] > 0 and 0.05 < row["loop_ratio"] < 20
-        assert row["calls"] == (35 if "euler" not in row["scheduler"] else 18)
+        # (the multistep rows' loops are far cheaper than DPMSolverMultistep's: no lower bound near 0.05 there)
+        assert row["step"] > 0 and row["loop"] > 0 and 0.01 < row["loop_ratio"] < 20
+        heun = "Heun" in row["scheduler"] and "euler" not in row["scheduler"]
+        assert row["calls"] == (35 if heun else 18)  # Heun: 2N - 1 calls for N = 18; Euler and multistep: 18
     syncs = {record["scheduler"]: record for record in overhead["host_syncs"]}
     assert set(syncs) == {row["scheduler"] for row in overhead["results"]}
     for row in compared:  # the package's schedulers, started as pipelines start them, never synchronise

@@ -1,5 +1,6 @@
 """Input contracts of the EDM schedulers: any config and any set_timesteps call either raises a ValueError that names
-the bad value, or gives a finite schedule sigma_0 > ... > sigma_{N-1} > sigma_N = 0 (Karras et al. 2022, Algorithm 2)."""
+the bad value, or gives a finite schedule sigma_0 > ... > sigma_{N-1} > sigma_N = 0 (Karras et al. 2022, Algorithm 2;
+for the multistep schedulers also finite solver weights and one model call per requested step)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from diffusers_edm import EDMHeunDiscreteScheduler, EDMHeunScheduler
+from diffusers_edm import (
+    EDMHeunDiscreteScheduler,
+    EDMHeunScheduler,
+    EDMMultistepDiscreteScheduler,
+    EDMMultistepScheduler,
+)
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -36,6 +42,23 @@ def check_schedule(scheduler) -> None:
     assert np.all(np.isfinite(calls)) and np.all(calls > 0)
     assert len(scheduler.timesteps) == len(calls) and torch.isfinite(scheduler.timesteps).all()
     assert math.isfinite(scheduler.init_noise_sigma) and scheduler.init_noise_sigma >= sigmas[0]
+
+
+def check_multistep_schedule(scheduler, num_calls: int | None = None) -> None:
+    """A finite, strictly decreasing schedule that ends in 0, one finite positive level and timestep per model call
+    (``num_calls`` of them when given), a finite positive initial noise level and finite solver weights."""
+    sigmas = scheduler.sigmas.numpy()
+    assert sigmas[-1] == 0 and np.all(np.isfinite(sigmas)) and np.all(np.diff(sigmas) < 0), sigmas
+    calls = scheduler.evaluation_sigmas.numpy()
+    assert np.all(np.isfinite(calls)) and np.all(calls > 0) and set(calls) <= set(sigmas)
+    assert len(scheduler.timesteps) == len(calls) and torch.isfinite(scheduler.timesteps).all()
+    if num_calls is not None:
+        assert len(calls) == num_calls
+    assert math.isfinite(scheduler.init_noise_sigma) and scheduler.init_noise_sigma > 0
+    plan = scheduler.plan
+    for update in (*plan.predictors, *plan.correctors):
+        if update is not None:
+            assert all(math.isfinite(w) for w in (update.sample_weight, *update.history_weights)), update
 
 
 def build_or_value_error(factory, **kwargs):
@@ -154,3 +177,133 @@ def test_an_unrepresentable_schedule_is_a_value_error_naming_the_settings():
         EDMHeunScheduler(sigma_max=1e200, discretization="vp").set_timesteps(10)
     with pytest.raises(ValueError, match="s_noise"):
         EDMHeunScheduler(sigma_min=1e290, sigma_max=1e300, s_churn=10.0, s_noise=1e10).set_timesteps(4)
+
+
+def sometimes_bad(good: st.SearchStrategy, bad: list) -> st.SearchStrategy:
+    """Mostly ``good`` values (7 in 8, so that schedules get built despite many settings), the ``bad`` ones mixed in."""
+    return st.sampled_from([True] * 7 + [False]).flatmap(lambda use_good: good if use_good else st.sampled_from(bad))
+
+
+MULTISTEP_SETTINGS = dict(
+    rho=sometimes_bad(st.floats(min_value=0.5, max_value=20.0), [0.0, -1.0, float("nan"), "7"]),
+    sigma_data=sometimes_bad(st.floats(min_value=0.05, max_value=5.0), [0.0, float("inf"), None]),
+    solver=sometimes_bad(st.sampled_from(["auto", "ipndm", "dpmpp", "unipc"]), ["heun", "rk4", 3, None]),
+    solver_order=sometimes_bad(st.one_of(st.none(), st.integers(min_value=1, max_value=4)), [0, 5, 2.0, "2", True]),
+    lower_order_final=sometimes_bad(st.booleans(), [1, "no"]),
+    analytical_first_step=sometimes_bad(st.booleans(), [0, None]),
+    discretization=sometimes_bad(
+        st.sampled_from(["edm", "logsnr", "time_uniform", "vp", "ve", "iddpm"]), ["karras", None]
+    ),
+    num_steps=sometimes_bad(st.integers(min_value=1, max_value=40), [0, -1, 2.5, "3", None, True]),
+)
+
+
+@SETTINGS
+@given(
+    sigma_min=sometimes_bad(st.floats(min_value=1e-4, max_value=1.0), [0.0, float("nan"), "abc"]),
+    sigma_max=sometimes_bad(st.floats(min_value=0.5, max_value=1e3), [float("inf"), -1.0, None]),
+    **MULTISTEP_SETTINGS,
+)
+def test_edm_multistep_scheduler_gives_a_value_error_or_a_finite_schedule(
+    sigma_min, sigma_max, rho, sigma_data, solver, solver_order, lower_order_final, analytical_first_step,
+    discretization, num_steps,
+):
+    scheduler = build_or_value_error(
+        EDMMultistepScheduler, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, sigma_data=sigma_data, solver=solver,
+        solver_order=solver_order, lower_order_final=lower_order_final, analytical_first_step=analytical_first_step,
+        discretization=discretization,
+    )
+    if scheduler is None:
+        return
+    try:
+        scheduler.set_timesteps(num_steps)
+    except ValueError:
+        return
+    check_multistep_schedule(scheduler, num_steps)
+
+
+@SETTINGS
+@given(
+    beta_schedule=st.sampled_from(["linear", "scaled_linear", "squaredcos_cap_v2", "quadratic"]),
+    prediction_type=st.sampled_from(["epsilon", "v_prediction", "sample", "x0"]),
+    sigma_min=st.one_of(st.none(), st.none(), positive), sigma_max=st.one_of(st.none(), st.none(), positive),
+    **MULTISTEP_SETTINGS,
+)
+def test_edm_multistep_discrete_scheduler_gives_a_value_error_or_a_finite_schedule(
+    beta_schedule, prediction_type, sigma_min, sigma_max, rho, sigma_data, solver, solver_order, lower_order_final,
+    analytical_first_step, discretization, num_steps,
+):
+    scheduler = build_or_value_error(
+        EDMMultistepDiscreteScheduler, beta_schedule=beta_schedule, prediction_type=prediction_type,
+        sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, sigma_data=sigma_data, solver=solver,
+        solver_order=solver_order, lower_order_final=lower_order_final, analytical_first_step=analytical_first_step,
+        discretization=discretization,
+    )
+    if scheduler is None:
+        return
+    try:
+        scheduler.set_timesteps(num_steps)
+    except ValueError:
+        return
+    check_multistep_schedule(scheduler, num_steps)
+
+
+@SETTINGS
+@given(
+    levels=st.one_of(
+        st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.just(0.0)), min_size=0, max_size=8),
+        # decreasing positive levels (within the SD table's range 0.03..14.6 half of the time), maybe a final 0
+        st.tuples(
+            st.lists(st.floats(min_value=1e-3, max_value=1e3), min_size=1, max_size=8, unique=True),
+            st.lists(st.floats(min_value=0.03, max_value=14.6), min_size=1, max_size=8, unique=True),
+            st.booleans(), st.booleans(),
+        ).map(lambda v: sorted(v[0] if v[2] else v[1], reverse=True) + [0.0] * v[3]),
+    ),
+    analytical_first_step=st.booleans(),
+    solver=st.sampled_from(["ipndm", "dpmpp", "unipc"]),
+)
+def test_multistep_set_timesteps_with_sigmas_gives_a_value_error_or_a_finite_schedule(levels, analytical_first_step, solver):
+    for scheduler_class in (EDMMultistepScheduler, EDMMultistepDiscreteScheduler):
+        scheduler = scheduler_class(solver=solver, analytical_first_step=analytical_first_step)
+        try:
+            scheduler.set_timesteps(sigmas=levels)
+        except ValueError:
+            continue
+        check_multistep_schedule(scheduler)
+
+
+@SETTINGS
+@given(
+    sigma_min=st.floats(min_value=1e-3, max_value=1.0), sigma_max=st.floats(min_value=2.0, max_value=500.0),
+    rho=st.floats(min_value=0.5, max_value=20.0), sigma_data=st.floats(min_value=0.05, max_value=5.0),
+    solver_and_order=st.sampled_from(["auto", "ipndm", "dpmpp", "unipc"]).flatmap(
+        lambda solver: st.tuples(st.just(solver), st.one_of(st.none(), st.integers(1, 4 if solver in ("auto", "ipndm") else 3)))
+    ),
+    lower_order_final=st.booleans(), analytical_first_step=st.booleans(),
+    discretization=st.sampled_from(["edm", "logsnr", "time_uniform", "vp", "ve"]),
+    num_steps=st.integers(min_value=1, max_value=40), discrete=st.booleans(),
+)
+def test_every_valid_multistep_setting_builds_a_finite_schedule(
+    sigma_min, sigma_max, rho, sigma_data, solver_and_order, lower_order_final, analytical_first_step, discretization,
+    num_steps, discrete,
+):
+    """Valid options over sensible ranges never fail (the discrete scheduler: within Stable Diffusion's table), except
+    that EDM's VP refit (``"vp"``, ``"time_uniform"``) has no increasing sigma(t) when sigma_min is too large for
+    sigma_max (``beta_min + beta_d <= 0``): that is a ValueError naming the discretization."""
+    solver, solver_order = solver_and_order
+    options = dict(
+        rho=rho, sigma_data=sigma_data, solver=solver, solver_order=solver_order, lower_order_final=lower_order_final,
+        analytical_first_step=analytical_first_step, discretization=discretization,
+    )
+    if discrete:
+        scheduler = EDMMultistepDiscreteScheduler(beta_schedule="scaled_linear", **options)
+        sigma_min, sigma_max = max(sigma_min, 0.03), min(sigma_max, 14.6)
+    else:
+        scheduler = EDMMultistepScheduler(sigma_min=sigma_min, sigma_max=sigma_max, **options)
+        sigma_min = sigma_max = None
+    try:
+        scheduler.set_timesteps(num_steps, sigma_min=sigma_min, sigma_max=sigma_max)
+    except ValueError as error:
+        assert discretization in ("vp", "time_uniform") and repr(discretization) in str(error), error
+        return
+    check_multistep_schedule(scheduler, num_steps)
