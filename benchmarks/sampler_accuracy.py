@@ -327,6 +327,46 @@ def solver_table(group_summary: dict[str, Any]) -> str:
     return markdown_table(headers, rows)
 
 
+def cross_family(result: dict[str, Any], summary: dict[str, Any], budgets: Sequence[int]) -> list[dict[str, Any]]:
+    """Per budget, the package's configuration (solver, order, AFS, grid, lower_order_final: the same options on both
+    families' schedulers) whose worst ratio to diffusers' best RMS over the two families is smallest: a candidate for
+    a default that holds for sigma-native and discrete models alike."""
+    ratios: dict[str, dict[tuple[str, int], float]] = {}
+    options_of: dict[str, dict[str, Any]] = {}
+    for row in result["rows"]:
+        if row["provider"] != "package" or not row["candidate"] or "solver" not in row["options"]:
+            continue
+        key = ", ".join(f"{k}={v}" for k, v in row["options"].items())
+        options_of[key] = row["options"]
+        for point, entry in zip(row["points"], summary[row["group"]]["budgets"]):
+            start_ok = math.isclose(point.get("sigma_start", math.nan), FAMILY_START[row["group"]], rel_tol=1e-6)
+            if entry["diffusers"] and start_ok:
+                ratios.setdefault(key, {})[(row["group"], point["budget"])] = point["rms"] / entry["diffusers"]["rms"]
+    entries = []
+    for budget in budgets:
+        scored = [
+            (max(r[(group, budget)] for group in FAMILIES), key)
+            for key, r in ratios.items() if all((group, budget) in r for group in FAMILIES)
+        ]
+        scored = [item for item in scored if math.isfinite(item[0])]
+        if not scored:
+            continue
+        worst, key = min(scored)
+        entries.append({"budget": budget, "options": options_of[key], "worst_ratio": worst,
+                        "ratios": {group: ratios[key][(group, budget)] for group in FAMILIES}})
+    return entries
+
+
+def cross_family_table(entries: Sequence[dict[str, Any]]) -> str:
+    """Markdown of :func:`cross_family`."""
+    headers = ["calls", "package configuration (both families)"] + [f"RMS ratio, {group.split(',')[0]}" for group in FAMILIES] + ["worst"]
+    rows = [
+        [e["budget"], ", ".join(f"{k}={v}" for k, v in e["options"].items()), *(f"{e['ratios'][g]:.2f}" for g in FAMILIES), f"{e['worst_ratio']:.2f}"]
+        for e in entries
+    ]
+    return markdown_table(headers, rows)
+
+
 def verdict(group: str, group_summary: dict[str, Any]) -> list[str]:
     """Plain sentences: where the package's best is at or below diffusers' best, about half or less, and not."""
     entries = {e["budget"]: e for e in group_summary["budgets"]}
@@ -563,6 +603,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"configurations shown; 'switched': samples ending nearest to another component than the reference):\n\n"
             f"{summary_table(summary[group])}\n\nBest package configuration of each solver (RMS):\n\n{solver_table(summary[group])}\n"
         )
+    accuracy["cross_family"] = cross_family(accuracy, summary, settings.budgets)
+    sections.append(
+        "### One package configuration for both families\n\nPer budget, the configuration whose worst ratio (package RMS / "
+        "diffusers' best RMS) over the two families is smallest:\n\n" + cross_family_table(accuracy["cross_family"]) + "\n"
+    )
     print(f"\nODE accuracy (data std {mixture.data_std():.3f}; {len(accuracy['rows'])} configurations)\n")
     print("\n".join(sections))
     print("\n".join(verdicts))

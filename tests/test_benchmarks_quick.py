@@ -134,6 +134,21 @@ def test_summary_names_the_best_configuration_of_each_side(accuracy: dict) -> No
         assert all(ratios[b] <= 1 for b in verdict["package_at_or_below"])
 
 
+def test_cross_family_configuration_is_scored_on_both_families(accuracy: dict) -> None:
+    rows, summary = accuracy["accuracy"]["rows"], accuracy["accuracy"]["summary"]
+    entries = accuracy["accuracy"]["cross_family"]
+    assert [e["budget"] for e in entries] == list(sampler_accuracy.QUICK.budgets)
+    for index, entry in enumerate(entries):
+        for family in FAMILIES:
+            # the same options on the family's multistep scheduler, divided by diffusers' best there
+            row = next(r for r in rows if r["group"] == family and r["options"] == entry["options"])
+            diffusers_best = summary[family]["budgets"][index]["diffusers"]["rms"]
+            assert entry["ratios"][family] == pytest.approx(row["points"][index]["rms"] / diffusers_best)
+            # one configuration for both families cannot beat each family's own best
+            assert entry["worst_ratio"] >= summary[family]["budgets"][index]["rms_ratio"] - 1e-12
+        assert entry["worst_ratio"] == pytest.approx(max(entry["ratios"].values()))
+
+
 def test_sample_errors_count_switched_components_and_median() -> None:
     mixture = GaussianMixture()
     assert mixture.nearest_component(mixture.means).tolist() == list(range(len(mixture.means)))
