@@ -15,6 +15,7 @@ What is checked against statements written here (not against the package's own o
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -38,7 +39,7 @@ from diffusers_edm import (
     EDMPipeline,
 )
 from diffusers_edm.models import EDMPrecond
-from test_pipeline_noise_range import FAMILIES, RELATIVE, STEPS as RANGE_STEPS, U, backbone_sigmas
+from test_pipeline_noise_range import FAMILIES, RELATIVE, SINGLE_FILE, STEPS as RANGE_STEPS, U, backbone_sigmas
 from test_pipeline_noise_range import M as IDDPM_M
 from tiny_backbones import tiny_unet
 from tiny_stable_diffusion import IMAGE_SIZE, SD15_SCHEDULER_CONFIG, make_tiny_sd_pipeline, make_tiny_sdxl_pipeline
@@ -287,6 +288,25 @@ def test_edm_pipeline_save_and_load_round_trip(tmp_path):
     assert isinstance(loaded.scheduler, EDMMultistepScheduler) and loaded.scheduler.config.discretization == "logsnr"
     after = loaded(num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="latent").images
     torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["ve", "iddpm"])
+def test_single_file_pipeline_samples_what_the_package_samples(family):
+    """pipelines/pipeline_edm.py (diffusers' custom_pipeline copy) drives EDMMultistepScheduler the same way."""
+    spec = importlib.util.spec_from_file_location("single_file_pipeline_edm", SINGLE_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    wrapper = FAMILIES[family][0]
+
+    def scheduler():
+        return EDMMultistepScheduler(solver="unipc", analytical_first_step=True, prediction_type="epsilon")
+
+    package = EDMPipeline(wrapper.from_backbone(tiny_unet()).eval(), scheduler())
+    twin_denoiser = getattr(module, wrapper.__name__).from_backbone(package.denoiser.backbone).eval()
+    twin = module.EDMPipeline(twin_denoiser, scheduler())
+    kwargs = dict(batch_size=2, num_inference_steps=3, output_type="latent")
+    expected = package(generator=torch.Generator().manual_seed(0), **kwargs).images
+    torch.testing.assert_close(twin(generator=torch.Generator().manual_seed(0), **kwargs).images, expected, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------- from_config

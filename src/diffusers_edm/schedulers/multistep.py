@@ -164,7 +164,8 @@ def dpmpp_update(sigmas: Sequence[float], i: int, order: int) -> LinearUpdate:
     - order 1 (DDIM): ``x_t = (t / s) x_s - expm1(-h) D_s``; the step to ``t = 0`` is ``x = D_s`` (h = inf);
     - order 2: ``r = ln(sigma_{i-1} / s) / h``, ``x_t = (t / s) x_s - expm1(-h) (D_s + (D_s - D_{i-1}) / (2 r))``;
     - order 3: ``r0 = ln(sigma_{i-1} / s) / h``, ``r1 = ln(sigma_{i-2} / sigma_{i-1}) / h``,
-      ``D1_0 = (D_s - D_{i-1}) / r0``, ``D1_1 = (D_{i-1} - D_{i-2}) / r1``, ``D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1)``,
+      ``D1_0 = (D_s - D_{i-1}) / r0``, ``D1_1 = (D_{i-1} - D_{i-2}) / r1``,
+      ``D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1)``,
       ``D2 = (D1_0 - D1_1) / (r0 + r1)``,
       ``x_t = (t / s) x_s - expm1(-h) D_s + (expm1(-h) / h + 1) D1 - ((expm1(-h) + h) / h^2 - 1/2) D2``.
     """
@@ -199,7 +200,8 @@ def _unipc_bh2(sigmas: Sequence[float], i: int, order: int) -> tuple[float, floa
     hh = -h
     h_phi_1 = math.expm1(hh)
     b_h = math.expm1(hh)
-    r = np.array([math.log(s / sigmas[i - k]) / h for k in range(1, order)])  # lambda_{i-k} - lambda_i = ln(s/sigma_{i-k})
+    # lambda_{i-k} - lambda_i = ln(s / sigma_{i-k})
+    r = np.array([math.log(s / sigmas[i - k]) / h for k in range(1, order)])
     b, h_phi_k, factorial = [], h_phi_1 / hh - 1, 1
     for j in range(1, order + 1):
         b.append(h_phi_k * factorial / b_h)
@@ -237,7 +239,8 @@ def unipc_predictor(sigmas: Sequence[float], i: int, order: int) -> LinearUpdate
 
 def unipc_corrector(sigmas: Sequence[float], i: int, order: int) -> LinearUpdate:
     """UniC-p of step i (Zhao et al. 2023, Algorithm 3, bh2, data prediction), applied when ``D_{i+1}`` (the model at
-    the predicted ``x_{i+1}``) arrives; ``order`` is p, that of step i's predictor, ``s = sigma_i``, ``t = sigma_{i+1}``:
+    the predicted ``x_{i+1}``) arrives; ``order`` is p, that of step i's predictor, ``s = sigma_i``,
+    ``t = sigma_{i+1}``:
 
     ``x_{i+1}^c = (t / s) x_i - h_phi_1 D_i - B_h (sum_{k=1}^{p-1} rho_c[k] (D_{i-k} - D_i) / r_k
     + rho_c[p] (D_{i+1} - D_i))`` with ``rho_c = (1/2)`` for p = 1, else ``solve(R, b)``.
@@ -389,7 +392,9 @@ class MultistepPlan:
                     f"sigma_data={sigma_data:g} gives x_1 = {scale:g} x_0; it needs sigma_0 >> sigma_data."
                 )
             first_step = AnalyticalFirstStep(scale, weight / scale)
-        return cls(solver, order, sigmas, first_call_step, begin_call, tuple(orders), predictors, correctors, first_step)
+        return cls(
+            solver, order, sigmas, first_call_step, begin_call, tuple(orders), predictors, correctors, first_step
+        )
 
 
 # ------------------------------------------------------------------------------------------------ the scheduler

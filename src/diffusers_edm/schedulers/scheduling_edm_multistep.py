@@ -23,6 +23,9 @@ class EDMMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
     Interchangeable (``compatibles``, ``from_config``) with :class:`~diffusers_edm.EDMHeunScheduler` and diffusers'
     ``EDMEulerScheduler`` / ``EDMDPMSolverMultistepScheduler``, all of which :class:`~diffusers_edm.EDMPipeline` drives.
 
+    diffusers' multistep schedulers need an integer ``solver_order``: from a config whose ``solver_order`` is None
+    (the default, once saved and loaded) build them with one, e.g. ``EDMDPMSolverMultistepScheduler.from_config(config, solver_order=2)``.
+
     Args:
         sigma_min, sigma_max: the range of the time discretization (EDM: 0.002 to 80).
         sigma_data: the data's standard deviation, used by the analytical first step (``c_skip``).
@@ -32,7 +35,8 @@ class EDMMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
             (by the number of model calls, :data:`~diffusers_edm.schedulers.multistep.AUTO_SOLVERS`). A config of
             ``EDMHeunScheduler`` (``"heun"`` / ``"euler"``) reads as ``"auto"``.
         solver_order: the highest order; None is the solver's own (iPNDM 4, DPM-Solver++ 3, UniPC 3; for ``"auto"``
-            the table's), a number replaces it (for ``"auto"``: from 1 to 3).
+            the table's), a number replaces it (for ``"auto"``: up to the lowest highest order of the solvers its
+            table may choose).
         lower_order_final: runs of fewer than 15 steps lower the order of their last steps (``o_i <= S - i``).
         analytical_first_step: take the first step without a model call, with ``D = c_skip(sigma_0) x`` (saves one call;
             ``num_inference_steps`` calls then cover ``num_inference_steps + 1`` levels).

@@ -28,6 +28,9 @@ class EDMMultistepDiscreteScheduler(MultistepMixin, SchedulerMixin, ConfigMixin)
     Swap it into a pipeline with ``EDMMultistepDiscreteScheduler.from_config(pipe.scheduler.config, solver=...)``:
     the betas and prediction type come from the pipeline's scheduler config, keys that do not apply are ignored.
 
+    diffusers' multistep schedulers need an integer ``solver_order``: from a config whose ``solver_order`` is None
+    (the default, once saved and loaded) build them with one, e.g. ``DPMSolverMultistepScheduler.from_config(config, solver_order=2)``.
+
     Args:
         num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas: the training noise table, as in
             diffusers (``beta_schedule`` is ``"linear"``, ``"scaled_linear"`` or ``"squaredcos_cap_v2"``).
