@@ -54,6 +54,7 @@ from benchmarks.reporting import (
 )
 from benchmarks.scheduler_adapters import (
     FAMILIES,
+    FAMILY_LABEL,
     FAMILY_START,
     SamplerCase,
     accuracy_cases,
@@ -67,6 +68,11 @@ REFERENCE_NAME = "reference (RK4, half the steps)"
 # "About half or less": the package's best RMS at most this fraction of diffusers' best (budgets up to LOW_BUDGET).
 HALF = 0.55
 LOW_BUDGET = 15
+METRIC_TITLES = (
+    ("rms", "RMS error"),
+    ("median", "median per-sample RMS error"),
+    ("switched", "fraction of samples switching component"),
+)
 
 
 @dataclass(frozen=True)
@@ -135,7 +141,9 @@ def rms(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a.to(torch.float64) - b.to(torch.float64)) ** 2).mean().sqrt())
 
 
-def sample_errors(final: torch.Tensor, reference: torch.Tensor, reference_components: torch.Tensor, mixture: GaussianMixture) -> dict[str, float]:
+def sample_errors(
+    final: torch.Tensor, reference: torch.Tensor, reference_components: torch.Tensor, mixture: GaussianMixture
+) -> dict[str, float]:
     """``rms``: RMS of ``final - reference`` over samples and coordinates; ``median``: median over samples of each
     sample's RMS over coordinates; ``switched``: fraction of samples whose nearest mixture component (by mean) differs
     from the reference's (a non-finite sample counts as switched, and makes ``rms`` infinite)."""
@@ -230,7 +238,8 @@ def _best(rows: Sequence[dict[str, Any]], budget: int, sigma_start: float, metri
     if not scored:
         return None
     _, row, point = min(scored, key=lambda s: s[0])
-    return {"name": row["name"], "scheduler": row["scheduler"], "options": row["options"], **{k: point[k] for k in ("nfe", "rms", "median", "switched")}}
+    metrics = {k: point[k] for k in ("nfe", "rms", "median", "switched")}
+    return {"name": row["name"], "scheduler": row["scheduler"], "options": row["options"], **metrics}
 
 
 def summarize(result: dict[str, Any], budgets: Sequence[int]) -> dict[str, Any]:
@@ -359,9 +368,14 @@ def cross_family(result: dict[str, Any], summary: dict[str, Any], budgets: Seque
 
 def cross_family_table(entries: Sequence[dict[str, Any]]) -> str:
     """Markdown of :func:`cross_family`."""
-    headers = ["calls", "package configuration (both families)"] + [f"RMS ratio, {group.split(',')[0]}" for group in FAMILIES] + ["worst"]
+    headers = ["calls", "package configuration (both families)"] + [f"RMS ratio, {FAMILY_LABEL[group]}" for group in FAMILIES] + ["worst"]
     rows = [
-        [e["budget"], ", ".join(f"{k}={v}" for k, v in e["options"].items()), *(f"{e['ratios'][g]:.2f}" for g in FAMILIES), f"{e['worst_ratio']:.2f}"]
+        [
+            e["budget"],
+            ", ".join(f"{k}={v}" for k, v in e["options"].items()),
+            *(f"{e['ratios'][g]:.2f}" for g in FAMILIES),
+            f"{e['worst_ratio']:.2f}",
+        ]
         for e in entries
     ]
     return markdown_table(headers, rows)
@@ -410,7 +424,11 @@ def plot_accuracy(result: dict[str, Any], path: Path) -> Path | None:
     plt = pyplot()
     if plt is None:
         return None
-    metrics = (("rms", "RMS error vs reference"), ("median", "median per-sample RMS error"), ("switched", "fraction of samples switching component"))
+    metrics = (
+        ("rms", "RMS error vs reference"),
+        ("median", "median per-sample RMS error"),
+        ("switched", "fraction of samples switching component"),
+    )
     figure, axes = plt.subplots(len(metrics), len(FAMILIES), figsize=(7.0 * len(FAMILIES), 4.4 * len(metrics)), squeeze=False)
     tab20 = plt.get_cmap("tab20").colors
     diffusers_colors = tab20[0::2] + tab20[1::2]
@@ -622,7 +640,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     markdown_path = output_dir / "sampler_accuracy.md"
     full_tables = []
     for group in FAMILIES:
-        for metric, title in (("rms", "RMS error"), ("median", "median per-sample RMS error"), ("switched", "fraction of samples switching component")):
+        for metric, title in METRIC_TITLES:
             full_tables.append(f"### {group}: {title}\n\n{full_table(accuracy, group, settings.budgets, metric)}\n")
     markdown_path.write_text(
         f"# Sampler accuracy ({'quick' if args.quick else 'full'} run, {machine['date']}, device {device}, "
@@ -647,7 +665,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         },
     }
     write_record(output_dir / "sampler_accuracy.json", result)
-    print(f"took {accuracy['seconds']:.1f} s (accuracy, of which {accuracy['reference_seconds']:.1f} s references) + {churn['seconds']:.1f} s (churn)")
+    print(
+        f"took {accuracy['seconds']:.1f} s (accuracy, of which {accuracy['reference_seconds']:.1f} s references) "
+        f"+ {churn['seconds']:.1f} s (churn)"
+    )
     return result
 
 

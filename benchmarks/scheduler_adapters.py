@@ -95,6 +95,7 @@ FAMILIES = (EDM_RANGE, SD_RANGE)
 # Where each family's trajectories start: the "best configuration" of a family is chosen among the runs that start
 # there (a grid that starts lower, e.g. the iDDPM table's top level 71.3 within EDM's range, solves an easier problem).
 FAMILY_START = {EDM_RANGE: 80.0, SD_RANGE: float(SD_TABLE_SIGMAS[-1])}
+FAMILY_LABEL = {EDM_RANGE: "EDM range", SD_RANGE: "SD table"}
 
 # The package's multistep solvers and the orders benchmarked for each.
 PACKAGE_SOLVERS: tuple[tuple[str, int], ...] = (("ipndm", 3), ("ipndm", 4), ("dpmpp", 2), ("dpmpp", 3), ("unipc", 2), ("unipc", 3))
@@ -187,14 +188,18 @@ def diffusers_edm_cases() -> list[SamplerCase]:
         if order == 3 and solver_type == "heun":
             continue  # solver_type only changes the second-order update
         options = {"order": order, "solver_type": solver_type, "sigmas": schedule, "lower_order_final": lof, "final_sigma": final}
-        kwargs = {"solver_order": order, "solver_type": solver_type, "sigma_schedule": schedule, "lower_order_final": lof, "final_sigmas_type": final}
+        kwargs = {
+            "solver_order": order, "solver_type": solver_type, "sigma_schedule": schedule,
+            "lower_order_final": lof, "final_sigmas_type": final,
+        }
         cases.append(_case(EDMDPMSolverMultistepScheduler, EDM_RANGE, options, kwargs, drive="edm_preconditioned"))
     return cases
 
 
 def _sd_case(cls: type, sigmas: str, options: dict[str, Any], kwargs: dict[str, Any], **case_fields: Any) -> SamplerCase:
     case_fields.setdefault("table_interpolation", SIGMA_INTERPOLATION[sigmas])
-    return _case(cls, SD_RANGE, {"sigmas": sigmas, **options}, {**SD_TABLE_CONFIG, **SIGMA_OPTIONS[sigmas], **kwargs}, drive="vp_discrete", **case_fields)
+    kwargs = {**SD_TABLE_CONFIG, **SIGMA_OPTIONS[sigmas], **kwargs}
+    return _case(cls, SD_RANGE, {"sigmas": sigmas, **options}, kwargs, drive="vp_discrete", **case_fields)
 
 
 def diffusers_sd_cases() -> list[SamplerCase]:
@@ -209,8 +214,11 @@ def diffusers_sd_cases() -> list[SamplerCase]:
         kwargs = {"solver_order": order, "lower_order_final": lof, "final_sigmas_type": final}
         cases.append(_sd_case(DPMSolverMultistepScheduler, sigmas, options, kwargs, **vp))
     for sigmas in ("linspace", "trailing", "karras", "exponential", "beta", "lu"):  # DPM-Solver++ 2M with Heun's correction
-        cases.append(_sd_case(DPMSolverMultistepScheduler, sigmas, {"order": 2, "solver_type": "heun"}, {"solver_order": 2, "solver_type": "heun"}, **vp))
-    for variant, order, sigmas, final in itertools.product(("bh1", "bh2"), (2, 3), ("linspace", "trailing", "karras", "exponential", "beta"), ("zero", "sigma_min")):
+        options = {"order": 2, "solver_type": "heun"}
+        cases.append(_sd_case(DPMSolverMultistepScheduler, sigmas, options, {"solver_order": 2, "solver_type": "heun"}, **vp))
+    for variant, order, sigmas, final in itertools.product(
+        ("bh1", "bh2"), (2, 3), ("linspace", "trailing", "karras", "exponential", "beta"), ("zero", "sigma_min")
+    ):
         # Left out as broken in diffusers 0.42 (NaN, inf or a singular solve on every grid): bh1 with a final sigma of
         # 0 (its B(h) = h is infinite on the step to sigma = 0) and lower_order_final=False (an order > 1 step to 0).
         if variant == "bh1" and final == "zero":
@@ -219,7 +227,8 @@ def diffusers_sd_cases() -> list[SamplerCase]:
         kwargs = {"solver_type": variant, "solver_order": order, "final_sigmas_type": final}
         cases.append(_sd_case(UniPCMultistepScheduler, sigmas, options, kwargs, **vp))
     for order, sigmas, lof in itertools.product((2, 3), ("linspace", "trailing", "karras", "exponential", "beta"), (True, False)):
-        cases.append(_sd_case(DEISMultistepScheduler, sigmas, {"order": order, "lower_order_final": lof}, {"solver_order": order, "lower_order_final": lof}, **vp))
+        options = {"order": order, "lower_order_final": lof}
+        cases.append(_sd_case(DEISMultistepScheduler, sigmas, options, {"solver_order": order, "lower_order_final": lof}, **vp))
     for order, sigmas, lof in itertools.product((2, 3), ("linspace", "karras", "exponential", "beta"), (False, True)):
         options = {"order": order, "lower_order_final": lof}
         kwargs = {"solver_order": order, "lower_order_final": lof}
@@ -241,7 +250,8 @@ def diffusers_sd_cases() -> list[SamplerCase]:
         cases.append(_sd_case(EulerDiscreteScheduler, sigmas, {}, {}))
         cases.append(_sd_case(KDPM2DiscreteScheduler, sigmas, {}, {}, calls_per_step=2, table_interpolation="scheduler"))
     cases.append(_sd_case(DDIMScheduler, "trailing", {}, {"set_alpha_to_one": True, "clip_sample": False}, **vp))
-    cases.append(_sd_case(PNDMScheduler, "trailing", {"variant": "PLMS"}, {"skip_prk_steps": True, "set_alpha_to_one": True}, extra_calls=1, **vp))
+    plms = {"skip_prk_steps": True, "set_alpha_to_one": True}
+    cases.append(_sd_case(PNDMScheduler, "trailing", {"variant": "PLMS"}, plms, extra_calls=1, **vp))
     return cases
 
 
@@ -276,7 +286,10 @@ def package_cases() -> list[SamplerCase]:
     ):
         for (solver, order), afs, grid, lof in itertools.product(PACKAGE_SOLVERS, (False, True), PACKAGE_GRIDS, (True, False)):
             options = {"solver": solver, "order": order, "afs": afs, "grid": grid, "lower_order_final": lof}
-            kwargs = {**base, "solver": solver, "solver_order": order, "analytical_first_step": afs, "discretization": grid, "lower_order_final": lof}
+            kwargs = {
+                **base, "solver": solver, "solver_order": order, "analytical_first_step": afs,
+                "discretization": grid, "lower_order_final": lof,
+            }
             cases.append(_case(cls, group, options, kwargs, provider="package", scheduler=f"{cls.__name__} {solver}",
                                starts_after_first_step=afs, **fields))
         cases.append(_case(cls, group, {"solver": "auto"}, base, provider="package", scheduler=f"{cls.__name__} auto",
