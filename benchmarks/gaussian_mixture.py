@@ -90,6 +90,14 @@ class GaussianMixture:
 
         return denoise
 
+    def nearest_component(self, x: torch.Tensor) -> torch.Tensor:
+        """Index of the component mean nearest (Euclidean) to each sample of ``x`` (B, ...); -1 for a non-finite sample."""
+        flat = x.reshape(x.shape[0], -1).to(torch.float64)
+        finite = torch.isfinite(flat).all(dim=1)
+        flat = torch.where(finite[:, None], flat, torch.zeros_like(flat))
+        sq_dist = (flat**2).sum(-1, keepdim=True) - 2.0 * flat @ self.means.T + self._mean_sq_norms  # (B, K)
+        return torch.where(finite, sq_dist.argmin(dim=1), torch.full_like(finite, -1, dtype=torch.long))
+
     # ------------------------------------------------------------------ the data distribution itself
     def sample(self, count: int, generator: torch.Generator) -> torch.Tensor:
         """``count`` exact samples of the mixture (float64), drawn with ``generator`` (on the mixture's device)."""

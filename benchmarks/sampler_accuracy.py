@@ -1,16 +1,22 @@
-"""Sampler accuracy vs number of model evaluations (NFE), against an exact reference (issue #6, part 1).
+"""Sampler accuracy vs number of model calls, against an exact reference (issues #6 part 1 and #10).
 
 What is measured:
 
 1. **ODE accuracy.** Data: a Gaussian mixture in 64 dimensions with an exact denoiser ``D(x; sigma)``
-   (:mod:`benchmarks.gaussian_mixture`). Every scheduler starts from the same noisy samples
-   ``x = y + sigma_max n`` (same y, same n) at its own largest sigma, integrates down to sigma = 0 with the
-   exact model, and is compared with the reference solution of the probability-flow ODE from the same start
-   (:mod:`benchmarks.probability_flow_reference`, RK4 in log-sigma, float64). The error is the RMS over samples
-   and coordinates of ``x_final - x_reference`` (the data's per-coordinate std is about 0.44). The reference
-   recomputed with half as many steps gives the "reference vs reference" row: its own accuracy.
-   NFE targets {5, 10, 20, 35, 50, 80}; Heun-type schedulers (2N - 1 calls for N steps) run the largest
-   N with 2N - 1 <= target, and the actual NFE is recorded.
+   (:mod:`benchmarks.gaussian_mixture`). Every scheduler configuration starts from the same noisy samples
+   ``x_0 = y + sigma_0 n`` (same y, same n) at its own largest sigma, integrates down to sigma = 0 with the exact
+   model, and is compared with the reference solution of the probability-flow ODE from the same start
+   (:mod:`benchmarks.probability_flow_reference`, RK4 in log-sigma, float64). Per (configuration, budget):
+   the RMS over samples and coordinates of ``x_final - x_reference``, the median over samples of the per-sample
+   RMS, and the fraction of samples whose final point is nearest to a different mixture component than the
+   reference's final point (the few samples that switch mode dominate the RMS). The reference recomputed with
+   half as many steps gives its own accuracy.
+   Budgets (model calls) 5, 6, 8, 10, 12, 15, 20, 25, 35, 50, 80; Heun-type schedulers (2N - 1 calls for N steps)
+   run the largest N within the budget, and the actual number of calls is recorded. Two families
+   (:mod:`benchmarks.scheduler_adapters`): sigma-native models on EDM's range [0.002, 80] with D outputs, and
+   eps-prediction models on Stable Diffusion's noise table; in each, every diffusers scheduler that runs there
+   with its sigma / order / final-step options, and the package's schedulers with each solver, grid and option.
+   Per family and budget: the best diffusers configuration vs the best package configuration (by RMS).
 2. **Churn with a slightly wrong denoiser.** ``EDMHeunScheduler`` (Algorithm 2) with per-step churn
    ``gamma = S_churn / N`` (S_tmin 0.05, S_tmax 50, S_noise 1) and a denoiser shrunk towards the data mean,
    ``D' = m + (1 - shrink)(D - m)``. The distance between the sample set and the mixture is the moment
@@ -46,11 +52,27 @@ from benchmarks.reporting import (
     resolve_device,
     save_figure,
 )
-from benchmarks.scheduler_adapters import SamplerCase, accuracy_cases, run_sampler, start_sigma
+from benchmarks.scheduler_adapters import (
+    FAMILIES,
+    FAMILY_LABEL,
+    FAMILY_START,
+    SamplerCase,
+    accuracy_cases,
+    prepared_scheduler,
+    run_sampler,
+)
 from diffusers_edm import EDMHeunScheduler
 
-NFE_TARGETS = (5, 10, 20, 35, 50, 80)
+BUDGETS = (5, 6, 8, 10, 12, 15, 20, 25, 35, 50, 80)
 REFERENCE_NAME = "reference (RK4, half the steps)"
+# "About half or less": the package's best RMS at most this fraction of diffusers' best (budgets up to LOW_BUDGET).
+HALF = 0.55
+LOW_BUDGET = 15
+METRIC_TITLES = (
+    ("rms", "RMS error"),
+    ("median", "median per-sample RMS error"),
+    ("switched", "fraction of samples switching component"),
+)
 
 
 @dataclass(frozen=True)
@@ -61,7 +83,7 @@ class AccuracySettings:
     num_components: int
     batch: int
     reference_steps: int
-    nfe_targets: tuple[int, ...]
+    budgets: tuple[int, ...]
     churn_batch: int
     churn_steps: tuple[int, ...]
     churn_gammas: tuple[float, ...]
@@ -74,7 +96,7 @@ FULL = AccuracySettings(
     num_components=8,
     batch=512,
     reference_steps=2000,
-    nfe_targets=NFE_TARGETS,
+    budgets=BUDGETS,
     churn_batch=4096,
     churn_steps=(18, 64),
     churn_gammas=(0.0, 0.02, 0.05, 0.1, 0.2, math.sqrt(2) - 1),
@@ -86,7 +108,7 @@ QUICK = AccuracySettings(
     num_components=8,
     batch=64,
     reference_steps=400,
-    nfe_targets=(5, 10, 20),
+    budgets=(5, 10, 20),
     churn_batch=512,
     churn_steps=(10,),
     churn_gammas=(0.0, 0.1, math.sqrt(2) - 1),
@@ -95,100 +117,360 @@ QUICK = AccuracySettings(
 )
 
 
+def quick_subset(cases: Sequence[SamplerCase]) -> list[SamplerCase]:
+    """The configurations of a ``--quick`` run: every scheduler (and package solver) once or twice, on its Karras / EDM
+    grid with the default final-step options, plus every grid of the package's Heun (which the tests compare)."""
+
+    def keep(case: SamplerCase) -> bool:
+        options = case.options
+        if case.scheduler in ("EDMHeunScheduler", "EDMHeunDiscreteScheduler"):
+            return True
+        return (
+            options.get("sigmas", "karras") == "karras"
+            and options.get("grid", "edm") == "edm"
+            and options.get("lower_order_final", True) is True
+            and options.get("final_sigma", "zero") == "zero"
+            and options.get("solver_type", "midpoint") == "midpoint"
+        )
+
+    return [case for case in cases if keep(case)]
+
+
 def rms(a: torch.Tensor, b: torch.Tensor) -> float:
     """Root-mean-square difference over every sample and coordinate."""
     return float(((a.to(torch.float64) - b.to(torch.float64)) ** 2).mean().sqrt())
 
 
+def sample_errors(
+    final: torch.Tensor, reference: torch.Tensor, reference_components: torch.Tensor, mixture: GaussianMixture
+) -> dict[str, float]:
+    """``rms``: RMS of ``final - reference`` over samples and coordinates; ``median``: median over samples of each
+    sample's RMS over coordinates; ``switched``: fraction of samples whose nearest mixture component (by mean) differs
+    from the reference's (a non-finite sample counts as switched, and makes ``rms`` infinite)."""
+    diff = (final.to(torch.float64) - reference.to(torch.float64)).reshape(final.shape[0], -1)
+    per_sample = diff.pow(2).mean(dim=1).sqrt()
+    per_sample = torch.where(torch.isfinite(per_sample), per_sample, torch.full_like(per_sample, math.inf))
+    switched = mixture.nearest_component(final) != reference_components
+    ordered = per_sample.sort().values
+    return {
+        "rms": float(per_sample.pow(2).mean().sqrt()),
+        "median": float(0.5 * (ordered[(len(ordered) - 1) // 2] + ordered[len(ordered) // 2])),
+        "switched": float(switched.double().mean()),
+    }
+
+
+class ReferenceSolutions:
+    """The reference ODE solution from ``x_0 = clean + sigma_0 noise`` for each distinct start ``sigma_0`` (starts
+    equal to 1e-6 relative share one solve: float32 and float64 copies of the same table entry)."""
+
+    def __init__(self, mixture: GaussianMixture, clean: torch.Tensor, noise: torch.Tensor, steps: int) -> None:
+        self.mixture, self.clean, self.noise, self.steps = mixture, clean, noise, steps
+        self.solutions: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.seconds = 0.0
+
+    def at(self, sigma_start: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final state, nearest component of each sample) of the reference from ``sigma_start``."""
+        for sigma, solution in self.solutions.items():
+            if math.isclose(sigma, sigma_start, rel_tol=1e-6):
+                return solution
+        started = time.perf_counter()
+        final = solve_probability_flow(self.mixture.denoise, self.clean + sigma_start * self.noise, sigma_start, 0.0, self.steps)
+        self.solutions[sigma_start] = (final, self.mixture.nearest_component(final))
+        self.seconds += time.perf_counter() - started
+        return self.solutions[sigma_start]
+
+    def self_error(self, sigma_start: float) -> dict[str, float]:
+        """The reference vs the same solve with half the steps: what the tables can resolve."""
+        half = solve_probability_flow(self.mixture.denoise, self.clean + sigma_start * self.noise, sigma_start, 0.0, self.steps // 2)
+        return {"sigma_start": sigma_start, "nfe": 4 * (self.steps // 2), "rms": rms(half, self.at(sigma_start)[0])}
+
+
 # ------------------------------------------------------------------------------------------------ part 1
 def measure_ode_accuracy(
-    mixture: GaussianMixture, settings: AccuracySettings, device: torch.device
+    mixture: GaussianMixture, settings: AccuracySettings, device: torch.device, cases: Sequence[SamplerCase] | None = None
 ) -> dict[str, Any]:
-    """Error of every scheduler of :func:`accuracy_cases` at every NFE target, against the RK4 reference."""
+    """Errors of every configuration of :func:`accuracy_cases` at every budget, against the RK4 reference."""
+    cases = accuracy_cases() if cases is None else cases
     generator = torch.Generator(device=device).manual_seed(1)
     y = mixture.sample(settings.batch, generator)
     noise = torch.randn(y.shape, generator=generator, dtype=torch.float64, device=device)
-    references: dict[float, torch.Tensor] = {}
-
-    def reference(sigma_start: float) -> torch.Tensor:
-        # One reference per distinct start (80 for sigma-space schedulers, the SD table's top for VP ones).
-        if sigma_start not in references:
-            references[sigma_start] = solve_probability_flow(
-                mixture.denoise, y + sigma_start * noise, sigma_start, 0.0, settings.reference_steps
-            )
-        return references[sigma_start]
-
-    rows: list[dict[str, Any]] = []
+    references = ReferenceSolutions(mixture, y, noise, settings.reference_steps)
     started = time.perf_counter()
-    # The reference's own accuracy: the same solve with half as many steps.
-    edm_start = 80.0
-    half = solve_probability_flow(mixture.denoise, y + edm_start * noise, edm_start, 0.0, settings.reference_steps // 2)
-    rows.append(
-        {
-            "name": REFERENCE_NAME,
-            "group": "reference",
-            "points": [{"nfe_target": None, "nfe": 4 * (settings.reference_steps // 2), "error": rms(half, reference(edm_start))}],
-            "sigma_start": edm_start,
-            "sigma_mismatch": 0.0,
+    rows: list[dict[str, Any]] = []
+    for case in cases:
+        case_started = time.perf_counter()
+        prototype = case.make()  # built once: some diffusers constructors take a second
+        points = []
+        for budget in settings.budgets:
+            point: dict[str, Any] = {"budget": budget}
+            try:
+                scheduler = prepared_scheduler(case, case.steps_for_nfe(budget), prototype, device)
+                if len(scheduler.timesteps) > budget:
+                    raise RuntimeError(f"{len(scheduler.timesteps)} model calls exceed the budget")
+                run = run_sampler(case, scheduler, mixture.denoise, y, noise, device)
+                reference, components = references.at(run.sigma_start)
+                point.update(nfe=run.nfe, sigma_start=run.sigma_start, sigma_mismatch=run.sigma_mismatch,
+                             **sample_errors(run.final, reference, components, mixture))
+            except Exception as error:  # a configuration diffusers cannot run at this budget: recorded, never best
+                point.update(nfe=None, rms=math.inf, median=math.inf, switched=1.0, failure=f"{type(error).__name__}: {error}"[:200])
+            points.append(point)
+        rows.append({
+            "name": case.name, "group": case.group, "provider": case.provider, "scheduler": case.scheduler,
+            "options": case.options, "candidate": case.candidate, "points": points,
+            "seconds": time.perf_counter() - case_started,
+        })
+    reference_self = {group: references.self_error(FAMILY_START[group]) for group in dict.fromkeys(r["group"] for r in rows)}
+    return {
+        "rows": rows,
+        "reference": reference_self,
+        "reference_steps": settings.reference_steps,
+        "reference_seconds": references.seconds,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _best(rows: Sequence[dict[str, Any]], budget: int, sigma_start: float, metric: str = "rms") -> dict[str, Any] | None:
+    """The candidate row with the smallest ``metric`` at ``budget`` among the runs that start at ``sigma_start`` (the
+    family's top: a grid that starts lower solves an easier problem), with its point; or None."""
+    scored = [(point[metric], row, point) for row in rows if row["candidate"] for point in row["points"]
+              if point["budget"] == budget and math.isclose(point.get("sigma_start", math.nan), sigma_start, rel_tol=1e-6)]
+    scored = [s for s in scored if math.isfinite(s[0])]
+    if not scored:
+        return None
+    _, row, point = min(scored, key=lambda s: s[0])
+    metrics = {k: point[k] for k in ("nfe", "rms", "median", "switched")}
+    return {"name": row["name"], "scheduler": row["scheduler"], "options": row["options"], **metrics}
+
+
+def summarize(result: dict[str, Any], budgets: Sequence[int]) -> dict[str, Any]:
+    """Per family and budget: the best diffusers and package configurations (by RMS) and the ratios package /
+    diffusers of their RMS and median errors; the best package configuration of each solver; the ``auto`` row."""
+    summary: dict[str, Any] = {}
+    for group in FAMILIES:
+        rows = [r for r in result["rows"] if r["group"] == group]
+        start = FAMILY_START[group]
+        diffusers_rows = [r for r in rows if r["provider"] == "diffusers"]
+        package_rows = [r for r in rows if r["provider"] == "package"]
+        auto_rows = [r for r in package_rows if not r["candidate"]]
+        entries = []
+        for budget in budgets:
+            diffusers_best, package_best = _best(diffusers_rows, budget, start), _best(package_rows, budget, start)
+            entry: dict[str, Any] = {"budget": budget, "diffusers": diffusers_best, "package": package_best}
+            if diffusers_best and package_best:
+                entry["rms_ratio"] = package_best["rms"] / diffusers_best["rms"]
+                entry["median_ratio"] = package_best["median"] / diffusers_best["median"]
+            entry["best_median"] = {
+                "diffusers": _best(diffusers_rows, budget, start, "median"), "package": _best(package_rows, budget, start, "median")
+            }
+            entry["per_scheduler"] = {}
+            for family in dict.fromkeys(r["scheduler"] for r in package_rows if r["candidate"]):
+                entry["per_scheduler"][family] = _best([r for r in package_rows if r["scheduler"] == family], budget, start)
+            if auto_rows:
+                point = next(p for p in auto_rows[0]["points"] if p["budget"] == budget)
+                entry["auto"] = {k: point.get(k) for k in ("nfe", "rms", "median", "switched")}
+            entries.append(entry)
+        ratios = [(e["budget"], e.get("rms_ratio")) for e in entries if e.get("rms_ratio") is not None]
+        summary[group] = {
+            "budgets": entries,
+            "package_at_or_below": [b for b, r in ratios if r <= 1.0],
+            "package_above": [b for b, r in ratios if r > 1.0],
+            "about_half_or_less": [b for b, r in ratios if b <= LOW_BUDGET and r <= HALF],
+            "not_half_at_low_budgets": [b for b, r in ratios if b <= LOW_BUDGET and r > HALF],
         }
-    )
-    for case in accuracy_cases():
-        points, mismatch, sigma_start = [], 0.0, None
-        for target in settings.nfe_targets:
-            num_steps = case.steps_for_nfe(target)
-            sigma_start = start_sigma(case, num_steps)
-            run = run_sampler(case, num_steps, mixture.denoise, y + sigma_start * noise, sigma_start, device)
-            points.append({"nfe_target": target, "nfe": run.nfe, "error": rms(run.final, reference(sigma_start))})
-            mismatch = max(mismatch, run.sigma_mismatch)
-        rows.append({"name": case.name, "group": case.group, "points": points, "sigma_start": sigma_start, "sigma_mismatch": mismatch})
-    return {"rows": rows, "seconds": time.perf_counter() - started, "reference_steps": settings.reference_steps}
+    return summary
 
 
-def accuracy_table(result: dict[str, Any], nfe_targets: Sequence[int]) -> str:
-    """Markdown table: one row per scheduler, one column per NFE target (actual NFE in brackets when it differs)."""
-    headers = ["scheduler", "sigma_max"] + [f"NFE {n}" for n in nfe_targets] + ["max sigma mismatch"]
-    table_rows = []
+def _e(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return ""
+    return f"{value:.{digits}e}" if math.isfinite(value) else "failed"
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f}%"
+
+
+def short_config(best: dict[str, Any] | None) -> str:
+    """``Class(options)`` with the class name shortened for the summary tables."""
+    if best is None:
+        return "-"
+    return best["name"].replace("Scheduler(", "(")
+
+
+def summary_table(group_summary: dict[str, Any]) -> str:
+    """Markdown: per budget, the best diffusers and package configurations, their errors and the ratios."""
+    headers = ["calls", "best diffusers config", "RMS", "median", "switched", "best package config", "RMS", "median",
+               "switched", "RMS ratio", "median ratio", "package auto RMS"]
+    rows = []
+    for e in group_summary["budgets"]:
+        d, p = e["diffusers"] or {}, e["package"] or {}
+
+        def calls(best: dict[str, Any]) -> str:
+            return "" if not best or best.get("nfe") in (None, e["budget"]) else f" ({best['nfe']} calls)"
+
+        auto = e.get("auto") or {}
+        rows.append([
+            e["budget"], short_config(e["diffusers"]) + calls(d), _e(d.get("rms")), _e(d.get("median")), _pct(d.get("switched")),
+            short_config(e["package"]) + calls(p), _e(p.get("rms")), _e(p.get("median")), _pct(p.get("switched")),
+            f"{e['rms_ratio']:.2f}" if "rms_ratio" in e else "", f"{e['median_ratio']:.2f}" if "median_ratio" in e else "",
+            _e(auto.get("rms")),
+        ])
+    return markdown_table(headers, rows)
+
+
+def solver_table(group_summary: dict[str, Any]) -> str:
+    """Markdown: per budget, the best package configuration of each solver (and Heun) with its RMS."""
+    families = list(group_summary["budgets"][0]["per_scheduler"])
+    headers = ["calls"] + families
+    rows = []
+    for e in group_summary["budgets"]:
+        cells = []
+        for family in families:
+            best = e["per_scheduler"][family]
+            if best is None:
+                cells.append("-")
+                continue
+            options = ", ".join(f"{k}={v}" for k, v in best["options"].items() if k != "solver")
+            cells.append(f"{_e(best['rms'])} ({options})")
+        rows.append([e["budget"], *cells])
+    return markdown_table(headers, rows)
+
+
+def cross_family(result: dict[str, Any], summary: dict[str, Any], budgets: Sequence[int]) -> list[dict[str, Any]]:
+    """Per budget, the package's configuration (solver, order, AFS, grid, lower_order_final: the same options on both
+    families' schedulers) whose worst ratio to diffusers' best RMS over the two families is smallest: a candidate for
+    a default that holds for sigma-native and discrete models alike."""
+    ratios: dict[str, dict[tuple[str, int], float]] = {}
+    options_of: dict[str, dict[str, Any]] = {}
     for row in result["rows"]:
-        if row["group"] == "reference":
-            point = row["points"][0]
-            cells = [f"{point['error']:.1e} (RK4 {point['nfe']} calls)"] + [""] * (len(nfe_targets) - 1)
-        else:
-            cells = [
-                f"{p['error']:.2e}" + ("" if p["nfe"] == p["nfe_target"] else f" ({p['nfe']})") for p in row["points"]
-            ]
-        table_rows.append([row["name"], f"{row['sigma_start']:.4g}", *cells, f"{row['sigma_mismatch']:.1e}"])
-    return markdown_table(headers, table_rows)
+        if row["provider"] != "package" or not row["candidate"] or "solver" not in row["options"]:
+            continue
+        key = ", ".join(f"{k}={v}" for k, v in row["options"].items())
+        options_of[key] = row["options"]
+        for point, entry in zip(row["points"], summary[row["group"]]["budgets"]):
+            start_ok = math.isclose(point.get("sigma_start", math.nan), FAMILY_START[row["group"]], rel_tol=1e-6)
+            if entry["diffusers"] and start_ok:
+                ratios.setdefault(key, {})[(row["group"], point["budget"])] = point["rms"] / entry["diffusers"]["rms"]
+    entries = []
+    for budget in budgets:
+        scored = [
+            (max(r[(group, budget)] for group in FAMILIES), key)
+            for key, r in ratios.items() if all((group, budget) in r for group in FAMILIES)
+        ]
+        scored = [item for item in scored if math.isfinite(item[0])]
+        if not scored:
+            continue
+        worst, key = min(scored)
+        entries.append({"budget": budget, "options": options_of[key], "worst_ratio": worst,
+                        "ratios": {group: ratios[key][(group, budget)] for group in FAMILIES}})
+    return entries
+
+
+def cross_family_table(entries: Sequence[dict[str, Any]]) -> str:
+    """Markdown of :func:`cross_family`."""
+    headers = ["calls", "package configuration (both families)"] + [f"RMS ratio, {FAMILY_LABEL[group]}" for group in FAMILIES] + ["worst"]
+    rows = [
+        [
+            e["budget"],
+            ", ".join(f"{k}={v}" for k, v in e["options"].items()),
+            *(f"{e['ratios'][g]:.2f}" for g in FAMILIES),
+            f"{e['worst_ratio']:.2f}",
+        ]
+        for e in entries
+    ]
+    return markdown_table(headers, rows)
+
+
+def verdict(group: str, group_summary: dict[str, Any]) -> list[str]:
+    """Plain sentences: where the package's best is at or below diffusers' best, about half or less, and not."""
+    entries = {e["budget"]: e for e in group_summary["budgets"]}
+
+    def listing(budgets: Sequence[int]) -> str:
+        return ", ".join(f"{b} ({entries[b]['rms_ratio']:.2f})" for b in budgets) or "none"
+
+    return [
+        f"{group}: package best RMS / diffusers best RMS (ratio in brackets)",
+        f"  <= diffusers' best at calls: {listing(group_summary['package_at_or_below'])}",
+        f"  WORSE than diffusers' best at calls: {listing(group_summary['package_above'])}",
+        f"  about half or less (ratio <= {HALF}) at calls <= {LOW_BUDGET}: {listing(group_summary['about_half_or_less'])}",
+        f"  NOT about half at calls <= {LOW_BUDGET}: {listing(group_summary['not_half_at_low_budgets'])}",
+    ]
+
+
+def full_table(result: dict[str, Any], group: str, budgets: Sequence[int], metric: str) -> str:
+    """Markdown: one row per configuration of ``group``, one column per budget (actual calls in brackets)."""
+    fmt = _pct if metric == "switched" else _e
+    headers = ["configuration", "sigma_max"] + [f"{b} calls" for b in budgets]
+    if metric == "rms":
+        headers.append("max sigma mismatch")
+    rows = []
+    for row in (r for r in result["rows"] if r["group"] == group):
+        cells = []
+        for p in row["points"]:
+            if p.get("failure"):
+                cells.append("failed")
+            else:
+                cells.append(fmt(p[metric]) + ("" if p["nfe"] == p["budget"] else f" ({p['nfe']})"))
+        starts = [p["sigma_start"] for p in row["points"] if "sigma_start" in p]
+        extra = [f"{max((p.get('sigma_mismatch', 0.0) for p in row['points']), default=0.0):.1e}"] if metric == "rms" else []
+        rows.append([row["name"], f"{starts[0]:.4g}" if starts else "", *cells, *extra])
+    return markdown_table(headers, rows)
 
 
 def plot_accuracy(result: dict[str, Any], path: Path) -> Path | None:
-    """Log-log error vs NFE, one panel per sigma range, the reference's own error as a dashed line."""
+    """Log-log error vs model calls: one column per family, rows RMS / median / fraction switched; one line per
+    family of configurations (scheduler class, and solver for the package), the best of its configurations at
+    each budget among those starting at the family's top; the package solid, diffusers dashed."""
     plt = pyplot()
     if plt is None:
         return None
-    groups = [g for g in dict.fromkeys(row["group"] for row in result["rows"]) if g != "reference"]
-    reference_error = next(r for r in result["rows"] if r["group"] == "reference")["points"][0]["error"]
-    figure, axes = plt.subplots(1, len(groups), figsize=(6.2 * len(groups), 4.6), squeeze=False)
-    markers = "osD^v<>ph*"
-    for axis, group in zip(axes[0], groups):
-        rows = [r for r in result["rows"] if r["group"] == group]
-        for index, row in enumerate(rows):
-            package = row["name"].startswith("EDMHeun")  # the package's schedulers: solid lines
-            axis.loglog(
-                [p["nfe"] for p in row["points"]],
-                [max(p["error"], 1e-16) for p in row["points"]],
-                marker=markers[index % len(markers)],
-                linestyle="-" if package else "--",
-                linewidth=1.8 if package else 1.2,
-                markersize=4,
-                label=row["name"],
-            )
-        axis.axhline(max(reference_error, 1e-16), color="gray", linestyle=":", linewidth=1, label="reference's own error")
-        axis.set_title(group, fontsize=10)
-        axis.set_xlabel("model evaluations (NFE)")
-        axis.set_ylabel("RMS error vs reference ODE solution")
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=7)
-    figure.suptitle("Probability-flow ODE accuracy, 64-D Gaussian mixture, exact denoiser", fontsize=11)
+    metrics = (
+        ("rms", "RMS error vs reference"),
+        ("median", "median per-sample RMS error"),
+        ("switched", "fraction of samples switching component"),
+    )
+    figure, axes = plt.subplots(len(metrics), len(FAMILIES), figsize=(7.0 * len(FAMILIES), 4.4 * len(metrics)), squeeze=False)
+    tab20 = plt.get_cmap("tab20").colors
+    diffusers_colors = tab20[0::2] + tab20[1::2]
+    package_colors = ("black", "crimson", "mediumblue", "gold", "darkgreen")
+    markers = "osD^v<>ph*xP+"
+    floor = 0.5 / result["batch"]
+    budgets = [p["budget"] for p in result["rows"][0]["points"]]
+    for column, group in enumerate(FAMILIES):
+        rows = [r for r in result["rows"] if r["group"] == group and r["candidate"]]
+        families = list(dict.fromkeys(r["scheduler"] for r in rows))
+        for row_index, (metric, label) in enumerate(metrics):
+            axis = axes[row_index][column]
+            package_families = [f for f in families if any(r["provider"] == "package" for r in rows if r["scheduler"] == f)]
+            diffusers_families = [f for f in families if f not in package_families]
+            for index, family in enumerate(families):
+                members = [r for r in rows if r["scheduler"] == family]
+                package = members[0]["provider"] == "package"
+                color = (package_colors[package_families.index(family) % len(package_colors)] if package
+                         else diffusers_colors[diffusers_families.index(family) % len(diffusers_colors)])
+                xs, ys = [], []
+                for i in range(len(members[0]["points"])):
+                    points = [m["points"][i] for m in members if "failure" not in m["points"][i]
+                              and math.isfinite(m["points"][i][metric])
+                              and math.isclose(m["points"][i]["sigma_start"], FAMILY_START[group], rel_tol=1e-6)]
+                    if points:
+                        best = min(points, key=lambda p: p[metric])
+                        xs.append(best["nfe"])
+                        ys.append(max(best[metric], floor if metric == "switched" else 1e-16))
+                axis.loglog(xs, ys, marker=markers[index % len(markers)], color=color,
+                            linestyle="-" if package else "--", linewidth=2.2 if package else 1.1, markersize=4, label=family)
+            axis.set_title(f"{group}:\n{label}", fontsize=9)
+            axis.set_xlabel("model calls")
+            axis.set_ylabel(label + (f" (0 drawn at {floor:.0e})" if metric == "switched" else ""), fontsize=8)
+            axis.set_xticks(budgets)
+            axis.set_xticklabels([str(b) for b in budgets], fontsize=7)
+            axis.minorticks_off()
+            axis.grid(True, which="major", alpha=0.3)
+            if row_index == 0:
+                axis.legend(fontsize=6, ncol=2)
+    figure.suptitle("Probability-flow ODE accuracy, 64-D Gaussian mixture, exact denoiser: best configuration of each "
+                    "scheduler (package solid, diffusers dashed)", fontsize=11)
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
     return save_figure(figure, path)
 
 
@@ -230,11 +512,10 @@ def measure_churn(mixture: GaussianMixture, settings: AccuracySettings, device: 
                 for family, label, case in churn_cases(gamma, num_steps):
                     if family != "heun" and (num_steps != settings.churn_steps[0]):
                         continue  # the Euler comparison runs at the first step count only
-                    sigma_start = start_sigma(case, num_steps)
                     # Same churn noise stream for every sampler and setting.
                     case_kwargs = dict(case.step_kwargs, generator=torch.Generator(device=device).manual_seed(4))
                     case = SamplerCase(case.name, case.group, case.make, case.drive, case.calls_per_step, step_kwargs=case_kwargs)
-                    run = run_sampler(case, num_steps, denoise, y + sigma_start * noise, sigma_start, device)
+                    run = run_sampler(case, prepared_scheduler(case, num_steps, device=device), denoise, y, noise, device)
                     records.append(
                         {
                             "steps": num_steps,
@@ -322,10 +603,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     mixture = GaussianMixture(dim=settings.dim, num_components=settings.num_components, device=device)
 
-    accuracy = measure_ode_accuracy(mixture, settings, device)
-    accuracy_md = accuracy_table(accuracy, settings.nfe_targets)
-    print(f"\nODE accuracy: RMS error vs reference (data std {mixture.data_std():.3f}; brackets: actual NFE)\n")
-    print(accuracy_md)
+    cases = accuracy_cases()
+    accuracy = measure_ode_accuracy(mixture, settings, device, quick_subset(cases) if args.quick else cases)
+    accuracy["batch"] = settings.batch
+    summary = summarize(accuracy, settings.budgets)
+    accuracy["summary"] = summary
+    sections, verdicts = [], []
+    for group in FAMILIES:
+        reference = accuracy["reference"].get(group)
+        reference_line = (
+            f"Reference's own error (RK4 with half the steps, from sigma {reference['sigma_start']:.4g}): {reference['rms']:.1e}."
+            if reference else ""
+        )
+        verdicts += verdict(group, summary[group])
+        sections.append(
+            f"### {group}\n\n{reference_line}\n\nBest configuration per budget (by RMS; ratios: package / diffusers, of the two "
+            f"configurations shown; 'switched': samples ending nearest to another component than the reference):\n\n"
+            f"{summary_table(summary[group])}\n\nBest package configuration of each solver (RMS):\n\n{solver_table(summary[group])}\n"
+        )
+    accuracy["cross_family"] = cross_family(accuracy, summary, settings.budgets)
+    sections.append(
+        "### One package configuration for both families\n\nPer budget, the configuration whose worst ratio (package RMS / "
+        "diffusers' best RMS) over the two families is smallest:\n\n" + cross_family_table(accuracy["cross_family"]) + "\n"
+    )
+    print(f"\nODE accuracy (data std {mixture.data_std():.3f}; {len(accuracy['rows'])} configurations)\n")
+    print("\n".join(sections))
+    print("\n".join(verdicts))
     churn = measure_churn(mixture, settings, device)
     churn_md = churn_table(churn)
     print("\nChurn with a shrunk denoiser: moment Frechet distance / sliced W2 to the mixture (lower is better)\n")
@@ -335,10 +638,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     accuracy_png = plot_accuracy(accuracy, output_dir / "sampler_accuracy.png")
     churn_png = plot_churn(churn, output_dir / "sampler_churn.png")
     markdown_path = output_dir / "sampler_accuracy.md"
+    full_tables = []
+    for group in FAMILIES:
+        for metric, title in METRIC_TITLES:
+            full_tables.append(f"### {group}: {title}\n\n{full_table(accuracy, group, settings.budgets, metric)}\n")
     markdown_path.write_text(
-        f"# Sampler accuracy ({'quick' if args.quick else 'full'} run, {machine['date']}, device {device})\n\n"
-        f"## ODE accuracy: RMS error vs reference\n\n{accuracy_md}\n\n"
-        f"## Churn with a shrunk denoiser: moment Frechet / sliced W2\n\n{churn_md}\n"
+        f"# Sampler accuracy ({'quick' if args.quick else 'full'} run, {machine['date']}, device {device}, "
+        f"{machine['platform']}, torch {machine['torch']}, diffusers {machine.get('diffusers')})\n\n"
+        f"Batch {settings.batch}, {settings.dim}-D, {settings.num_components} components; reference RK4 with "
+        f"{settings.reference_steps} steps; accuracy part {accuracy['seconds']:.0f} s, churn part {churn['seconds']:.0f} s.\n\n"
+        f"## ODE accuracy: summary\n\n" + "\n".join(sections) + "\n```\n" + "\n".join(verdicts) + "\n```\n\n"
+        f"## ODE accuracy: every configuration\n\n(actual calls in brackets where fewer than the budget)\n\n"
+        + "\n".join(full_tables)
+        + f"\n## Churn with a shrunk denoiser: moment Frechet / sliced W2\n\n{churn_md}\n"
     )
     result = {
         "settings": settings.__dict__,
@@ -353,7 +665,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         },
     }
     write_record(output_dir / "sampler_accuracy.json", result)
-    print(f"took {accuracy['seconds']:.1f} s (accuracy) + {churn['seconds']:.1f} s (churn)")
+    print(
+        f"took {accuracy['seconds']:.1f} s (accuracy, of which {accuracy['reference_seconds']:.1f} s references) "
+        f"+ {churn['seconds']:.1f} s (churn)"
+    )
     return result
 
 
