@@ -98,7 +98,9 @@ FAMILY_START = {EDM_RANGE: 80.0, SD_RANGE: float(SD_TABLE_SIGMAS[-1])}
 FAMILY_LABEL = {EDM_RANGE: "EDM range", SD_RANGE: "SD table"}
 
 # The package's multistep solvers and the orders benchmarked for each.
-PACKAGE_SOLVERS: tuple[tuple[str, int], ...] = (("ipndm", 3), ("ipndm", 4), ("dpmpp", 2), ("dpmpp", 3), ("unipc", 2), ("unipc", 3))
+PACKAGE_SOLVERS: tuple[tuple[str, int], ...] = (
+    ("ipndm", 3), ("ipndm", 4), ("ipndm_v", 3), ("ipndm_v", 4), ("dpmpp", 2), ("dpmpp", 3), ("unipc", 2), ("unipc", 3)
+)
 PACKAGE_GRIDS: tuple[str, ...] = ("edm", "logsnr", "time_uniform")
 
 # diffusers' sigma options of its discrete schedulers (timestep_spacing or use_*_sigmas); how a fractional timestep

@@ -409,7 +409,8 @@ def test_step_before_set_timesteps_is_a_value_error(scheduler_class):
         (dict(solver="dpm++"), "'dpm++'"),
         (dict(solver="heun2"), "'heun2'"),
         (dict(solver=None), "None"),
-        (dict(solver="ipndm", solver_order=5), "solver_order must be None (the solver's default) or an integer from 1 to 4"),
+        (dict(solver="ipndm", solver_order=5), "solver_order must be an integer from 1 to 4 for solver='ipndm', got 5"),
+        (dict(solver="ipndm", solver_order=None), "solver_order must be an integer from 1 to 4 for solver='ipndm', got None"),
         (dict(solver="dpmpp", solver_order=4), "from 1 to 3 for solver='dpmpp', got 4"),
         (dict(solver="unipc", solver_order=0), "got 0"),
         (dict(solver="unipc", solver_order=2.5), "got 2.5"),
@@ -428,8 +429,42 @@ def test_bad_settings_are_value_errors_naming_the_value(settings, named):
 
 
 def test_the_analytical_first_step_needs_two_levels():
-    scheduler = EDMMultistepScheduler(analytical_first_step=True)
+    scheduler = EDMMultistepScheduler(solver="ipndm", analytical_first_step=True)
     with pytest.raises(ValueError, match=r"analytical_first_step needs at least 2 noise levels.*got 1: \[3.0\]"):
         scheduler.set_timesteps(sigmas=[3.0])
     scheduler.set_timesteps(sigmas=[3.0, 1.0, 0.0])  # two levels: one model call, at 1.0
     assert scheduler.evaluation_sigmas.tolist() == [1.0]
+
+
+@pytest.mark.parametrize("scheduler_class", [EDMMultistepScheduler, EDMMultistepDiscreteScheduler])
+@pytest.mark.parametrize("calls", [1, 5, 12, 20, 40])
+def test_auto_runs_exactly_the_named_setting_it_chooses(scheduler_class, calls):
+    """``solver="auto"`` is a choice of (solver, order, analytical first step, lower_order_final) per budget: its run
+    equals the run of that setting named explicitly, call for call, and makes ``calls`` model calls."""
+    auto = scheduler_class(beta_schedule="scaled_linear") if scheduler_class is EDMMultistepDiscreteScheduler else scheduler_class()
+    auto.set_timesteps(calls)
+    choice = auto._choice
+    named = scheduler_class.from_config(
+        auto.config, solver=choice.solver, solver_order=choice.order,
+        analytical_first_step=choice.analytical_first_step, lower_order_final=choice.lower_order_final,
+    )
+    named.set_timesteps(calls)
+    assert len(auto.timesteps) == len(named.timesteps) == calls
+    assert auto.init_noise_sigma == named.init_noise_sigma
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, generator=generator, dtype=torch.float64)
+    outputs = [torch.randn(2, 3, 4, 4, generator=generator, dtype=torch.float64) for _ in range(calls)]
+    finals = []
+    for scheduler in (auto, named):
+        sample = x * scheduler.init_noise_sigma
+        for t, output in zip(scheduler.timesteps, outputs):
+            scheduler.scale_model_input(sample, t)  # the model would get this; its output is given
+            sample = scheduler.step(output, t, sample).prev_sample
+        finals.append(sample)
+    torch.testing.assert_close(finals[0], finals[1], rtol=0, atol=0)
+
+
+def test_auto_with_one_custom_level_needs_no_analytical_step():
+    scheduler = EDMMultistepScheduler()  # auto's choice at 1 call takes the analytical first step
+    scheduler.set_timesteps(sigmas=[3.0])
+    assert scheduler.evaluation_sigmas.tolist() == [3.0]

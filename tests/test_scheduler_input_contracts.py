@@ -187,8 +187,8 @@ def sometimes_bad(good: st.SearchStrategy, bad: list) -> st.SearchStrategy:
 MULTISTEP_SETTINGS = dict(
     rho=sometimes_bad(st.floats(min_value=0.5, max_value=20.0), [0.0, -1.0, float("nan"), "7"]),
     sigma_data=sometimes_bad(st.floats(min_value=0.05, max_value=5.0), [0.0, float("inf"), None]),
-    solver=sometimes_bad(st.sampled_from(["auto", "ipndm", "dpmpp", "unipc"]), ["heun", "rk4", 3, None]),
-    solver_order=sometimes_bad(st.one_of(st.none(), st.integers(min_value=1, max_value=4)), [0, 5, 2.0, "2", True]),
+    solver=sometimes_bad(st.sampled_from(["auto", "ipndm", "ipndm_v", "dpmpp", "unipc"]), ["heun", "rk4", 3, None]),
+    solver_order=sometimes_bad(st.integers(min_value=1, max_value=4), [0, 5, 2.0, "2", True, None]),
     lower_order_final=sometimes_bad(st.booleans(), [1, "no"]),
     analytical_first_step=sometimes_bad(st.booleans(), [0, None]),
     discretization=sometimes_bad(
@@ -276,8 +276,8 @@ def test_multistep_set_timesteps_with_sigmas_gives_a_value_error_or_a_finite_sch
 @given(
     sigma_min=st.floats(min_value=1e-3, max_value=1.0), sigma_max=st.floats(min_value=2.0, max_value=500.0),
     rho=st.floats(min_value=0.5, max_value=20.0), sigma_data=st.floats(min_value=0.05, max_value=5.0),
-    solver_and_order=st.sampled_from(["auto", "ipndm", "dpmpp", "unipc"]).flatmap(
-        lambda solver: st.tuples(st.just(solver), st.one_of(st.none(), st.integers(1, 4 if solver in ("auto", "ipndm") else 3)))
+    solver_and_order=st.sampled_from(["auto", "ipndm", "ipndm_v", "dpmpp", "unipc"]).flatmap(
+        lambda solver: st.tuples(st.just(solver), st.integers(1, 4 if solver in ("auto", "ipndm", "ipndm_v") else 3))
     ),
     lower_order_final=st.booleans(), analytical_first_step=st.booleans(),
     discretization=st.sampled_from(["edm", "logsnr", "time_uniform", "vp", "ve"]),

@@ -33,6 +33,7 @@ How the model is called and read is the scheduler's :class:`~diffusers_edm.sched
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -46,17 +47,38 @@ from .compatibles import PackageCompatiblesMixin
 from .model_call import ModelCall
 from .stochastic_heun import add_sigma_noise, check_model_output, schedule_grid
 
-#: The solvers and the highest order each implements; ``solver_order=None`` is that highest order.
+#: The solvers and the highest order each implements.
 MAX_ORDERS: dict[str, int] = {"ipndm": 4, "ipndm_v": 4, "dpmpp": 3, "unipc": 3}
 SOLVERS: tuple[str, ...] = tuple(MAX_ORDERS)
 SOLVER_CHOICES: tuple[str, ...] = ("auto", *SOLVERS)
 
-#: ``solver="auto"``: the first row whose ``max_calls`` is at least ``num_inference_steps`` (None: any budget) gives
-#: the solver and its order. iPNDM is the strongest plain formula at 5-10 calls on EDM's own models (Zhang & Chen
-#: 2023 tables; order 3 is steadier than 4 at the smallest budgets).
-AUTO_SOLVERS: tuple[tuple[int | None, str, int], ...] = (
-    (8, "ipndm", 3),
-    (None, "ipndm", 4),
+
+@dataclass(frozen=True)
+class SolverChoice:
+    """What a run solves with: the solver, its order, the analytical first step and ``lower_order_final``."""
+
+    solver: str
+    order: int
+    analytical_first_step: bool
+    lower_order_final: bool
+
+
+#: ``solver="auto"`` for a sigma-native model over EDM's range: the first row whose ``max_calls`` is at least the
+#: number of model calls (None: any budget). From benchmarks/sampler_accuracy.py (64-D Gaussian mixture, exact
+#: denoiser, sigma 80 -> 0.002 on the "edm" grid): within 0.32-0.91 of diffusers' best RMS error at every budget
+#: from 5 to 80 calls (benchmarks/README.md).
+SIGMA_AUTO: tuple[tuple[int | None, SolverChoice], ...] = (
+    (15, SolverChoice("ipndm", 3, True, False)),
+    (25, SolverChoice("ipndm", 4, True, False)),
+    (None, SolverChoice("unipc", 3, True, False)),
+)
+#: ``solver="auto"`` for a discrete VP model (Stable Diffusion's table, 14.6 -> 0.029, eps outputs, "edm" grid): the
+#: same benchmark, within 0.83-1.00 of diffusers' best at every budget (at 35-80 calls "ipndm_v" is the linear
+#: multistep method of diffusers' LMSDiscreteScheduler with Karras sigmas, the best there, to the digit).
+DISCRETE_AUTO: tuple[tuple[int | None, SolverChoice], ...] = (
+    (10, SolverChoice("ipndm", 3, False, False)),
+    (25, SolverChoice("ipndm", 4, False, False)),
+    (None, SolverChoice("ipndm_v", 4, False, False)),
 )
 
 #: ``lower_order_final``: runs of fewer steps than this lower the order of their last steps (diffusers' rule).
@@ -85,28 +107,20 @@ class EDMMultistepSchedulerOutput(BaseOutput):
 
 
 # ------------------------------------------------------------------------------------------------ settings
-def auto_solver(num_calls: int) -> tuple[str, int]:
-    """The ``(solver, order)`` that ``solver="auto"`` uses for ``num_calls`` model calls (see :data:`AUTO_SOLVERS`)."""
-    for max_calls, solver, order in AUTO_SOLVERS:
-        if max_calls is None or num_calls <= max_calls:
-            return solver, order
-    raise AssertionError("AUTO_SOLVERS must end with a row for any budget (max_calls None)")
-
-
-def highest_order(solver: str) -> int:
-    """The highest order ``solver`` allows; for ``"auto"`` the highest that every solver it may choose allows."""
-    if solver == "auto":
-        return min(MAX_ORDERS[name] for _, name, _ in AUTO_SOLVERS)
-    return MAX_ORDERS[solver]
-
-
-def resolve_solver(solver: str, solver_order: int | None, num_calls: int) -> tuple[str, int]:
-    """The solver and order of a run of ``num_calls`` model calls: ``"auto"`` by :data:`AUTO_SOLVERS` (an explicit
-    ``solver_order`` replaces its order), a named solver with ``solver_order`` or, for None, its highest order."""
-    if solver == "auto":
-        solver, order = auto_solver(num_calls)
-        return solver, order if solver_order is None else int(solver_order)
-    return solver, MAX_ORDERS[solver] if solver_order is None else int(solver_order)
+def resolve_solver(
+    config, auto_rules: Sequence[tuple[int | None, SolverChoice]], num_calls: int
+) -> SolverChoice:
+    """The solver of a run of ``num_calls`` model calls: for ``solver="auto"`` the first of ``auto_rules`` whose
+    ``max_calls`` is at least ``num_calls`` (it sets the order, the analytical first step and ``lower_order_final``
+    too), else the config's solver with its ``solver_order``, ``analytical_first_step`` and ``lower_order_final``."""
+    if config.solver == "auto":
+        for max_calls, choice in auto_rules:
+            if max_calls is None or num_calls <= max_calls:
+                return choice
+        raise AssertionError("an auto table must end with a row for any budget (max_calls None)")
+    return SolverChoice(
+        config.solver, int(config.solver_order), bool(config.analytical_first_step), bool(config.lower_order_final)
+    )
 
 
 def validate_multistep_config(
@@ -119,12 +133,11 @@ def validate_multistep_config(
     """Raise a ``ValueError`` naming the value and what is allowed for a setting the solvers do not define."""
     if not isinstance(solver, str) or solver not in SOLVER_CHOICES:
         raise ValueError(f"Unknown solver {solver!r}; expected one of {SOLVER_CHOICES}.")
-    if solver_order is not None:
-        top = highest_order(solver)
-        check_integer(
-            "solver_order", solver_order, minimum=1, maximum=top,
-            allowed=f"None (the solver's default) or an integer from 1 to {top} for solver={solver!r}",
-        )
+    top = max(MAX_ORDERS.values()) if solver == "auto" else MAX_ORDERS[solver]
+    check_integer(
+        "solver_order", solver_order, minimum=1, maximum=top,
+        allowed=f"an integer from 1 to {top} for solver={solver!r}",
+    )
     for name, value in (("lower_order_final", lower_order_final), ("analytical_first_step", analytical_first_step)):
         if not isinstance(value, (bool, np.bool_)):
             raise ValueError(f"{name} must be True or False, got {value!r}.")
@@ -429,6 +442,8 @@ class MultistepMixin(PackageCompatiblesMixin):
     """
 
     model_call: ModelCall
+    #: the table of ``solver="auto"`` for this kind of model (:data:`SIGMA_AUTO`, :data:`DISCRETE_AUTO`)
+    auto_rules: tuple[tuple[int | None, SolverChoice], ...]
     num_inference_steps: int | None = None
     order = 1  # one model call per step
     solver_choices = SOLVER_CHOICES
@@ -438,6 +453,7 @@ class MultistepMixin(PackageCompatiblesMixin):
         self.timesteps: torch.Tensor | None = None
         self._plan: MultistepPlan | None = None
         self._levels: np.ndarray | None = None
+        self._choice: SolverChoice | None = None
         self._step_index: int | None = None
         self._begin_index: int | None = None
         self._reset_history()
@@ -516,11 +532,17 @@ class MultistepMixin(PackageCompatiblesMixin):
                 config's range clamped to its model's); not used with ``sigmas``.
         """
         config = self.config
-        afs = bool(config.analytical_first_step)
         if num_inference_steps is not None:
             num_inference_steps = check_integer("num_inference_steps", num_inference_steps, minimum=1)
-        num_levels = None if num_inference_steps is None else num_inference_steps + afs
-        levels = schedule_grid(self.model_call, config, num_levels, sigmas, round_sigma, sigma_min, sigma_max)
+            choice = resolve_solver(config, self.auto_rules, num_inference_steps)
+            num_levels = num_inference_steps + choice.analytical_first_step
+            levels = schedule_grid(self.model_call, config, num_levels, None, round_sigma, sigma_min, sigma_max)
+        else:  # "auto" chooses by the number of levels given
+            levels = schedule_grid(self.model_call, config, None, sigmas, round_sigma, sigma_min, sigma_max)
+            choice = resolve_solver(config, self.auto_rules, len(levels))
+            if config.solver == "auto" and len(levels) < 2:  # one level leaves no call after an analytical step
+                choice = dataclasses.replace(choice, analytical_first_step=False)
+        afs = choice.analytical_first_step
         num_calls = len(levels) - afs
         if num_calls < 1:
             raise ValueError(
@@ -528,7 +550,7 @@ class MultistepMixin(PackageCompatiblesMixin):
                 f"got {len(levels)}: {levels.tolist()}."
             )
         self._reset_schedule()
-        self._levels = levels
+        self._levels, self._choice = levels, choice
         self._plan_from(0)
         self.num_inference_steps = num_calls
         self.timesteps = self.model_call.timesteps_for(self._plan.call_sigmas, device)
@@ -537,16 +559,14 @@ class MultistepMixin(PackageCompatiblesMixin):
         """Build the plan of the current levels for a run that starts at ``begin_call``."""
         if self._plan is not None and self._plan.begin_call == begin_call:
             return
-        config = self.config
-        num_calls = len(self._levels) - bool(config.analytical_first_step)
-        solver, order = resolve_solver(config.solver, config.solver_order, num_calls)
+        choice = self._choice
         self._plan = MultistepPlan.build(
             self._levels,
-            solver=solver,
-            order=order,
-            lower_order_final=bool(config.lower_order_final),
-            analytical_first_step=bool(config.analytical_first_step),
-            sigma_data=float(config.sigma_data),
+            solver=choice.solver,
+            order=choice.order,
+            lower_order_final=choice.lower_order_final,
+            analytical_first_step=choice.analytical_first_step,
+            sigma_data=float(self.config.sigma_data),
             begin_call=begin_call,
         )
 

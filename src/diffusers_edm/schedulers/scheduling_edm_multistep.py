@@ -7,7 +7,7 @@ from diffusers import ConfigMixin, SchedulerMixin
 from diffusers.configuration_utils import register_to_config
 
 from .model_call import SigmaModelCall
-from .multistep import MultistepMixin, validate_multistep_config
+from .multistep import SIGMA_AUTO, MultistepMixin, validate_multistep_config
 from .stochastic_heun import validate_discretization_config
 
 
@@ -23,32 +23,34 @@ class EDMMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
     Interchangeable (``compatibles``, ``from_config``) with :class:`~diffusers_edm.EDMHeunScheduler` and diffusers'
     ``EDMEulerScheduler`` / ``EDMDPMSolverMultistepScheduler``, all of which :class:`~diffusers_edm.EDMPipeline` drives.
 
-    diffusers' multistep schedulers need an integer ``solver_order``: from a config whose ``solver_order`` is None
-    (the default, once saved and loaded) build them with one, e.g. ``EDMDPMSolverMultistepScheduler.from_config(config, solver_order=2)``.
-
     Args:
         sigma_min, sigma_max: the range of the time discretization (EDM: 0.002 to 80).
         sigma_data: the data's standard deviation, used by the analytical first step (``c_skip``).
         rho: exponent of the ``"edm"`` discretization.
-        solver: ``"ipndm"`` (Zhang & Chen 2023, orders 1-4), ``"dpmpp"`` (DPM-Solver++ multistep, Lu et al. 2022,
-            orders 1-3), ``"unipc"`` (UniPC bh2 predictor-corrector, Zhao et al. 2023, orders 1-3) or ``"auto"``
-            (by the number of model calls, :data:`~diffusers_edm.schedulers.multistep.AUTO_SOLVERS`). A config of
-            ``EDMHeunScheduler`` (``"heun"`` / ``"euler"``) reads as ``"auto"``.
-        solver_order: the highest order; None is the solver's own (iPNDM 4, DPM-Solver++ 3, UniPC 3; for ``"auto"``
-            the table's), a number replaces it (for ``"auto"``: up to the lowest highest order of the solvers its
-            table may choose).
-        lower_order_final: runs of fewer than 15 steps lower the order of their last steps (``o_i <= S - i``).
+        solver: ``"auto"`` (default: the benchmarked best for the number of model calls, see below), ``"ipndm"``
+            (Zhang & Chen 2023, orders 1-4), ``"ipndm_v"`` (iPNDM with variable-step Adams-Bashforth weights, orders
+            1-4), ``"dpmpp"`` (DPM-Solver++ multistep, Lu et al. 2022, orders 1-3) or ``"unipc"`` (UniPC bh2
+            predictor-corrector, Zhao et al. 2023, orders 1-3). A config of ``EDMHeunScheduler`` (``"heun"`` /
+            ``"euler"``) reads as ``"auto"``.
+        solver_order: the order of a named solver (``"auto"`` chooses its own).
+        lower_order_final: runs of fewer than 15 steps lower the order of their last steps (``o_i <= S - i``); for a
+            named solver (``"auto"`` chooses).
         analytical_first_step: take the first step without a model call, with ``D = c_skip(sigma_0) x`` (saves one call;
-            ``num_inference_steps`` calls then cover ``num_inference_steps + 1`` levels).
+            ``num_inference_steps`` calls then cover ``num_inference_steps + 1`` levels); for a named solver
+            (``"auto"`` chooses).
         discretization: ``"edm"`` (rho formula), ``"logsnr"`` (uniform in log sigma), ``"time_uniform"`` (uniform VP
             time), or EDM's ``"vp"``, ``"ve"``, ``"iddpm"`` (see :func:`diffusers_edm.noise_schedules.sigma_steps`).
         prediction_type: ``"sample"`` (the model returns D) or ``"epsilon"``.
         vp_epsilon_s, iddpm_M, iddpm_C_1, iddpm_C_2: constants of the ``"vp"`` / ``"time_uniform"`` and ``"iddpm"``
             discretizations.
 
+    ``solver="auto"`` (:data:`~diffusers_edm.schedulers.multistep.SIGMA_AUTO`), from the sampler-accuracy benchmark
+    over EDM's range: iPNDM order 3 with the analytical first step up to 15 calls, iPNDM order 4 with it up to 25,
+    UniPC order 3 with it above; ``lower_order_final`` off.
+
     Example::
 
-        scheduler = EDMMultistepScheduler(solver="ipndm")
+        scheduler = EDMMultistepScheduler()  # solver="auto"
         scheduler.set_timesteps(10)  # 10 model calls
         x = torch.randn(shape, generator=g) * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
@@ -56,6 +58,7 @@ class EDMMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
     """
 
     _compatibles = ["EDMHeunScheduler", "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"]
+    auto_rules = SIGMA_AUTO
 
     @register_to_config
     def __init__(
@@ -65,7 +68,7 @@ class EDMMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
         sigma_data: float = 0.5,
         rho: float = 7.0,
         solver: str = "auto",
-        solver_order: int | None = None,
+        solver_order: int = 3,
         lower_order_final: bool = True,
         analytical_first_step: bool = False,
         discretization: str = "edm",
