@@ -33,7 +33,13 @@ from .models import (
     VPPrecond,
 )
 from .pipelines import EDMPipeline, LearnedVariancePipeline
-from .schedulers import EDMHeunDiscreteScheduler, EDMHeunScheduler, LearnedVarianceDDPMScheduler
+from .schedulers import (
+    EDMHeunDiscreteScheduler,
+    EDMHeunScheduler,
+    EDMMultistepDiscreteScheduler,
+    EDMMultistepScheduler,
+    LearnedVarianceDDPMScheduler,
+)
 from .training import (
     EDMEMAModel,
     LossSecondMomentTimestepSampler,
@@ -51,6 +57,8 @@ __all__ = [
     "EDMEMAModel",
     "EDMHeunDiscreteScheduler",
     "EDMHeunScheduler",
+    "EDMMultistepDiscreteScheduler",
+    "EDMMultistepScheduler",
     "EDMLoss",
     "EDMPipeline",
     "EDMPrecond",

@@ -22,7 +22,7 @@ from .value_checks import check_integer, check_real
 ArrayLike = Union[np.ndarray, float, torch.Tensor]
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-DISCRETIZATIONS = ("edm", "vp", "ve", "iddpm")
+DISCRETIZATIONS = ("edm", "vp", "ve", "iddpm", "logsnr", "time_uniform")
 
 # What a model's output may be, by the way the model is called (the one place these lists are defined):
 # - "sigma": a sigma-conditioned (EDM-native) model returns D(x; sigma) ("sample") or eps = (x - D) / sigma;
@@ -169,6 +169,9 @@ def sigma_steps(
     - ``"ve"``: ``sigma_i^2 = sigma_max^2 (sigma_min^2 / sigma_max^2)^r_i`` (geometric).
     - ``"iddpm"``: the iDDPM table levels within [sigma_min, sigma_max], ``v_0 > ... > v_{K-1}``,
       taken at ``v_{round((K - 1) / (N - 1) * i)}``.
+    - ``"logsnr"``: uniform in ``lambda = -ln sigma`` (half the log-SNR), ``ln sigma_i = ln sigma_max + r_i (ln sigma_min
+      - ln sigma_max)``, the grid of DPM-Solver (Lu et al. 2022, section 3.3) and UniPC; these are the ``"ve"`` levels.
+    - ``"time_uniform"``: uniform in VP time (DEIS's time-uniform grid, Zhang & Chen 2023); these are the ``"vp"`` levels.
     """
     if discretization not in DISCRETIZATIONS:
         raise ValueError(f"Unknown discretization {discretization!r}; expected one of {DISCRETIZATIONS}.")
@@ -187,13 +190,13 @@ def sigma_steps(
                     raise ValueError(f"rho must be > 0, got {rho}.")
                 max_inv_rho, min_inv_rho = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
                 sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
-            elif discretization == "vp":
+            elif discretization in ("vp", "time_uniform"):
                 if not (0.0 < epsilon_s < 1.0):
                     raise ValueError(f"epsilon_s must lie in (0, 1), got {epsilon_s}.")
                 beta_d = 2.0 * (math.log(sigma_min**2 + 1.0) / epsilon_s - math.log(sigma_max**2 + 1.0)) / (epsilon_s - 1.0)
                 beta_min = math.log(sigma_max**2 + 1.0) - 0.5 * beta_d
                 sigmas = vp_sigma(1.0 + ramp * (epsilon_s - 1.0), beta_d, beta_min)
-            elif discretization == "ve":
+            elif discretization in ("ve", "logsnr"):  # geometric: uniform in log sigma
                 sigmas = np.sqrt(sigma_max**2 * (sigma_min**2 / sigma_max**2) ** ramp)
             else:  # iddpm
                 u = iddpm_sigma_table(iddpm_M, iddpm_C_1, iddpm_C_2)

@@ -2,7 +2,8 @@
 
 Two kinds of scheduler are supported (Karras et al. 2022, Algorithms 1-2 and Table 1):
 
-- :class:`~diffusers_edm.EDMHeunScheduler` calls the model at ``timestep = sigma`` and takes ``D`` itself
+- the package's sigma-native schedulers (:class:`~diffusers_edm.EDMHeunScheduler`,
+  :class:`~diffusers_edm.EDMMultistepScheduler`) call the model at ``timestep = sigma`` and take ``D`` itself
   (``prediction_type="sample"``) or ``eps = (x - D) / sigma``;
 - diffusers' ``EDMEulerScheduler`` and ``EDMDPMSolverMultistepScheduler`` expect the raw network output ``F`` and
   rebuild ``D = c_skip x + c_out F`` with their own ``sigma_data`` in ``precondition_outputs``. Since that map is
@@ -29,12 +30,18 @@ from huggingface_hub import ModelCard
 from ..models import LatentCodec, PreconditionedDenoiser
 from ..models.preconditioned_denoisers import label_tensor
 from ..value_checks import check_integer, check_real
-from ..schedulers import EDMHeunScheduler
+from ..schedulers import SigmaModelCall
 from .model_card import ModelCardHubMixin, TrainingRecord, build_model_card
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DEFAULT_NUM_INFERENCE_STEPS = 18  # EDM's CIFAR-10 sampler (Karras et al. 2022): N = 18, 35 model calls
 USAGE_EXAMPLE_IMAGES = 8
+
+
+def takes_sigma_timesteps(scheduler: SchedulerMixin) -> bool:
+    """Whether the scheduler is one of the package's sigma-native ones (``EDMHeunScheduler``,
+    ``EDMMultistepScheduler``): it calls the model at ``timestep = sigma`` and reads ``D`` or ``eps`` from it."""
+    return isinstance(getattr(scheduler, "model_call", None), SigmaModelCall)
 
 
 def takes_raw_network_output(scheduler: SchedulerMixin) -> bool:
@@ -52,7 +59,8 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
 
     Components:
         denoiser: an :class:`~diffusers_edm.EDMPrecond`, ``VPPrecond``, ``VEPrecond`` or ``IDDPMPrecond``.
-        scheduler: :class:`~diffusers_edm.EDMHeunScheduler` (Algorithm 2, all options), or diffusers'
+        scheduler: :class:`~diffusers_edm.EDMHeunScheduler` (Algorithm 2, all options),
+            :class:`~diffusers_edm.EDMMultistepScheduler` (iPNDM, DPM-Solver++, UniPC), or diffusers'
             ``EDMEulerScheduler`` / ``EDMDPMSolverMultistepScheduler``.
         vae: optional ``AutoencoderKL``; with it the denoiser works on latents, decoded by
             :class:`~diffusers_edm.models.LatentCodec` (``vae.decode(z / scaling_factor + shift_factor)``, or with
@@ -64,8 +72,8 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
     ``w = guidance_scale``, both halves in one batched call; ``w = 1`` is the plain conditional model.
 
     Noise range: each call samples ``[max(sigma_min, denoiser.sigma_min), min(sigma_max, denoiser.sigma_max)]`` of
-    the scheduler's config. ``EDMHeunScheduler`` gets that range through ``set_timesteps`` (and rounds every level,
-    churned ones included, with ``denoiser.round_sigma``, capped at ``denoiser.sigma_max``). diffusers' EDM
+    the scheduler's config. The package's sigma-native schedulers get that range through ``set_timesteps`` (and round
+    every level, churned ones included, with ``denoiser.round_sigma``, capped at ``denoiser.sigma_max``). diffusers' EDM
     schedulers read their range from their config only, so when it must be narrowed the call samples with a copy
     (``from_config`` with the clamped range); ``pipe.scheduler`` and its config are left as they are. Their
     levels are not rounded: an ``IDDPMPrecond`` then takes the nearest table level as its noise label.
@@ -87,10 +95,10 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
             raise TypeError(
                 f"denoiser must be an EDMPrecond, VPPrecond, VEPrecond or IDDPMPrecond, got {type(denoiser).__name__}."
             )
-        if not (isinstance(scheduler, EDMHeunScheduler) or takes_raw_network_output(scheduler)):
+        if not (takes_sigma_timesteps(scheduler) or takes_raw_network_output(scheduler)):
             raise TypeError(
-                f"Unsupported scheduler {type(scheduler).__name__}; expected EDMHeunScheduler, or diffusers' "
-                "EDMEulerScheduler or EDMDPMSolverMultistepScheduler."
+                f"Unsupported scheduler {type(scheduler).__name__}; expected EDMHeunScheduler or EDMMultistepScheduler, "
+                "or diffusers' EDMEulerScheduler or EDMDPMSolverMultistepScheduler."
             )
         latent_space = vae is not None if latent_space is None else bool(latent_space)
         if vae is not None and not latent_space:
@@ -124,7 +132,7 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
         check_integer("num_inference_steps", num_inference_steps, minimum=1)
         scheduler = self.scheduler
         sigma_min, sigma_max = self.sampling_range(scheduler)
-        if isinstance(scheduler, EDMHeunScheduler):
+        if takes_sigma_timesteps(scheduler):
             denoiser = self.denoiser
             lowest, highest = denoiser.sigma_min, denoiser.sigma_max
 
@@ -192,7 +200,8 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
                 the null class where the denoiser has one.
             guidance_scale: classifier-free guidance weight ``w``, a finite number (1.0: off; needs a
                 ``null_class_label``).
-            num_inference_steps: number of sampler steps N (EDMHeunScheduler with Heun: 2N - 1 model calls).
+            num_inference_steps: number of sampler steps N (EDMHeunScheduler with Heun: 2N - 1 model calls;
+                EDMMultistepScheduler: N model calls).
             generator: torch generator(s) for the initial noise and any sampler noise (churn, SDE solvers).
             latents: initial standard-normal noise ``(B, C, H, W)``; it is scaled to the first noise level.
             output_type: ``"pil"``, ``"np"`` (``(B, H, W, C)`` in [0, 1]), ``"pt"`` (``(B, C, H, W)`` in [0, 1]) or
@@ -256,7 +265,7 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
             # The denoiser applies its own c_in; this call only advances the scheduler's bookkeeping.
             scheduler.scale_model_input(latents, t)
-            # EDMHeunScheduler's timesteps are the noise levels; diffusers' are c_noise values, tracked by step index.
+            # The package's sigma-native timesteps are the noise levels; diffusers' are c_noise values, tracked by step index.
             sigma = call_sigmas[scheduler.step_index] if raw_output else t
             model_input = torch.cat([latents, latents]) if guided else latents
             denoised = self.denoiser(model_input, sigma, labels, encoder_hidden_states).sample

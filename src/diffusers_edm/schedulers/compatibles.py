@@ -9,6 +9,7 @@ names in ``diffusers_edm.schedulers`` as well.
 from __future__ import annotations
 
 import importlib
+from typing import ClassVar
 
 
 class PackageCompatiblesMixin:
@@ -16,6 +17,20 @@ class PackageCompatiblesMixin:
     ``_compatibles`` names found in ``diffusers_edm.schedulers`` or ``diffusers`` (in that order of lookup)."""
 
     _compatibles: list[str] = []
+    #: the values of the config key ``solver`` this scheduler knows
+    solver_choices: ClassVar[tuple[str, ...]] = ()
+
+    def _read_compatible_solver(self, solver: object, default: str) -> object:
+        """``solver`` as this scheduler reads it. A config built from an interchangeable package scheduler carries that
+        scheduler's ``solver`` (``"heun"`` into a multistep one, ``"ipndm"`` into a Heun one); as diffusers does for a
+        shared key with another scheduler's value (UniPC reads DPM-Solver's ``solver_type`` as its own default), such a
+        value becomes ``default`` here (and in the config). Any other value is returned as given, to be checked."""
+        if isinstance(solver, str) and solver not in self.solver_choices:
+            others = [c for c in self._get_compatibles()[1:] if issubclass(c, PackageCompatiblesMixin)]
+            if any(solver in other.solver_choices for other in others):
+                self.register_to_config(solver=default)
+                return default
+        return solver
 
     @classmethod
     def _get_compatibles(cls) -> list[type]:

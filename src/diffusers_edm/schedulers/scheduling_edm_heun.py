@@ -19,8 +19,9 @@ class EDMHeunScheduler(StochasticHeunMixin, SchedulerMixin, ConfigMixin):
     (``"epsilon"``). The sampler evaluates the model at the churned point ``(x_hat_i, sigma_hat_i)`` exactly as
     Algorithm 2 does; with ``s_churn=0`` it is Algorithm 1 (deterministic Heun).
 
-    Interchangeable (``compatibles``, ``from_config``) with diffusers' ``EDMEulerScheduler`` and
-    ``EDMDPMSolverMultistepScheduler``, which :class:`~diffusers_edm.EDMPipeline` drives as well.
+    Interchangeable (``compatibles``, ``from_config``) with :class:`~diffusers_edm.EDMMultistepScheduler` and diffusers'
+    ``EDMEulerScheduler`` and ``EDMDPMSolverMultistepScheduler``, which :class:`~diffusers_edm.EDMPipeline` drives as
+    well (a multistep config's ``solver`` reads as ``"heun"``).
 
     Args:
         sigma_min: smallest noise level of the time discretization (EDM: 0.002).
@@ -31,8 +32,8 @@ class EDMHeunScheduler(StochasticHeunMixin, SchedulerMixin, ConfigMixin):
         s_noise: scale of the churn noise (EDM's ImageNet-64 setting: 1.003).
         prediction_type: ``"sample"`` (the model returns D) or ``"epsilon"``.
         solver: ``"heun"`` (2nd order, ``order = 2``, 2N-1 calls) or ``"euler"`` (N calls).
-        discretization: ``"edm"`` (rho formula), ``"vp"``, ``"ve"`` or ``"iddpm"`` (EDM's generalized sampler,
-            see :func:`diffusers_edm.noise_schedules.sigma_steps`).
+        discretization: ``"edm"`` (rho formula), ``"vp"``, ``"ve"``, ``"iddpm"`` (EDM's generalized sampler),
+            ``"logsnr"`` or ``"time_uniform"`` (see :func:`diffusers_edm.noise_schedules.sigma_steps`).
         vp_epsilon_s: the last VP time for ``discretization="vp"``.
         iddpm_M, iddpm_C_1, iddpm_C_2: the iDDPM table for ``discretization="iddpm"``.
 
@@ -45,7 +46,7 @@ class EDMHeunScheduler(StochasticHeunMixin, SchedulerMixin, ConfigMixin):
             x = scheduler.step(denoiser(scheduler.scale_model_input(x, t), t), t, x, generator=g).prev_sample
     """
 
-    _compatibles = ["EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"]
+    _compatibles = ["EDMMultistepScheduler", "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"]
 
     @register_to_config
     def __init__(
@@ -65,6 +66,7 @@ class EDMHeunScheduler(StochasticHeunMixin, SchedulerMixin, ConfigMixin):
         iddpm_C_1: float = 0.001,
         iddpm_C_2: float = 0.008,
     ):
+        solver = self._read_compatible_solver(solver, "heun")
         validate_algorithm2_config(
             s_churn, s_tmin, s_tmax, s_noise, solver, discretization, rho, vp_epsilon_s, iddpm_M, iddpm_C_1, iddpm_C_2
         )

@@ -44,11 +44,12 @@ class EDMHeunDiscreteScheduler(StochasticHeunMixin, SchedulerMixin, ConfigMixin)
         s_churn, s_tmin, s_tmax, s_noise: churn parameters of Algorithm 2 (config keys: pipelines never pass them).
             A churned level ``sigma_hat`` above the table's largest sigma is capped there (the model knows no higher one).
         solver: ``"heun"`` (``order = 2``, 2N-1 model calls) or ``"euler"`` (N calls).
-        discretization: ``"edm"``, ``"vp"``, ``"ve"`` or ``"iddpm"`` (see :func:`~diffusers_edm.noise_schedules.sigma_steps`).
+        discretization: ``"edm"``, ``"vp"``, ``"ve"``, ``"iddpm"``, ``"logsnr"`` or ``"time_uniform"``
+            (see :func:`~diffusers_edm.noise_schedules.sigma_steps`).
         vp_epsilon_s, iddpm_M, iddpm_C_1, iddpm_C_2: constants of the ``"vp"`` and ``"iddpm"`` discretizations.
     """
 
-    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    _compatibles = ["EDMMultistepDiscreteScheduler"] + [e.name for e in KarrasDiffusionSchedulers]
 
     @register_to_config
     def __init__(
@@ -73,6 +74,7 @@ class EDMHeunDiscreteScheduler(StochasticHeunMixin, SchedulerMixin, ConfigMixin)
         iddpm_C_1: float = 0.001,
         iddpm_C_2: float = 0.008,
     ):
+        solver = self._read_compatible_solver(solver, "heun")
         validate_algorithm2_config(
             s_churn, s_tmin, s_tmax, s_noise, solver, discretization, rho, vp_epsilon_s, iddpm_M, iddpm_C_1, iddpm_C_2
         )

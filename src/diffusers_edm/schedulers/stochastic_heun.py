@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -68,6 +68,19 @@ def validate_algorithm2_config(
     check_real("s_tmax", s_tmax, minimum=s_tmin, allow_infinity=True)
     if not isinstance(solver, str) or solver not in SOLVERS:
         raise ValueError(f"Unknown solver {solver!r}; expected one of {SOLVERS}.")
+    validate_discretization_config(discretization, rho, vp_epsilon_s, iddpm_M, iddpm_C_1, iddpm_C_2)
+
+
+def validate_discretization_config(
+    discretization: object,
+    rho: object,
+    vp_epsilon_s: object = 1e-3,
+    iddpm_M: object = 1000,
+    iddpm_C_1: object = 0.001,
+    iddpm_C_2: object = 0.008,
+) -> None:
+    """Raise a ``ValueError`` naming the value and what is allowed for the settings of a time discretization
+    (:func:`~diffusers_edm.noise_schedules.sigma_steps`)."""
     if not isinstance(discretization, str) or discretization not in DISCRETIZATIONS:
         raise ValueError(f"Unknown discretization {discretization!r}; expected one of {DISCRETIZATIONS}.")
     check_real("rho", rho, minimum=0.0, exclusive_minimum=True)
@@ -155,6 +168,67 @@ class Algorithm2Plan:
         return self.call_sigmas[call] if is_correction else self.start_stds[step]
 
 
+def schedule_grid(
+    model_call: ModelCall,
+    config: Any,
+    num_inference_steps: int | None,
+    sigmas: Sequence[float] | np.ndarray | torch.Tensor | None,
+    round_sigma: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+) -> np.ndarray:
+    """The noise levels ``sigma_0 > ... > sigma_{N-1} > 0`` (float64) of a ``set_timesteps`` call: the given ``sigmas``
+    (checked by ``model_call``), or ``N = num_inference_steps`` levels of ``config.discretization`` over the config's
+    range or ``[sigma_min, sigma_max]``; then ``round_sigma`` where given. ``config`` holds ``discretization``, ``rho``,
+    ``vp_epsilon_s`` and ``iddpm_M`` / ``iddpm_C_1`` / ``iddpm_C_2``."""
+    if (num_inference_steps is None) == (sigmas is None):
+        raise ValueError("Pass exactly one of `num_inference_steps` or `sigmas` to set_timesteps.")
+    if sigmas is not None:
+        grid = model_call.check_sigmas(sigmas)
+    else:
+        num_steps = check_integer("num_inference_steps", num_inference_steps, minimum=1)
+        low, high = model_call.sigma_range(sigma_min, sigma_max)
+        grid = sigma_steps(
+            config.discretization,
+            num_steps,
+            low,
+            high,
+            rho=config.rho,
+            epsilon_s=config.vp_epsilon_s,
+            iddpm_M=config.iddpm_M,
+            iddpm_C_1=config.iddpm_C_1,
+            iddpm_C_2=config.iddpm_C_2,
+        )
+    if round_sigma is not None:
+        grid = apply_round_sigma(round_sigma, grid)
+    return grid
+
+
+def check_model_output(model_output: torch.Tensor, sample: torch.Tensor) -> None:
+    """A ``ValueError`` unless ``model_output`` has the sample's shape; a learned-variance output (2C channels: mean
+    and variance, Nichol & Dhariwal 2021) is named as such."""
+    if model_output.shape == sample.shape:
+        return
+    if (
+        model_output.ndim == sample.ndim >= 2
+        and model_output.shape[1] == 2 * sample.shape[1]
+        and model_output.shape[2:] == sample.shape[2:]
+    ):
+        raise ValueError(
+            f"model_output has {model_output.shape[1]} channels for a {sample.shape[1]}-channel sample: this is a "
+            "learned-variance output (mean and variance channels). This scheduler uses only the denoiser; pass "
+            "model_output[:, :C] or use LearnedVarianceDDPMScheduler to use the learned variance."
+        )
+    raise ValueError(f"model_output shape {tuple(model_output.shape)} differs from sample shape {tuple(sample.shape)}.")
+
+
+def add_sigma_noise(original_samples: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``x = y + sigma n`` with one sigma per sample (or one for all)."""
+    sigma = sigma.to(device=original_samples.device, dtype=original_samples.dtype).flatten()
+    sigma = sigma.reshape(sigma.shape + (1,) * (original_samples.ndim - 1))
+    return original_samples + noise * sigma
+
+
 class StochasticHeunMixin(PackageCompatiblesMixin):
     """Algorithm 2 shared by :class:`EDMHeunScheduler` and :class:`EDMHeunDiscreteScheduler`.
 
@@ -165,6 +239,7 @@ class StochasticHeunMixin(PackageCompatiblesMixin):
 
     model_call: ModelCall
     num_inference_steps: int | None = None
+    solver_choices = SOLVERS
 
     def _reset_schedule(self) -> None:
         self.num_inference_steps = None
@@ -269,27 +344,7 @@ class StochasticHeunMixin(PackageCompatiblesMixin):
         (``EDMHeunDiscreteScheduler``) cannot be evaluated above its largest one, so there ``sigma_hat_i`` is
         capped at that level (a smaller effective gamma), as EDM's ``round_sigma`` does for iDDPM models.
         """
-        config = self.config
-        if (num_inference_steps is None) == (sigmas is None):
-            raise ValueError("Pass exactly one of `num_inference_steps` or `sigmas` to set_timesteps.")
-        if sigmas is not None:
-            grid = self.model_call.check_sigmas(sigmas)
-        else:
-            num_steps = check_integer("num_inference_steps", num_inference_steps, minimum=1)
-            low, high = self.model_call.sigma_range(sigma_min, sigma_max)
-            grid = sigma_steps(
-                config.discretization,
-                num_steps,
-                low,
-                high,
-                rho=config.rho,
-                epsilon_s=config.vp_epsilon_s,
-                iddpm_M=config.iddpm_M,
-                iddpm_C_1=config.iddpm_C_1,
-                iddpm_C_2=config.iddpm_C_2,
-            )
-        if round_sigma is not None:
-            grid = apply_round_sigma(round_sigma, grid)
+        grid = schedule_grid(self.model_call, self.config, num_inference_steps, sigmas, round_sigma, sigma_min, sigma_max)
         self._use_plan(self._plan_for(grid, round_sigma), device)
 
     def _plan_for(
@@ -355,19 +410,7 @@ class StochasticHeunMixin(PackageCompatiblesMixin):
     def _check_step_input(self, model_output: torch.Tensor, sample: torch.Tensor) -> None:
         if self._plan is None:
             raise ValueError(f"{type(self).__name__} has no schedule yet: call `set_timesteps` before `step`.")
-        if model_output.shape == sample.shape:
-            return
-        if (
-            model_output.ndim == sample.ndim >= 2
-            and model_output.shape[1] == 2 * sample.shape[1]
-            and model_output.shape[2:] == sample.shape[2:]
-        ):
-            raise ValueError(
-                f"model_output has {model_output.shape[1]} channels for a {sample.shape[1]}-channel sample: this is a "
-                "learned-variance output (mean and variance channels). This scheduler uses only the denoiser; pass "
-                "model_output[:, :C] or use LearnedVarianceDDPMScheduler to use the learned variance."
-            )
-        raise ValueError(f"model_output shape {tuple(model_output.shape)} differs from sample shape {tuple(sample.shape)}.")
+        check_model_output(model_output, sample)
 
     def step(
         self,
@@ -448,12 +491,7 @@ class StochasticHeunMixin(PackageCompatiblesMixin):
         calls = [self.index_for_timestep(t, first_call_of_step=False) for t in timesteps.reshape(-1)]
         return [self._plan.noise_std_of_call(call) for call in calls]
 
-    @staticmethod
-    def _noised(original_samples: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """``x = y + sigma n`` with one sigma per sample (or one for all)."""
-        sigma = sigma.to(device=original_samples.device, dtype=original_samples.dtype).flatten()
-        sigma = sigma.reshape(sigma.shape + (1,) * (original_samples.ndim - 1))
-        return original_samples + noise * sigma
+    _noised = staticmethod(add_sigma_noise)
 
 
 def apply_round_sigma(round_sigma: Callable[[torch.Tensor], torch.Tensor], sigmas: np.ndarray) -> np.ndarray:
