@@ -66,7 +66,7 @@ from benchmarks.reporting import (
     write_record,
 )
 from benchmarks.sample_quality import accelerate_device, class_labels, in_batches, pipeline_images, real_frechet_spread, timed
-from diffusers_edm import EDMHeunScheduler
+from diffusers_edm import EDMHeunScheduler, EDMMultistepScheduler
 from diffusers_edm.pipelines import EDMPipeline
 from diffusers_edm.training import train as package_training
 
@@ -85,6 +85,7 @@ QUICK_TRAINING_OVERRIDES = (
     "--validation_steps", NEVER, "--num_validation_images", "10", "--sample_steps", "3", "--report_to", "none",
 )
 BOOTSTRAP_SEED = 2
+MULTISTEP_SOLVERS = (("ipndm", (3, 4)), ("dpmpp", (2, 3)), ("unipc", (2, 3)))
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,13 @@ class Sampler:
 
 def all_samplers() -> list[Sampler]:
     """Every sampler of the full run, the package's first (the order of the table, plot and grid rows)."""
-    rows = [Sampler("EDMHeunScheduler", "Heun", "package", EDMHeunScheduler, heun=True)]
+    rows = []
+    for solver, orders in MULTISTEP_SOLVERS:
+        for order in orders:
+            for afs in (False, True):
+                make = functools.partial(EDMMultistepScheduler, solver=solver, solver_order=order, analytical_first_step=afs)
+                rows.append(Sampler("EDMMultistepScheduler", f"{solver}-{order}" + (" AFS" if afs else ""), "package", make))
+    rows.append(Sampler("EDMHeunScheduler", "Heun", "package", EDMHeunScheduler, heun=True))
     for order in (2, 3):
         rows.append(Sampler("EDMDPMSolverMultistepScheduler", f"DPM-Solver++ {order}M", "diffusers",
                             functools.partial(EDMDPMSolverMultistepScheduler, solver_order=order)))
@@ -140,7 +147,7 @@ class LowBudgetSettings:
 FULL = LowBudgetSettings(budgets=(5, 8, 10, 15), num_samples=256, sample_batch=256, classifier_epochs=15, samplers=None,
                          bootstrap_draws=200, grid_columns=20)
 QUICK = LowBudgetSettings(budgets=(5, 8), num_samples=20, sample_batch=10, classifier_epochs=1,
-                          samplers=("EDMHeunScheduler Heun", "EDMDPMSolverMultistepScheduler DPM-Solver++ 2M"),
+                          samplers=("EDMMultistepScheduler ipndm-4 AFS", "EDMHeunScheduler Heun"),
                           bootstrap_draws=20, grid_columns=10, training_overrides=QUICK_TRAINING_OVERRIDES)
 
 
@@ -167,6 +174,10 @@ def ensure_model(model_dir: Path, overrides: Sequence[str], device: torch.device
     """Train README command 1 into ``model_dir`` unless it already holds a pipeline; return whether it trained."""
     if (model_dir / "model_index.json").exists():
         return False
+    if model_dir.exists() and any(model_dir.iterdir()):
+        # --overwrite would wipe it: an unfinished (or running) training run is not ours to replace
+        raise SystemExit(f"{model_dir} holds an unfinished training run (no model_index.json); finish it "
+                         "(--resume_from_checkpoint latest) or remove it, or pass --model-dir.")
     print(f"no pipeline in {model_dir}: training it with README command 1 ...", flush=True)
     with accelerate_device(device):
         package_training.main(training_arguments(model_dir, overrides))
