@@ -20,20 +20,30 @@ A budget counts model evaluations: calls of the denoiser's ``forward``, counted 
 denoiser (classifier-free guidance doubles the batch of a call, not the number of calls); every run checks that
 the count is what the sampler promises.
 
+Accuracy: the Frechet distance scores samples, not solvers (a solver's error can move samples towards the data or
+away from it), so every run is also compared with the ODE's own solution: the same model, guidance, labels and
+initial noise solved by ``EDMHeunScheduler`` on a fine grid (40 steps, 79 calls). Reported per run: the RMS
+difference from it (pixels in [-1, 1]), the median per-sample difference, and the fraction of samples that the
+classifier reads as another digit than the reference's (trajectories that changed mode; RMS alone is dominated by
+them). An independent solver at a high budget (iPNDM-4, 30 calls) measured against the reference bounds the
+reference's own error.
+
 Noise: the distance of a few hundred samples varies from draw to draw; the script reports, as ``sample_quality``
 does, the distance of as many real digits over random class-balanced draws (mean, std: "the spread between
-draws"), calls a difference resolved when it exceeds twice that std, and adds a paired bootstrap of each budget's
-winner against its runner-up (the samplers share their seeds, so their difference is less noisy than either).
+draws"), calls a difference above the noise when it exceeds twice that std, and adds a paired bootstrap of each
+budget's winner against its runner-up (the samplers share their seeds, so their difference is less noisy than
+either distance). Errors against the reference are compared by the paired standard error of the per-sample
+squared differences.
 
 The model: ``--model-dir DIR`` loads a trained pipeline (``EDMPipeline.from_pretrained``). Without it the script
 uses ``runs/digits`` (the main job's output directory), training it there first with exactly README command 1's
 arguments when it holds no pipeline yet. ``--quick`` trains a tiny model for a few steps in a temporary directory
 instead (same arguments at 8x8 and 4 steps), so the test suite never trains the real one.
 
-Outputs (``benchmarks/results/``): ``low_budget_quality.md`` (table: sampler x calls, distance / accuracy),
-``low_budget_quality.json``, ``low_budget_quality.png`` (distance and accuracy vs calls per sampler) and one grid
-per budget, ``low_budget_grid_<calls>_calls.png`` (one row per sampler, the same labels and seeds in every row,
-real digits in the last row).
+Outputs (``benchmarks/results/``): ``low_budget_quality.md`` (tables sampler x calls: distance / accuracy, and error
+vs the reference / class changes; the verdict of each budget), ``low_budget_quality.json``, ``low_budget_quality.png``
+(distance, accuracy and error vs calls per sampler) and one grid per budget, ``low_budget_grid_<calls>_calls.png``
+(one row per sampler, the same labels and seeds in every row; the reference and real digits in the last rows).
 
 Run: ``python -m benchmarks.low_budget_quality [--quick] [--model-dir DIR] [--device cpu|cuda] [--output-dir DIR]``.
 """
@@ -137,18 +147,21 @@ class LowBudgetSettings:
     sample_batch: int
     classifier_epochs: int
     samplers: tuple[str, ...] | None  # keys of the samplers to run; None: all
+    reference_steps: int  # Heun steps N of the reference solution (2N - 1 calls)
+    check_calls: int  # calls of the iPNDM-4 run that checks the reference has converged
     bootstrap_draws: int
     grid_columns: int
     training_overrides: tuple[str, ...] = ()
 
 
-# Full: 16 samplers x 38 calls (5 + 8 + 10 + 15) of the 1.1M-parameter UNet on 2 x 256 images (guidance) at 16x16:
-# ~20 minutes on the shared 2-core CPU (one thread), about 2.5 s per call.
+# Full: 16 samplers x 38 calls (5 + 8 + 10 + 15), the 79-call reference and its 30-call check, of the 1.1M-parameter
+# UNet on 2 x 256 images (guidance) at 16x16: ~2.6 s per call, ~30 minutes on the shared 2-core CPU (one thread).
 FULL = LowBudgetSettings(budgets=(5, 8, 10, 15), num_samples=256, sample_batch=256, classifier_epochs=15, samplers=None,
-                         bootstrap_draws=200, grid_columns=20)
+                         reference_steps=40, check_calls=30, bootstrap_draws=200, grid_columns=20)
+# Quick: the reference is Heun at 4 steps, the very run of the Heun row at 8 calls (7): the test sees a zero error.
 QUICK = LowBudgetSettings(budgets=(5, 8), num_samples=20, sample_batch=10, classifier_epochs=1,
-                          samplers=("EDMMultistepScheduler ipndm-4 AFS", "EDMHeunScheduler Heun"),
-                          bootstrap_draws=20, grid_columns=10, training_overrides=QUICK_TRAINING_OVERRIDES)
+                          samplers=("EDMMultistepScheduler ipndm-4 AFS", "EDMHeunScheduler Heun"), reference_steps=4,
+                          check_calls=10, bootstrap_draws=20, grid_columns=10, training_overrides=QUICK_TRAINING_OVERRIDES)
 
 
 @dataclass
@@ -162,6 +175,17 @@ class Run:
     seconds: float
     scores: dict[str, float] = field(default_factory=dict)
     features: torch.Tensor | None = None
+    predictions: torch.Tensor | None = None
+    errors: torch.Tensor | None = None  # per-sample RMS difference from the reference solution
+
+
+def reference_samplers(settings: LowBudgetSettings) -> tuple[Sampler, Sampler]:
+    """The reference solution of the probability-flow ODE (Heun, fine grid) and the independent run that checks it."""
+    calls = 2 * settings.reference_steps - 1
+    reference = Sampler("EDMHeunScheduler", f"Heun, {calls} calls (ODE reference)", "reference", EDMHeunScheduler, heun=True)
+    check = Sampler("EDMMultistepScheduler", f"ipndm-4, {settings.check_calls} calls (reference check)", "reference",
+                    functools.partial(EDMMultistepScheduler, solver="ipndm", solver_order=4))
+    return reference, check
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -231,12 +255,25 @@ def sample_run(pipeline: EDMPipeline, sampler: Sampler, budget: int, settings: L
     return Run(sampler, budget, calls, images, seconds)
 
 
-# ------------------------------------------------------------------------------------------------ noise
-def paired_bootstrap(first: torch.Tensor, second: torch.Tensor, frechet: FeatureFrechet, draws: int) -> dict[str, float]:
-    """Bootstrap of ``distance(first) - distance(second)`` resampling the same sample indices for both.
+# ------------------------------------------------------------------------------------------------ scores
+def score_run(run: Run, classifier: torch.nn.Module, frechet: FeatureFrechet, reference: Run | None) -> None:
+    """Frechet distance and accuracy (the quality harness), and the per-sample error against the reference run."""
+    run.scores = frechet.score(run.images, class_labels(len(run.images)))
+    run.features, run.predictions = features_and_predictions(classifier, run.images)
+    if reference is None:
+        return
+    run.errors = (run.images - reference.images).flatten(1).square().mean(1).sqrt()
+    run.scores["rms_error"] = float(run.errors.square().mean().sqrt())
+    run.scores["median_error"] = float(run.errors.median())
+    # Samples the classifier reads as another digit than the reference solution: a trajectory that changed mode.
+    run.scores["class_changed"] = float((run.predictions != reference.predictions).double().mean())
 
-    The two runs share labels and initial noise, so resampling pairs keeps that correlation: the std of the
-    difference is the noise of this comparison, smaller than the spread of either distance alone.
+
+def paired_bootstrap(first: torch.Tensor, second: torch.Tensor, frechet: FeatureFrechet, draws: int) -> float:
+    """Std of ``distance(first) - distance(second)`` over bootstrap draws that resample the same indices for both.
+
+    The two runs share labels and initial noise, so resampling pairs keeps that correlation: this std is the noise
+    of the comparison, smaller than the draw-to-draw spread of either distance alone.
     """
     generator = torch.Generator().manual_seed(BOOTSTRAP_SEED)
     count = len(first)
@@ -244,83 +281,104 @@ def paired_bootstrap(first: torch.Tensor, second: torch.Tensor, frechet: Feature
     def distance(features: torch.Tensor) -> float:
         return moment_frechet_distance(features, frechet.mean, frechet.covariance)
 
-    observed = distance(first) - distance(second)
     differences = []
     for _ in range(draws):
         index = torch.randint(count, (count,), generator=generator)
         differences.append(distance(first[index]) - distance(second[index]))
-    values = torch.tensor(differences, dtype=torch.float64)
-    return {"difference": observed, "std": float(values.std()), "fraction_reversed": float((values * observed > 0).logical_not().double().mean())}
+    return float(torch.tensor(differences, dtype=torch.float64).std())
+
+
+def same_samples(first: Run, second: Run, tolerance: float = 1e-4) -> bool:
+    """Whether two runs produced the same images (the same algorithm on the same grid, e.g. two DPM-Solver++ codes)."""
+    return bool((first.images - second.images).abs().max() <= tolerance)
 
 
 def budget_verdicts(runs: list[Run], spread_std: float, frechet: FeatureFrechet, draws: int) -> list[dict[str, Any]]:
-    """Per budget: the winner, its runner-up, the best of each family, and whether the gaps exceed the noise."""
+    """Per budget, by the Frechet distance and by the error against the ODE reference: the winner, the samplers that
+    gave the same samples (ties), the best distinct runner-up, the best of the other family, and whether each gap is
+    above the noise (Frechet: twice the real-digit draw std, and twice the paired bootstrap std; error: twice the
+    paired standard error of the mean squared per-sample error)."""
     verdicts = []
     for budget in dict.fromkeys(r.budget for r in runs):
-        ranked = sorted((r for r in runs if r.budget == budget), key=lambda r: r.scores["frechet"])
-        best = ranked[0]
-        record: dict[str, Any] = {"budget": budget, "ranking": [r.sampler.key for r in ranked],
-                                  "best": best.sampler.key, "best_frechet": best.scores["frechet"],
-                                  "best_accuracy": best.scores["accuracy"]}
-        comparisons = {"runner_up": ranked[1] if len(ranked) > 1 else None}
-        for family in ("package", "diffusers"):
-            members = [r for r in ranked if r.sampler.family == family]
-            record[f"best_{family}"] = members[0].sampler.key if members else None
-            record[f"best_{family}_frechet"] = members[0].scores["frechet"] if members else None
-        other = next((r for r in ranked if r.sampler.family != best.sampler.family), None)
-        comparisons["best_other_family"] = other
-        for name, rival in comparisons.items():
-            if rival is None:
-                record[name] = None
+        at_budget = [r for r in runs if r.budget == budget]
+        record: dict[str, Any] = {"budget": budget}
+        for metric in ("frechet", "rms_error"):
+            if metric not in at_budget[0].scores:
                 continue
-            gap = rival.scores["frechet"] - best.scores["frechet"]
-            bootstrap = paired_bootstrap(best.features, rival.features, frechet, draws)
-            record[name] = {
-                "sampler": rival.sampler.key, "frechet": rival.scores["frechet"], "gap": gap,
-                "resolved_by_draw_spread": gap > 2 * spread_std, "paired_bootstrap_std": bootstrap["std"],
-                "resolved_by_paired_bootstrap": gap > 2 * bootstrap["std"],
-                "bootstrap_fraction_reversed": bootstrap["fraction_reversed"],
-            }
+            ranked = sorted(at_budget, key=lambda r: r.scores[metric])
+            best = ranked[0]
+            ties = [r for r in ranked[1:] if same_samples(best, r)]
+            distinct = [r for r in ranked[1:] if r not in ties]
+            rivals = {"runner_up": distinct[0] if distinct else None,
+                      "best_other_family": next((r for r in ranked if r.sampler.family != best.sampler.family), None)}
+            entry: dict[str, Any] = {"best": best.sampler.key, "value": best.scores[metric], "accuracy": best.scores["accuracy"],
+                                     "ties": [r.sampler.key for r in ties], "ranking": [r.sampler.key for r in ranked]}
+            for name, rival in rivals.items():
+                if rival is None:
+                    entry[name] = None
+                    continue
+                gap = rival.scores[metric] - best.scores[metric]
+                comparison: dict[str, Any] = {"sampler": rival.sampler.key, "value": rival.scores[metric], "gap": gap,
+                                              "same_samples": same_samples(best, rival)}
+                if metric == "frechet":
+                    noise = paired_bootstrap(best.features, rival.features, frechet, draws)
+                    comparison.update(resolved_by_draw_spread=gap > 2 * spread_std, paired_bootstrap_std=noise,
+                                      resolved=gap > 2 * noise)
+                else:
+                    differences = rival.errors.square() - best.errors.square()
+                    noise = float(differences.std() / len(differences) ** 0.5)
+                    comparison.update(paired_standard_error=noise, resolved=float(differences.mean()) > 2 * noise,
+                                      ratio=best.scores[metric] / rival.scores[metric] if rival.scores[metric] > 0 else None)
+                entry[name] = comparison
+            record[metric] = entry
         verdicts.append(record)
     return verdicts
 
 
 # ------------------------------------------------------------------------------------------------ report
-def results_table(runs: list[Run], samplers: list[Sampler], budgets: Sequence[int], floor: dict[str, Any]) -> str:
-    """Markdown: one row per sampler, one column per budget, cells ``distance / accuracy`` (best distance in bold)."""
-    best = {b: min(r.scores["frechet"] for r in runs if r.budget == b) for b in budgets}
-    body = []
+def metric_table(runs: list[Run], samplers: list[Sampler], budgets: Sequence[int],
+                 cell: Callable[[Run], str], best_key: str, extra_rows: Sequence[Sequence[Any]]) -> str:
+    """Markdown: one row per sampler, one column per budget; the budget's best ``best_key`` in bold; calls in brackets
+    where they differ from the budget."""
+    best = {b: min(r.scores[best_key] for r in runs if r.budget == b) for b in budgets}
+    body: list[list[Any]] = []
     for sampler in samplers:
         row: list[Any] = [sampler.scheduler, sampler.options]
         for budget in budgets:
             run = next(r for r in runs if r.sampler is sampler and r.budget == budget)
-            distance = f"{run.scores['frechet']:.2f}"
-            cell = f"**{distance}**" if run.scores["frechet"] == best[budget] else distance
-            cell += f" / {run.scores['accuracy'] * 100:.1f}%"
-            if run.calls != budget:
-                cell += f" ({run.calls})"
-            row.append(cell)
+            text = cell(run)
+            head, _, tail = text.partition(" / ")
+            text = f"**{head}** / {tail}" if run.scores[best_key] == best[budget] else text
+            row.append(text + (f" ({run.calls})" if run.calls != budget else ""))
         body.append(row)
-    spread = floor["spread"]
-    body.append(["real digits", f"{spread['draws']} draws", *[f"{spread['mean']:.2f} +/- {spread['std']:.2f} / "
-                                                              f"{floor['accuracy'] * 100:.1f}%"] * len(budgets)])
+    body += [list(row) for row in extra_rows]
     return markdown_table(["scheduler", "options", *[f"{b} calls" for b in budgets]], body)
 
 
 def verdict_lines(verdicts: list[dict[str, Any]], spread_std: float) -> list[str]:
-    """One plain sentence per budget: who won, by how much, and whether that is above the noise."""
+    """Plain sentences per budget: who won by each measure, by how much, and whether that is above the noise."""
     lines = []
     for v in verdicts:
-        text = f"{v['budget']} calls: best {v['best']} ({v['best_frechet']:.2f}, {v['best_accuracy'] * 100:.1f}%)"
-        for name, label in (("runner_up", "runner-up"), ("best_other_family", "best of the other family")):
-            rival = v[name]
-            if rival is None or (name == "best_other_family" and v["runner_up"]["sampler"] == rival["sampler"]):
+        for metric, what in (("frechet", "Frechet distance"), ("rms_error", "error vs the ODE reference")):
+            entry = v.get(metric)
+            if entry is None:
                 continue
-            resolved = ("resolved" if rival["resolved_by_draw_spread"] else "within the draw spread") + (
-                ", resolved by the paired bootstrap" if rival["resolved_by_paired_bootstrap"] else ", not resolved by the paired bootstrap")
-            text += (f"; {label} {rival['sampler']} {rival['frechet']:.2f} (gap {rival['gap']:.2f} vs 2 x draw std "
-                     f"{2 * spread_std:.2f}, paired bootstrap std {rival['paired_bootstrap_std']:.2f}: {resolved})")
-        lines.append(text)
+            text = f"{v['budget']} calls, {what}: best {entry['best']} ({entry['value']:.4g}, accuracy {entry['accuracy'] * 100:.1f}%)"
+            if entry["ties"]:
+                text += f", the same samples as {', '.join(entry['ties'])}"
+            for name, label in (("runner_up", "runner-up"), ("best_other_family", "best of the other family")):
+                rival = entry[name]
+                if rival is None or (name == "best_other_family" and (rival["same_samples"] or (
+                        entry["runner_up"] is not None and entry["runner_up"]["sampler"] == rival["sampler"]))):
+                    continue
+                text += f"; {label} {rival['sampler']} {rival['value']:.4g} (gap {rival['gap']:.3g}"
+                if metric == "frechet":
+                    text += (f"; 2 x draw std {2 * spread_std:.2f}: {'above' if rival['resolved_by_draw_spread'] else 'within'}"
+                             f"; paired bootstrap std {rival['paired_bootstrap_std']:.2f}: "
+                             f"{'resolved' if rival['resolved'] else 'not resolved'})")
+                else:
+                    text += f"; ratio {rival['ratio']:.2f}; {'resolved' if rival['resolved'] else 'not resolved'} by the paired error)"
+            lines.append(text)
     return lines
 
 
@@ -330,26 +388,32 @@ COLOURS = {"Heun": "black", "DPM-Solver++ 2M": "tab:orange", "DPM-Solver++ 3M": 
            "unipc-2": "#c9a3e0", "unipc-3": "tab:purple"}
 
 
-def plot_runs(runs: list[Run], samplers: list[Sampler], floor: dict[str, Any], path: Path, title: str) -> Path | None:
-    """Frechet distance (log) and accuracy vs model calls, one line per sampler, with the real-digit band."""
+def plot_runs(runs: list[Run], samplers: list[Sampler], floor: dict[str, Any], reference: Run, path: Path,
+              title: str) -> Path | None:
+    """Frechet distance (log), accuracy and error vs the reference (log) against model calls, one line per sampler."""
     plt = pyplot()
     if plt is None:
         return None
-    figure, axes = plt.subplots(1, 2, figsize=(13, 5))
+    figure, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+    panels = (("frechet", 1, "Frechet distance in classifier features (lower is better)"),
+              ("accuracy", 100, "classifier accuracy on samples, %"),
+              ("rms_error", 1, "RMS error vs the ODE reference, pixels in [-1, 1]"))
     for sampler in samplers:
         rows = sorted((r for r in runs if r.sampler is sampler), key=lambda r: r.calls)
         afs = sampler.options.endswith(" AFS")
         colour = COLOURS.get(sampler.options.removesuffix(" AFS"), "tab:brown")
         label = sampler.options if sampler.scheduler == "EDMMultistepScheduler" else sampler.key
-        for axis, key, scale in zip(axes, ("frechet", "accuracy"), (1, 100)):
+        for axis, (key, scale, _) in zip(axes, panels):
             axis.plot([r.calls for r in rows], [r.scores[key] * scale for r in rows], "o--" if afs else "o-", color=colour,
                       label=label, markersize=4, linewidth=1.2, alpha=0.9)
     spread = floor["spread"]
     axes[0].axhspan(spread["mean"] - spread["std"], spread["mean"] + spread["std"], color="black", alpha=0.12,
                     label="real digits, mean +/- std over draws")
+    axes[0].axhline(reference.scores["frechet"], color="black", linestyle="--", linewidth=1, label=reference.sampler.options)
     axes[1].axhline(floor["accuracy"] * 100, color="black", linestyle=":", linewidth=1, label="real digits")
     axes[0].set_yscale("log")
-    for axis, label in zip(axes, ("Frechet distance in classifier features (lower is better)", "classifier accuracy on samples, %")):
+    axes[2].set_yscale("log")
+    for axis, (_, _, label) in zip(axes, panels):
         axis.set_xlabel("model calls per sample")
         axis.set_ylabel(label)
         axis.set_xticks(sorted({r.budget for r in runs}))
@@ -379,7 +443,7 @@ def budget_grid(rows: list[tuple[str, torch.Tensor]], path: Path, columns: int, 
 # ------------------------------------------------------------------------------------------------ run
 @restores_torch_threads
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Load (or train) the digits model, sample every sampler at every budget, score; write the table, plot, grids."""
+    """Load (or train) the digits model, sample every sampler at every budget, score; write the tables, plot, grids."""
     parser = common_arguments(__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=None,
                         help=f"a trained EDMPipeline (default: {DEFAULT_MODEL_DIR}, trained there with README command 1 "
@@ -416,46 +480,77 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     real_index = torch.stack([per_class[i % NUM_CLASSES][i // NUM_CLASSES] for i in range(settings.num_samples)])
     floor = frechet.score(split.train_images[real_index], split.train_labels[real_index])
     floor["spread"] = real_frechet_spread(frechet, split.train_images, split.train_labels, settings.num_samples)
+    spread = floor["spread"]
     print(f"feature classifier: held-out accuracy {classifier_accuracy * 100:.1f}%; model {model_dir} ({resolution}x{resolution})")
+
+    # The reference: the same ODE (same model, guidance, labels and initial noise) solved on a fine grid, and an
+    # independent solver at a high budget, whose difference from it bounds the reference's own error.
+    reference_sampler, check_sampler = reference_samplers(settings)
+    reference = sample_run(pipeline, reference_sampler, 2 * settings.reference_steps - 1, settings, device)
+    score_run(reference, classifier, frechet, None)
+    check = sample_run(pipeline, check_sampler, settings.check_calls, settings, device)
+    score_run(check, classifier, frechet, reference)
 
     samplers = [s for s in all_samplers() if settings.samplers is None or s.key in settings.samplers]
     runs = []
     for budget in settings.budgets:
         for sampler in samplers:
             run = sample_run(pipeline, sampler, budget, settings, device)
-            run.scores = frechet.score(run.images, class_labels(len(run.images)))
-            run.features = features_and_predictions(classifier, run.images)[0]
+            score_run(run, classifier, frechet, reference)
             runs.append(run)
 
-    spread = floor["spread"]
     verdicts = budget_verdicts(runs, spread["std"], frechet, settings.bootstrap_draws)
     grids = {}
     for budget in settings.budgets:
         rows = [(f"{r.sampler.key}" + (f" ({r.calls})" if r.calls != budget else ""), r.images)
                 for r in runs if r.budget == budget]
-        rows.append(("real digits", split.train_images[real_index]))
+        rows += [(reference.sampler.key, reference.images), ("real digits", split.train_images[real_index])]
         grids[str(budget)] = str(budget_grid(rows, output_dir / f"low_budget_grid_{budget:02d}_calls.png", settings.grid_columns))
 
-    table = results_table(runs, samplers, settings.budgets, floor)
+    budgets = settings.budgets
+    quality_table = metric_table(
+        runs, samplers, budgets, lambda r: f"{r.scores['frechet']:.2f} / {r.scores['accuracy'] * 100:.1f}%", "frechet",
+        [[reference.sampler.scheduler, reference.sampler.options,
+          *[f"{reference.scores['frechet']:.2f} / {reference.scores['accuracy'] * 100:.1f}%"] * len(budgets)],
+         ["real digits", f"{spread['draws']} draws",
+          *[f"{spread['mean']:.2f} +/- {spread['std']:.2f} / {floor['accuracy'] * 100:.1f}%"] * len(budgets)]],
+    )
+    error_table = metric_table(
+        runs, samplers, budgets, lambda r: f"{r.scores['rms_error']:.4f} / {r.scores['class_changed'] * 100:.1f}%",
+        "rms_error",
+        [[check.sampler.scheduler, check.sampler.options,
+          *[f"{check.scores['rms_error']:.4f} / {check.scores['class_changed'] * 100:.1f}%"] * len(budgets)]],
+    )
     lines = verdict_lines(verdicts, spread["std"])
     total_minutes = (time.perf_counter() - started) / 60
     header = (f"Low-budget samplers on {model_dir} ({resolution}x{resolution}, guidance {GUIDANCE_SCALE:g}), "
               f"{settings.num_samples} samples per sampler and budget, on {device} ({total_minutes:.1f} min)")
-    noise = (f"Feature classifier held-out accuracy: {classifier_accuracy * 100:.1f}%. Frechet distance of "
-             f"{settings.num_samples} real digits over {spread['draws']} class-balanced draws: {spread['mean']:.2f} +/- "
-             f"{spread['std']:.2f} ({spread['min']:.2f}-{spread['max']:.2f}). Cells: distance / accuracy (calls where "
-             "they differ from the budget); bold: the budget's best distance.")
-    print(f"\n{header}\n\n{table}\n\n{noise}\n" + "\n".join(lines))
+    quality_note = (f"Cells: Frechet distance to the held-out digits / classifier accuracy (calls in brackets where they "
+                    f"differ from the budget; bold: the budget's best distance). Feature classifier held-out accuracy: "
+                    f"{classifier_accuracy * 100:.1f}%. Frechet distance of {settings.num_samples} real digits over "
+                    f"{spread['draws']} class-balanced draws: {spread['mean']:.2f} +/- {spread['std']:.2f} "
+                    f"({spread['min']:.2f}-{spread['max']:.2f}).")
+    error_note = (f"Cells: RMS difference from the ODE reference ({reference.sampler.key}; pixels in [-1, 1], over "
+                  "samples and pixels) / samples the classifier reads as another digit than the reference's; bold: the "
+                  "budget's smallest error. The last row bounds the reference's own error.")
+    print(f"\n{header}\n\n{quality_table}\n\n{quality_note}\n\n{error_table}\n\n{error_note}\n\n" + "\n".join(lines))
 
     machine = machine_description(device)
-    png = plot_runs(runs, samplers, floor, output_dir / "low_budget_quality.png",
+    png = plot_runs(runs, samplers, floor, reference, output_dir / "low_budget_quality.png",
                     f"EDM digits model ({resolution}x{resolution}), guidance {GUIDANCE_SCALE:g}, "
-                    f"{settings.num_samples} samples per point, same seeds for every sampler")
+                    f"{settings.num_samples} samples per point, same labels and seeds for every sampler")
     markdown_path = output_dir / "low_budget_quality.md"
     markdown_path.write_text(
         f"# Low-budget samplers ({'quick' if args.quick else 'full'} run, {machine['date']}, device {device}, "
-        f"{total_minutes:.1f} min)\n\n{header}.\n\n{table}\n\n{noise}\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"
+        f"{total_minutes:.1f} min)\n\n{header}.\n\n## Sample quality\n\n{quality_table}\n\n{quality_note}\n\n"
+        f"## Error against the ODE reference\n\n{error_table}\n\n{error_note}\n\n## Verdicts\n\n"
+        + "\n".join(f"- {line}" for line in lines) + "\n"
     )
+
+    def record(run: Run) -> dict[str, Any]:
+        return {"sampler": run.sampler.key, "scheduler": run.sampler.scheduler, "options": run.sampler.options,
+                "family": run.sampler.family, "budget": run.budget, "calls": run.calls, "seconds": run.seconds, **run.scores}
+
     result = {
         "settings": {**settings.__dict__, "guidance_scale": GUIDANCE_SCALE, "resolution": resolution},
         "machine": machine,
@@ -463,9 +558,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "model": model_record,
         "classifier_accuracy": classifier_accuracy,
         "floor": floor,
-        "rows": [{"sampler": r.sampler.key, "scheduler": r.sampler.scheduler, "options": r.sampler.options,
-                  "family": r.sampler.family, "budget": r.budget, "calls": r.calls, "seconds": r.seconds, **r.scores}
-                 for r in runs],
+        "reference": record(reference),
+        "reference_check": record(check),
+        "rows": [record(r) for r in runs],
         "verdicts": verdicts,
         "minutes": total_minutes,
         "files": {"markdown": str(markdown_path), "png": str(png) if png else None, "grids": grids},

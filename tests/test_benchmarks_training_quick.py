@@ -128,18 +128,34 @@ def test_low_budget_quality_spends_each_budget_in_model_calls(low_budget: dict) 
     assert 0.0 <= spread["min"] <= spread["mean"] <= spread["max"] and spread["std"] >= 0.0
 
 
+def test_low_budget_quality_measures_the_error_against_the_ode_reference(low_budget: dict) -> None:
+    reference = low_budget["reference"]
+    assert reference["calls"] == 2 * low_budget_quality.QUICK.reference_steps - 1
+    for row in low_budget["rows"] + [low_budget["reference_check"]]:
+        assert 0.0 <= row["median_error"] and 0.0 <= row["rms_error"] <= 2.0 and 0.0 <= row["class_changed"] <= 1.0
+        # The quick reference is Heun at 4 steps, which is also the Heun row at budget 8 (7 calls): the same labels
+        # and seeds give the very same samples there, and different samples everywhere else.
+        same_run = row["scheduler"] == "EDMHeunScheduler" and row["calls"] == reference["calls"]
+        assert (row["rms_error"] == 0.0 and row["class_changed"] == 0.0) if same_run else row["rms_error"] > 0.0
+    assert any(r["scheduler"] == "EDMHeunScheduler" and r["calls"] == reference["calls"] for r in low_budget["rows"])
+
+
 def test_low_budget_quality_names_each_budgets_winner(low_budget: dict) -> None:
     verdicts = {v["budget"]: v for v in low_budget["verdicts"]}
     assert set(verdicts) == set(low_budget_quality.QUICK.budgets)
     for budget, verdict in verdicts.items():
-        at_budget = {r["sampler"]: r["frechet"] for r in low_budget["rows"] if r["budget"] == budget}
-        assert verdict["best"] == min(at_budget, key=at_budget.get)
-        runner_up = verdict["runner_up"]
-        assert runner_up["gap"] == pytest.approx(at_budget[runner_up["sampler"]] - at_budget[verdict["best"]])
-        assert runner_up["gap"] >= 0.0 and runner_up["paired_bootstrap_std"] >= 0.0
-        assert runner_up["resolved_by_draw_spread"] == (runner_up["gap"] > 2 * low_budget["floor"]["spread"]["std"])
+        for metric in ("frechet", "rms_error"):
+            at_budget = {r["sampler"]: r[metric] for r in low_budget["rows"] if r["budget"] == budget}
+            entry = verdict[metric]
+            assert entry["best"] == min(at_budget, key=at_budget.get)
+            runner_up = entry["runner_up"]
+            assert runner_up["gap"] == pytest.approx(at_budget[runner_up["sampler"]] - at_budget[entry["best"]])
+            assert runner_up["gap"] >= 0.0 and isinstance(runner_up["resolved"], bool)
+        frechet = verdict["frechet"]["runner_up"]
+        assert frechet["resolved_by_draw_spread"] == (frechet["gap"] > 2 * low_budget["floor"]["spread"]["std"])
+        assert frechet["paired_bootstrap_std"] >= 0.0
     table = Path(low_budget["files"]["markdown"]).read_text()
-    for name in ("EDMHeunScheduler", "EDMMultistepScheduler", "real digits", "5 calls", "8 calls"):
+    for name in ("EDMHeunScheduler", "EDMMultistepScheduler", "ODE reference", "real digits", "5 calls", "8 calls"):
         assert name in table
 
 
