@@ -1,4 +1,5 @@
-"""The training benchmarks (issue #6, parts 3 and 4) run in ``--quick`` mode, write their outputs and give sane numbers.
+"""The training benchmarks (issue #6, parts 3 and 4; issue #10's low-budget samplers on a trained model) run in
+``--quick`` mode, write their outputs and give sane numbers.
 
 Quick runs are far too small to judge speed or quality; these tests keep the scripts from rotting and check that
 what they measure is complete and plausible. The full runs and their results are in ``benchmarks/README.md``.
@@ -14,10 +15,11 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from benchmarks import sample_quality, training_throughput  # noqa: E402
+from benchmarks import low_budget_quality, sample_quality, training_throughput  # noqa: E402
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +101,77 @@ def test_sample_quality_writes_grids_and_plot(quality: dict) -> None:
         assert Path(path).read_bytes()[:8] == PNG_MAGIC
     if HAS_MATPLOTLIB:
         assert Path(quality["files"]["png"]).read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.fixture(scope="module")
+def low_budget(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    # No --model-dir: --quick trains a tiny model with README command 1's arguments shrunk to 4 steps at 8x8.
+    return low_budget_quality.main(["--quick", "--output-dir", str(tmp_path_factory.mktemp("low_budget"))])
+
+
+def test_low_budget_quality_spends_each_budget_in_model_calls(low_budget: dict) -> None:
+    settings = low_budget_quality.QUICK
+    rows = low_budget["rows"]
+    assert sorted((r["sampler"], r["budget"]) for r in rows) == sorted(
+        (sampler, budget) for sampler in settings.samplers for budget in settings.budgets
+    )
+    for row in rows:
+        # Counted denoiser forwards (guidance doubles the batch, not the calls): Heun takes the largest N steps with
+        # 2N - 1 calls within the budget; every other sampler, AFS included, one call per step and step per call.
+        heun_steps = max(n for n in range(1, row["budget"] + 1) if 2 * n - 1 <= row["budget"])
+        assert row["calls"] == (2 * heun_steps - 1 if row["scheduler"] == "EDMHeunScheduler" else row["budget"])
+        assert 0.0 <= row["frechet"] < 1e4 and 0.0 <= row["accuracy"] <= 1.0 and row["seconds"] > 0
+    assert low_budget["model"]["trained_by_this_run"] and low_budget["settings"]["guidance_scale"] == 2.0
+    # A 4-step model is far from the data: real digits are closer to the held-out digits than any of its samples.
+    assert low_budget["floor"]["spread"]["max"] < min(r["frechet"] for r in rows)
+    spread = low_budget["floor"]["spread"]
+    assert 0.0 <= spread["min"] <= spread["mean"] <= spread["max"] and spread["std"] >= 0.0
+
+
+def test_low_budget_quality_measures_the_error_against_the_ode_reference(low_budget: dict) -> None:
+    reference = low_budget["reference"]
+    assert reference["calls"] == 2 * low_budget_quality.QUICK.reference_steps - 1
+    for row in low_budget["rows"] + [low_budget["reference_check"]]:
+        assert 0.0 <= row["median_error"] and 0.0 <= row["rms_error"] <= 2.0 and 0.0 <= row["class_changed"] <= 1.0
+        # The quick reference is Heun at 4 steps, which is also the Heun row at budget 8 (7 calls): the same labels
+        # and seeds give the very same samples there, and different samples everywhere else.
+        same_run = row["scheduler"] == "EDMHeunScheduler" and row["calls"] == reference["calls"]
+        assert (row["rms_error"] == 0.0 and row["class_changed"] == 0.0) if same_run else row["rms_error"] > 0.0
+    assert any(r["scheduler"] == "EDMHeunScheduler" and r["calls"] == reference["calls"] for r in low_budget["rows"])
+
+
+def test_low_budget_quality_names_each_budgets_winner(low_budget: dict) -> None:
+    verdicts = {v["budget"]: v for v in low_budget["verdicts"]}
+    assert set(verdicts) == set(low_budget_quality.QUICK.budgets)
+    for budget, verdict in verdicts.items():
+        for metric in ("frechet", "rms_error"):
+            at_budget = {r["sampler"]: r[metric] for r in low_budget["rows"] if r["budget"] == budget}
+            entry = verdict[metric]
+            assert entry["best"] == min(at_budget, key=at_budget.get)
+            runner_up = entry["runner_up"]
+            assert runner_up["gap"] == pytest.approx(at_budget[runner_up["sampler"]] - at_budget[entry["best"]])
+            assert runner_up["gap"] >= 0.0 and isinstance(runner_up["resolved"], bool)
+        frechet = verdict["frechet"]["runner_up"]
+        assert frechet["resolved_by_draw_spread"] == (frechet["gap"] > 2 * low_budget["floor"]["spread"]["std"])
+        assert frechet["paired_bootstrap_std"] >= 0.0
+    table = Path(low_budget["files"]["markdown"]).read_text()
+    for name in ("EDMHeunScheduler", "EDMMultistepScheduler", "ODE reference", "real digits", "5 calls", "8 calls"):
+        assert name in table
+
+
+def test_low_budget_quality_writes_a_grid_per_budget_and_the_plot(low_budget: dict) -> None:
+    grids = low_budget["files"]["grids"]
+    assert sorted(grids) == sorted(str(b) for b in low_budget_quality.QUICK.budgets)
+    for path in grids.values():
+        assert Path(path).read_bytes()[:8] == PNG_MAGIC
+    assert Path(low_budget["files"]["json"]).stat().st_size > 0
+    if HAS_MATPLOTLIB:
+        assert Path(low_budget["files"]["png"]).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_low_budget_quality_trains_the_readme_digits_model() -> None:
+    # Without --model-dir the full run trains exactly README command 1 (the main job's model) into runs/digits.
+    command = next(line for line in README.read_text().splitlines() if "diffusers-edm-train --output_dir runs/digits" in line)
+    readme_arguments = command.split("diffusers-edm-train ", 1)[1].split()
+    assert low_budget_quality.training_arguments(Path("runs/digits")) == readme_arguments
+    assert low_budget_quality.DEFAULT_MODEL_DIR == README.parent / "runs" / "digits"
