@@ -12,6 +12,8 @@ Samplers, all through ``EDMPipeline`` on EDM's noise range [0.002, 80] with rho 
 - the package's ``EDMMultistepScheduler``: iPNDM orders 3 and 4, DPM-Solver++ orders 2 and 3, UniPC (bh2) orders 2
   and 3, each with and without the analytical first step (AFS: the first step takes the data-free denoiser
   ``c_skip(sigma_max) x`` instead of a model call, so the budget's calls all go to later levels);
+- the package's ``EDMMultistepScheduler`` with ``solver="ipndm_v"`` (order 4) and with ``solver="auto"`` (its
+  default: the solver, order and AFS chosen for the budget from the exact-ODE benchmark, checked here on a real model);
 - the package's ``EDMHeunScheduler`` (deterministic Heun, EDM grid) with the largest N whose 2N - 1 calls fit;
 - diffusers' ``EDMDPMSolverMultistepScheduler`` (DPM-Solver++, orders 2 and 3, Karras sigmas) and
   ``EDMEulerScheduler``.
@@ -130,6 +132,10 @@ def all_samplers() -> list[Sampler]:
             for afs in (False, True):
                 make = functools.partial(EDMMultistepScheduler, solver=solver, solver_order=order, analytical_first_step=afs)
                 rows.append(Sampler("EDMMultistepScheduler", f"{solver}-{order}" + (" AFS" if afs else ""), "package", make))
+    rows.append(Sampler("EDMMultistepScheduler", "ipndm_v-4", "package",
+                        functools.partial(EDMMultistepScheduler, solver="ipndm_v", solver_order=4)))
+    # The package's default: the solver, order and AFS that `solver="auto"` picks for the budget.
+    rows.append(Sampler("EDMMultistepScheduler", "auto", "package", functools.partial(EDMMultistepScheduler, solver="auto")))
     rows.append(Sampler("EDMHeunScheduler", "Heun", "package", EDMHeunScheduler, heun=True))
     for order in (2, 3):
         rows.append(Sampler("EDMDPMSolverMultistepScheduler", f"DPM-Solver++ {order}M", "diffusers",
@@ -154,7 +160,7 @@ class LowBudgetSettings:
     training_overrides: tuple[str, ...] = ()
 
 
-# Full: 16 samplers x 38 calls (5 + 8 + 10 + 15), the 79-call reference and its 30-call check, of the 1.1M-parameter
+# Full: 18 samplers x 38 calls (5 + 8 + 10 + 15), the 79-call reference and its 30-call check, of the 1.1M-parameter
 # UNet on 2 x 256 images (guidance) at 16x16: ~2.6 s per call, ~30 minutes on the shared 2-core CPU (one thread).
 FULL = LowBudgetSettings(budgets=(5, 8, 10, 15), num_samples=256, sample_batch=256, classifier_epochs=15, samplers=None,
                          reference_steps=40, check_calls=30, bootstrap_draws=200, grid_columns=20)
@@ -385,7 +391,7 @@ def verdict_lines(verdicts: list[dict[str, Any]], spread_std: float) -> list[str
 # One colour per scheduler and order (the lower order lighter); AFS rows dashed.
 COLOURS = {"Heun": "black", "DPM-Solver++ 2M": "tab:orange", "DPM-Solver++ 3M": "tab:red", "Euler": "tab:gray",
            "ipndm-3": "#7fb2e5", "ipndm-4": "tab:blue", "dpmpp-2": "#8fd18f", "dpmpp-3": "tab:green",
-           "unipc-2": "#c9a3e0", "unipc-3": "tab:purple"}
+           "unipc-2": "#c9a3e0", "unipc-3": "tab:purple", "ipndm_v-4": "navy", "auto": "gold"}
 
 
 def plot_runs(runs: list[Run], samplers: list[Sampler], floor: dict[str, Any], reference: Run, path: Path,
