@@ -141,6 +141,14 @@ def test_wrapper_config_values_give_a_named_value_error_or_a_finite_denoiser(dat
         assert torch.isfinite(model.eval()(torch.randn(1, 3, 8, 8), sigma).sample).all()
 
 
+@pytest.mark.parametrize("wrapper,sigma_min", [(VEPrecond, 1234567.0), (VEPrecond, 100.0), (EDMPrecond, 1e9)])
+def test_an_empty_noise_range_names_both_ends(wrapper, sigma_min):
+    # A sigma_min at or above the (default) sigma_max: the error names the value given, not only the other end.
+    sigma_max = 1e6 if wrapper is EDMPrecond else 100.0
+    with pytest.raises(ValueError, match=f"sigma_min must be < sigma_max, got sigma_min={sigma_min!r} and sigma_max={sigma_max!r}"):
+        wrapper.from_backbone(tiny_unet(), sigma_min=sigma_min, **({"sigma_max": sigma_max} if wrapper is EDMPrecond else {}))
+
+
 def test_non_numeric_config_values_in_a_saved_config_are_named(tmp_path):
     EDMPrecond.from_backbone(tiny_unet()).save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())

@@ -66,3 +66,11 @@ def check_integer(
     if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
         raise ValueError(f"{name} must be {description}, got {value!r}.")
     return number
+
+
+def check_increasing_pair(
+    low_name: str, low: float, high_name: str, high: float
+) -> None:
+    """A ``ValueError`` naming both settings and both values unless ``low < high`` (each already checked as a number)."""
+    if not low < high:
+        raise ValueError(f"{low_name} must be < {high_name}, got {low_name}={low!r} and {high_name}={high!r}.")

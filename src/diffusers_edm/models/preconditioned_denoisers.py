@@ -18,7 +18,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 
 from ..noise_schedules import iddpm_sigma_table, vp_sigma
-from ..value_checks import check_integer, check_real
+from ..value_checks import check_increasing_pair, check_integer, check_real
 from .backbones import (
     backbone_spec,
     build_backbone,
@@ -346,7 +346,8 @@ class EDMPrecond(PreconditionedDenoiser):
     ):
         check_real("sigma_data", sigma_data, minimum=0.0, exclusive_minimum=True)
         check_real("sigma_min", sigma_min, minimum=0.0)
-        check_real("sigma_max", sigma_max, minimum=sigma_min, exclusive_minimum=True, allow_infinity=True)
+        check_real("sigma_max", sigma_max, minimum=0.0, exclusive_minimum=True, allow_infinity=True)
+        check_increasing_pair("sigma_min", sigma_min, "sigma_max", sigma_max)
         super().__init__(backbone_class, backbone_config, num_classes, null_class_label, label_dropout)
 
     def preconditioning(self, sigma: torch.Tensor) -> Preconditioning:
@@ -416,7 +417,8 @@ class VEPrecond(PreconditionedDenoiser):
         label_dropout: float = 0.0,
     ):
         check_real("sigma_min", sigma_min, minimum=0.0, exclusive_minimum=True)
-        check_real("sigma_max", sigma_max, minimum=sigma_min, exclusive_minimum=True)
+        check_real("sigma_max", sigma_max, minimum=0.0, exclusive_minimum=True)
+        check_increasing_pair("sigma_min", sigma_min, "sigma_max", sigma_max)
         super().__init__(backbone_class, backbone_config, num_classes, null_class_label, label_dropout)
 
     def preconditioning(self, sigma: torch.Tensor) -> Preconditioning:
