@@ -436,23 +436,30 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
         Args:
             repo_id: the Hub repository (or folder) the example loads from.
             num_inference_steps: the example's steps (default: the pipeline's, 18).
-            guidance_scale: the example's guidance weight (used for a class-conditional model with a null label).
+            guidance_scale: the example's guidance weight (used for a class-conditional model with a null label, or
+                with a ``guidance_denoiser``).
             training: what a training run adds (steps, data set, arguments, sample grid).
+
+        The card names the optional ``guidance_denoiser`` and ``classifier`` where the pipeline has them.
         """
         denoiser = self.denoiser
         config = denoiser.config
         family = type(denoiser).__name__.removesuffix("Precond").lower()
+        weak, classifier = self.guidance_denoiser, self.classifier
         call: dict[str, Any] = {}
         if config.num_classes > 0:
             call["class_labels"] = list(range(min(config.num_classes, USAGE_EXAMPLE_IMAGES)))
-            if guidance_scale != 1.0 and config.null_class_label is not None:
-                call["guidance_scale"] = float(guidance_scale)
             labels = f"{config.num_classes} classes" + (
                 "" if config.null_class_label is None else f" (null label {config.null_class_label})"
             )
+        elif classifier is not None:  # an unconditional denoiser steered by the classifier to the given classes
+            call["class_labels"] = list(range(min(classifier.config.num_classes, USAGE_EXAMPLE_IMAGES)))
+            labels = "unconditional"
         else:
             call["batch_size"] = 4
             labels = "unconditional"
+        if guidance_scale != 1.0 and (weak is not None or (config.num_classes > 0 and config.null_class_label is not None)):
+            call["guidance_scale"] = float(guidance_scale)
         call["num_inference_steps"] = int(num_inference_steps or DEFAULT_NUM_INFERENCE_STEPS)
         space = "latent space (AutoencoderKL)" if self.config.latent_space else "pixel space"
         height, width = denoiser.sample_size
@@ -464,4 +471,19 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
             "within the denoiser's)." % self.sampling_range()
         )
         tags = ["edm", f"{family}-preconditioning", "class-conditional" if config.num_classes > 0 else "unconditional"]
+        if weak is not None:
+            summary += (
+                f"\n\nAutoguidance (Karras et al. 2024, \"Guiding a diffusion model with a bad version of itself\"): the "
+                f"pipeline carries a weak denoiser `{type(weak).__name__}` over a `{weak.config.backbone_class}` backbone "
+                "(`guidance_denoiser`), and `guidance_scale=w` samples `D = D_weak + w (D - D_weak)`; "
+                "`guidance_interval=(sigma_lo, sigma_hi)` limits it to those noise levels."
+            )
+            tags.append("autoguidance")
+        if classifier is not None:
+            summary += (
+                f"\n\nClassifier guidance (Dhariwal & Nichol 2021): the pipeline carries a `{type(classifier).__name__}` "
+                f"over {classifier.config.num_classes} classes (`classifier`); `classifier_scale=s` (default 1.0 with "
+                "`class_labels`) adds `s sigma^2 grad_x log p(y | x; sigma)` to the denoiser."
+            )
+            tags.append("classifier-guidance")
         return build_model_card(self, repo_id=repo_id, summary=summary, tags=tags, call_arguments=call, training=training)

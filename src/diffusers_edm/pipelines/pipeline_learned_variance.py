@@ -307,6 +307,8 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
             num_inference_steps: the example's steps (default: 100 respaced steps, at most the model's T).
             guidance_scale: the example's guidance weight (used for a class-conditional model with a null label).
             training: what a training run adds (steps, data set, arguments, sample grid).
+
+        The card names the optional ``classifier`` where the pipeline has one.
         """
         rows = class_table_size(self.unet)
         call: dict[str, Any] = {}
@@ -317,6 +319,9 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
             if guidance_scale != 1.0 and null_label is not None:
                 call["guidance_scale"] = float(guidance_scale)
             labels = f"{num_classes} classes" + ("" if null_label is None else f" (null label {null_label})")
+        elif self.classifier is not None:  # an unconditional model steered by the classifier to the given classes
+            call["class_labels"] = list(range(min(self.classifier.config.num_classes, USAGE_EXAMPLE_IMAGES)))
+            labels = "unconditional"
         else:
             call["batch_size"] = 4
             labels = "unconditional"
@@ -329,4 +334,12 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
             f"eps and the variance interpolation over T={T} steps, {labels}, sampling in {space}."
         )
         tags = ["learned-variance-ddpm", "class-conditional" if rows > 0 else "unconditional"]
+        if self.classifier is not None:
+            summary += (
+                f"\n\nClassifier guidance (Dhariwal & Nichol 2021, Algorithm 1): the pipeline carries a "
+                f"`{type(self.classifier).__name__}` over {self.classifier.config.num_classes} classes (`classifier`); "
+                "`classifier_scale=s` (default 1.0 with `class_labels`) moves each step's mean by "
+                "`s Sigma grad log p(y | x_t)`."
+            )
+            tags.append("classifier-guidance")
         return build_model_card(self, repo_id=repo_id, summary=summary, tags=tags, call_arguments=call, training=training)
