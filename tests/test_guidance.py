@@ -427,3 +427,24 @@ def test_no_host_sync_in_the_guided_sampling_loop(setup):
     syncs = loop_syncs(pipe, class_labels=LABELS, guidance_scale=2.0, classifier_scale=1.0, guidance_interval=(0.1, 10.0),
                        num_inference_steps=4)
     assert syncs == [], syncs
+
+
+# ---------------------------------------------------------------------------------------------- model cards
+def test_model_card_names_the_optional_components_and_its_example_runs(tmp_path):
+    """An unconditional denoiser with a weak model and a classifier: the card names both, and its example (labels for
+    the classifier, the guidance weight for autoguidance) runs as written."""
+    from test_model_cards import REPO_ID, run_usage_example
+
+    pipe = EDMPipeline(unconditional_denoiser(seed=0), EDMHeunScheduler(), guidance_denoiser=unconditional_denoiser(seed=1),
+                       classifier=tiny_classifier(num_classes=3))
+    pipe.save_pretrained(tmp_path)
+    card = str(pipe.model_card(REPO_ID, num_inference_steps=2, guidance_scale=1.8))
+    assert "- autoguidance" in card and "- classifier-guidance" in card
+    assert "`guidance_denoiser`" in card and "NoiseConditionalClassifier` over 3 classes" in card
+    code, images = run_usage_example(card, REPO_ID, tmp_path)
+    assert "class_labels=[0, 1, 2]" in code and "guidance_scale=1.8" in code
+    assert len(images) == 3
+
+    plain = EDMPipeline(unconditional_denoiser(), EDMHeunScheduler())
+    card = str(plain.model_card(REPO_ID, guidance_scale=1.8))
+    assert "autoguidance" not in card and "classifier" not in card.lower() and "guidance_scale" not in card
