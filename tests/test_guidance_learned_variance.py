@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DModel
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import learned_variance_reference as ref
 from benchmarks.host_syncs import count_host_syncs
@@ -161,12 +163,34 @@ def test_bad_classifier_and_arguments():
     with pytest.raises(ValueError, match="guidance_interval needs sigma_lo < sigma_hi"):
         pipe(class_labels=[0], guidance_interval=(2.0, 1.0), num_inference_steps=2)
     unconditional = pipeline(False, tiny_classifier(num_classes=3))
+    with pytest.raises(ValueError, match=r"guidance_scale=2.0 is classifier-free guidance.*UNet2DModel is unconditional"):
+        unconditional(class_labels=[0], guidance_scale=2.0, num_inference_steps=2)
     with pytest.raises(ValueError, match="pass class_labels"):
         unconditional(batch_size=2, num_inference_steps=2)
     with pytest.raises(ValueError, match=r"classes of the classifier, 0\.\.2.*got \[3\]"):
         unconditional(class_labels=[3], num_inference_steps=2)
     out = unconditional(class_labels=[0, 2, 1], num_inference_steps=2, output_type="latent").images
     assert out.shape == (3, 3, 8, 8) and torch.isfinite(out).all()
+
+
+numbers = st.one_of(st.floats(-1e3, 1e3), st.sampled_from([math.nan, math.inf, -math.inf, 0.0, 1e300]))
+
+
+@settings(max_examples=30, deadline=None)
+@given(scale=numbers, low=numbers, high=numbers)
+def test_classifier_scale_and_interval_contract(scale, low, high):
+    """A ValueError naming the bad argument, or finite samples (s finite and >= 0; 0 <= sigma_lo < sigma_hi finite)."""
+    pipe = pipeline(True, tiny_classifier(num_classes=2))
+    call = dict(class_labels=[0, 1], guidance_scale=2.0, classifier_scale=scale, guidance_interval=(low, high),
+                num_inference_steps=2, generator=seeded(), output_type="latent")
+    if not (math.isfinite(scale) and scale >= 0):
+        with pytest.raises(ValueError, match="classifier_scale"):
+            pipe(**call)
+    elif not (math.isfinite(low) and math.isfinite(high) and 0 <= low < high):
+        with pytest.raises(ValueError, match="guidance_interval"):
+            pipe(**call)
+    else:
+        assert torch.isfinite(pipe(**call).images).all()
 
 
 def test_no_host_sync_in_the_guided_ancestral_loop():

@@ -1,9 +1,8 @@
 """When guidance acts: the guidance interval of Kynkaenniemi et al. 2024.
 
 "Applying Guidance in a Limited Interval Improves Sample and Distribution Quality in Diffusion Models"
-(Kynkaenniemi, Aittala, Karras, Laine, Aila, Lehtinen 2024, eq. 6 and section 3): guidance is applied only at the
-model calls whose noise level lies in ``(sigma_lo, sigma_hi]``; elsewhere the sampler uses the plain conditional model
-(guidance weight 1). Guidance at high noise levels mostly pulls samples towards a few modes (lost diversity) and at
+(Kynkaenniemi, Aittala, Karras, Laine, Aila, Lehtinen 2024): guidance is applied only at the model calls whose
+noise level lies in ``(sigma_lo, sigma_hi]``; elsewhere the sampler uses the plain conditional model (weight 1). Guidance at high noise levels mostly pulls samples towards a few modes (lost diversity) and at
 low noise levels does little, so a middle interval keeps most of the quality gain at little cost in diversity.
 
 Which calls are inside is decided once per pipeline call, on the host, from the scheduler's float64 plan of noise

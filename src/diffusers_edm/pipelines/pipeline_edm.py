@@ -13,6 +13,10 @@ Two kinds of scheduler are supported (Karras et al. 2022, Algorithms 1-2 and Tab
 Noise range: as EDM's sampler does (``sigma_min = max(sigma_min, net.sigma_min)``, ``sigma_max = min(sigma_max,
 net.sigma_max)``, then ``net.round_sigma``), every call samples within the denoiser's range, so no model is ever
 evaluated at a noise level it was not trained for (VE below 0.02, iDDPM between or beyond its table levels).
+
+Guidance: every model call goes through one guided denoiser built per pipeline call from the terms of
+:mod:`diffusers_edm.guidance` (classifier-free guidance, autoguidance, classifier guidance, the guidance interval), so
+the sampling loop is the same for every guidance method and every scheduler.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from ..guidance import (
     ClassifierFreeGuidance,
     ClassifierGuidance,
     ConditionalDenoiser,
+    GuidanceInterval,
     GuidedDenoiser,
     check_classifier,
     check_classifier_labels,
@@ -41,7 +46,6 @@ from ..guidance import (
     check_guidance_interval,
     check_guidance_scale,
 )
-from ..guidance.interval import GuidanceInterval
 from ..models import LatentCodec, NoiseConditionalClassifier, PreconditionedDenoiser
 from ..models.preconditioned_denoisers import label_tensor
 from ..value_checks import check_integer

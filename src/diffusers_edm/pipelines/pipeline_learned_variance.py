@@ -17,6 +17,7 @@ from ..guidance import (
     ClassifierFreeNoiseGuidance,
     ClassifierGuidance,
     ConditionalNoisePredictor,
+    GuidanceInterval,
     GuidedNoisePredictor,
     check_classifier,
     check_classifier_labels,
@@ -24,7 +25,6 @@ from ..guidance import (
     check_guidance_interval,
     check_guidance_scale,
 )
-from ..guidance.interval import GuidanceInterval
 from ..models import LatentCodec, NoiseConditionalClassifier
 from ..models.backbones import class_table_size
 from ..models.preconditioned_denoisers import label_tensor
@@ -119,6 +119,11 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
         labels are the classifier's targets)."""
         rows = class_table_size(self.unet)
         if rows == 0 and classifier_scale > 0:
+            if guidance_scale != 1.0:
+                raise ValueError(
+                    f"guidance_scale={guidance_scale} is classifier-free guidance, which needs a class-conditional model; "
+                    f"this {type(self.unet).__name__} is unconditional (use 1.0; classifier_scale guides it)."
+                )
             return None
         if class_labels is None:
             if guidance_scale != 1.0:
