@@ -13,10 +13,15 @@ Two kinds of scheduler are supported (Karras et al. 2022, Algorithms 1-2 and Tab
 Noise range: as EDM's sampler does (``sigma_min = max(sigma_min, net.sigma_min)``, ``sigma_max = min(sigma_max,
 net.sigma_max)``, then ``net.round_sigma``), every call samples within the denoiser's range, so no model is ever
 evaluated at a noise level it was not trained for (VE below 0.02, iDDPM between or beyond its table levels).
+
+Guidance: every model call goes through one guided denoiser built per pipeline call from the terms of
+:mod:`diffusers_edm.guidance` (classifier-free guidance, autoguidance, classifier guidance, the guidance interval), so
+the sampling loop is the same for every guidance method and every scheduler.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -27,9 +32,23 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import ModelCard
 
-from ..models import LatentCodec, PreconditionedDenoiser
+from ..guidance import (
+    Autoguidance,
+    ClassifierFreeGuidance,
+    ClassifierGuidance,
+    ConditionalDenoiser,
+    GuidanceInterval,
+    GuidedDenoiser,
+    check_classifier,
+    check_classifier_labels,
+    check_classifier_scale,
+    check_guidance_denoiser,
+    check_guidance_interval,
+    check_guidance_scale,
+)
+from ..models import LatentCodec, NoiseConditionalClassifier, PreconditionedDenoiser
 from ..models.preconditioned_denoisers import label_tensor
-from ..value_checks import check_integer, check_real
+from ..value_checks import check_integer
 from ..schedulers import SigmaModelCall
 from .model_card import ModelCardHubMixin, TrainingRecord, build_model_card
 
@@ -49,9 +68,32 @@ def takes_raw_network_output(scheduler: SchedulerMixin) -> bool:
     return callable(getattr(scheduler, "precondition_outputs", None))
 
 
-def check_guidance_scale(guidance_scale: float) -> None:
-    """``ValueError`` unless the classifier-free guidance weight is a finite real number."""
-    check_real("guidance_scale", guidance_scale, allowed="a finite number (1.0: no guidance)")
+def check_guidance_components(
+    denoiser: PreconditionedDenoiser,
+    guidance_denoiser: PreconditionedDenoiser | None,
+    classifier: NoiseConditionalClassifier | None,
+) -> None:
+    """``ValueError`` naming both sides unless the optional guidance components fit the denoiser: a weak denoiser of
+    the same data, conditioned alike, and a classifier of the denoiser's samples and classes."""
+    if guidance_denoiser is not None:
+        check_guidance_denoiser(denoiser, guidance_denoiser)
+    if classifier is not None:
+        check_classifier(
+            classifier,
+            num_classes=denoiser.config.num_classes,
+            sample_size=denoiser.sample_size,
+            channels=denoiser.image_channels,
+            model=f"denoiser ({type(denoiser).__name__})",
+        )
+
+
+@dataclass
+class CallLabels:
+    """The validated label ids of one call for each model (``None``: the model takes none)."""
+
+    denoiser: torch.LongTensor | None
+    guidance_denoiser: torch.LongTensor | None = None
+    classifier: torch.LongTensor | None = None
 
 
 class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
@@ -67,20 +109,41 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
             the config's ``latents_mean`` / ``latents_std``).
         latent_space: whether samples are latents that need the VAE (default: whether a VAE is given). Saved
             in ``model_index.json``, so a latent pipeline loaded without its VAE can still return latents.
+        guidance_denoiser: optional weak denoiser for autoguidance: a preconditioned denoiser of the same data (image
+            channels, sample size, ``sigma_data``, classes and cross-attention), e.g. a smaller or less-trained model.
+            Saved with the pipeline; ``EDMPipeline.from_pretrained(path, guidance_denoiser=weak)`` adds or replaces it,
+            ``guidance_denoiser=None`` drops it.
+        classifier: optional :class:`~diffusers_edm.NoiseConditionalClassifier` of the denoiser's data (its
+            ``in_channels``, ``sample_size`` and, for a class-conditional denoiser, ``num_classes``) for classifier
+            guidance. Saved and loaded like ``guidance_denoiser``.
 
-    Classifier-free guidance: ``D = D(x; sigma, null) + w (D(x; sigma, y) - D(x; sigma, null))`` with
-    ``w = guidance_scale``, both halves in one batched call; ``w = 1`` is the plain conditional model.
+    Guidance (:mod:`diffusers_edm.guidance`; one guided denoiser is built per call and every model call goes through
+    it, so it works with every scheduler):
+
+    - ``guidance_scale = w`` with a ``guidance_denoiser``: autoguidance (Karras et al. 2024, "Guiding a diffusion
+      model with a bad version of itself", eq. 2), ``D = D_weak + w (D_main - D_weak)``, both with the call's labels
+      (or none: unconditional models can be autoguided); two model calls per guided call.
+    - ``guidance_scale = w`` without one: classifier-free guidance (Ho & Salimans 2021),
+      ``D = D(x; sigma, null) + w (D(x; sigma, y) - D(x; sigma, null))``, both halves in one batched call.
+    - ``classifier_scale = s`` with a ``classifier``: classifier guidance (Dhariwal & Nichol 2021, Algorithm 2 in
+      sigma space), ``D + s sigma^2 grad_x log p(y | x; sigma)`` on top of either, or alone (an unconditional
+      denoiser with a classifier and ``class_labels`` samples those classes, ADM's conditional sampling).
+    - ``guidance_interval = (sigma_lo, sigma_hi)``: all of it only at calls with ``sigma_lo < sigma <= sigma_hi``
+      (Kynkaenniemi et al. 2024), the plain conditional model, one model call, elsewhere.
+
+    ``w = 1`` and ``s = 0`` give exactly the samples of the pipeline without guidance.
 
     Noise range: each call samples ``[max(sigma_min, denoiser.sigma_min), min(sigma_max, denoiser.sigma_max)]`` of
-    the scheduler's config. The package's sigma-native schedulers get that range through ``set_timesteps`` (and round
-    every level, churned ones included, with ``denoiser.round_sigma``, capped at ``denoiser.sigma_max``). diffusers' EDM
-    schedulers read their range from their config only, so when it must be narrowed the call samples with a copy
-    (``from_config`` with the clamped range); ``pipe.scheduler`` and its config are left as they are. Their
-    levels are not rounded: an ``IDDPMPrecond`` then takes the nearest table level as its noise label.
+    the scheduler's config, also within the ``guidance_denoiser``'s range when there is one. The package's
+    sigma-native schedulers get that range through ``set_timesteps`` (and round every level, churned ones included,
+    with ``denoiser.round_sigma``, capped at the range's top). diffusers' EDM schedulers read their range from their
+    config only, so when it must be narrowed the call samples with a copy (``from_config`` with the clamped range);
+    ``pipe.scheduler`` and its config are left as they are. Their levels are not rounded: an ``IDDPMPrecond`` then
+    takes the nearest table level as its noise label.
     """
 
-    model_cpu_offload_seq = "denoiser->vae"
-    _optional_components = ["vae"]
+    model_cpu_offload_seq = "denoiser->guidance_denoiser->classifier->vae"
+    _optional_components = ["vae", "guidance_denoiser", "classifier"]
     _callback_tensor_inputs = ["latents"]
 
     def __init__(
@@ -89,6 +152,8 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
         scheduler: SchedulerMixin,
         vae: AutoencoderKL | None = None,
         latent_space: bool | None = None,
+        guidance_denoiser: PreconditionedDenoiser | None = None,
+        classifier: NoiseConditionalClassifier | None = None,
     ):
         super().__init__()
         if not isinstance(denoiser, PreconditionedDenoiser):
@@ -107,23 +172,38 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
             raise ValueError(
                 f"The vae has {vae.config.latent_channels} latent channels but the denoiser takes {denoiser.image_channels}."
             )
-        self.register_modules(denoiser=denoiser, scheduler=scheduler, vae=vae)
+        check_guidance_components(denoiser, guidance_denoiser, classifier)
+        self.register_modules(
+            denoiser=denoiser, scheduler=scheduler, vae=vae, guidance_denoiser=guidance_denoiser, classifier=classifier
+        )
         self.register_to_config(latent_space=latent_space)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
     # ------------------------------------------------------------------------------------------ sampling
+    def _denoisers(self) -> dict[str, PreconditionedDenoiser]:
+        """The denoisers a call evaluates, by component name."""
+        denoisers = {"denoiser": self.denoiser}
+        if getattr(self, "guidance_denoiser", None) is not None:
+            denoisers["guidance_denoiser"] = self.guidance_denoiser
+        return denoisers
+
     def sampling_range(self, scheduler: SchedulerMixin | None = None) -> tuple[float, float]:
-        """``(max(sigma_min, denoiser.sigma_min), min(sigma_max, denoiser.sigma_max))`` of the scheduler's config."""
+        """``(max(sigma_min, denoiser.sigma_min), min(sigma_max, denoiser.sigma_max))`` of the scheduler's config,
+        within the ``guidance_denoiser``'s range too when the pipeline has one."""
         config = (scheduler or self.scheduler).config
-        denoiser = self.denoiser
-        sigma_min = max(float(config.sigma_min), denoiser.sigma_min)
-        sigma_max = min(float(config.sigma_max), denoiser.sigma_max)
+        denoisers = self._denoisers()
+        sigma_min = max(float(config.sigma_min), *(denoiser.sigma_min for denoiser in denoisers.values()))
+        sigma_max = min(float(config.sigma_max), *(denoiser.sigma_max for denoiser in denoisers.values()))
         if not sigma_min < sigma_max:
+            ranges = " and ".join(
+                f"the {type(denoiser).__name__}'s [{denoiser.sigma_min}, {denoiser.sigma_max}]"
+                + ("" if name == "denoiser" else f" ({name})")
+                for name, denoiser in denoisers.items()
+            )
             raise ValueError(
-                f"The scheduler's noise range [{config.sigma_min}, {config.sigma_max}] and the {type(denoiser).__name__}'s "
-                f"[{denoiser.sigma_min}, {denoiser.sigma_max}] do not overlap; set the scheduler's sigma_min / sigma_max "
-                "within the denoiser's."
+                f"The scheduler's noise range [{config.sigma_min}, {config.sigma_max}] and {ranges} do not overlap; "
+                "set the scheduler's sigma_min / sigma_max within the denoisers'."
             )
         return sigma_min, sigma_max
 
@@ -134,10 +214,11 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
         sigma_min, sigma_max = self.sampling_range(scheduler)
         if takes_sigma_timesteps(scheduler):
             denoiser = self.denoiser
-            lowest, highest = denoiser.sigma_min, denoiser.sigma_max
+            denoisers = self._denoisers().values()
+            lowest, highest = max(d.sigma_min for d in denoisers), min(d.sigma_max for d in denoisers)
 
             def round_sigma(sigma: torch.Tensor) -> torch.Tensor:
-                # Churn raises sigma_hat = sigma (1 + gamma) above the grid: cap it at the denoiser's range too.
+                # Churn raises sigma_hat = sigma (1 + gamma) above the grid: cap it at the denoisers' range too.
                 return denoiser.round_sigma(sigma.clamp(lowest, highest))
 
             scheduler.set_timesteps(
@@ -151,17 +232,25 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
         scheduler.set_timesteps(num_inference_steps, device=device)
         return scheduler
 
-    def _batch_and_labels(
-        self, batch_size: int, class_labels: torch.Tensor | int | list[int] | None, guidance_scale: float, device
-    ) -> tuple[int, torch.LongTensor | None]:
-        """The batch size and validated label ids of one call (the only look at label values: once per call)."""
+    def _conditioning(
+        self,
+        batch_size: int,
+        class_labels: torch.Tensor | int | list[int] | None,
+        guidance_scale: float,
+        classifier_scale: float,
+        device: torch.device,
+    ) -> tuple[int, CallLabels]:
+        """The batch size and validated label ids of one call for each model (the only look at label values: once
+        per call)."""
         check_integer("batch_size", batch_size, minimum=1)
-        check_guidance_scale(guidance_scale)
         config = self.denoiser.config
-        if guidance_scale != 1.0 and (config.num_classes == 0 or config.null_class_label is None):
+        autoguided = guidance_scale != 1.0 and self.guidance_denoiser is not None
+        classifier_free = guidance_scale != 1.0 and self.guidance_denoiser is None
+        if classifier_free and (config.num_classes == 0 or config.null_class_label is None):
             raise ValueError(
-                f"guidance_scale={guidance_scale} needs a class-conditional denoiser with a null_class_label "
-                f"(this one has num_classes={config.num_classes}, null_class_label={config.null_class_label}); use 1.0."
+                f"guidance_scale={guidance_scale} needs a class-conditional denoiser with a null_class_label for "
+                f"classifier-free guidance (this one has num_classes={config.num_classes}, null_class_label="
+                f"{config.null_class_label}), or a guidance_denoiser for autoguidance; use 1.0."
             )
         if class_labels is not None and not isinstance(class_labels, int):
             count = label_tensor(class_labels).numel()
@@ -169,10 +258,41 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
                 batch_size = count
             elif count not in (1, batch_size):
                 raise ValueError(f"Got {count} class_labels for batch_size={batch_size}; give one label or one per sample.")
-        labels = self.denoiser.check_class_labels(class_labels, batch_size, device)
-        if guidance_scale != 1.0 and bool((labels == config.null_class_label).any()):
+        steered = classifier_scale > 0
+        # With classifier guidance the labels are the classifier's targets; an unconditional denoiser takes none.
+        denoiser_class_labels = None if steered and config.num_classes == 0 else class_labels
+        labels = self.denoiser.check_class_labels(denoiser_class_labels, batch_size, device)
+        if classifier_free and bool((labels == config.null_class_label).any()):
             raise ValueError("Classifier-free guidance needs a real class label for every sample, not the null label.")
-        return batch_size, labels
+        return batch_size, CallLabels(
+            denoiser=labels,
+            guidance_denoiser=(
+                self.guidance_denoiser.check_class_labels(denoiser_class_labels, batch_size, device) if autoguided else None
+            ),
+            classifier=check_classifier_labels(self.classifier, class_labels, batch_size, device) if steered else None,
+        )
+
+    def _guided_denoiser(
+        self,
+        labels: CallLabels,
+        encoder_hidden_states: torch.Tensor | None,
+        guidance_scale: float,
+        classifier_scale: float,
+        guidance_interval: GuidanceInterval | None,
+    ) -> GuidedDenoiser:
+        """The guided denoiser of one call: its terms chosen once, from the components and the scales."""
+        conditional = ConditionalDenoiser(self.denoiser, labels.denoiser, encoder_hidden_states)
+        guidance = None
+        if guidance_scale != 1.0 and self.guidance_denoiser is not None:
+            weak_context = None if encoder_hidden_states is None else encoder_hidden_states.to(self.guidance_denoiser.dtype)
+            weak = ConditionalDenoiser(self.guidance_denoiser, labels.guidance_denoiser, weak_context)
+            guidance = Autoguidance(conditional, weak, guidance_scale)
+        elif guidance_scale != 1.0:
+            guidance = ClassifierFreeGuidance(self.denoiser, labels.denoiser, guidance_scale, encoder_hidden_states)
+        corrections = []
+        if classifier_scale > 0:
+            corrections.append(ClassifierGuidance(self.classifier, labels.classifier, classifier_scale))
+        return GuidedDenoiser(conditional, guidance, corrections, guidance_interval)
 
     @torch.no_grad()
     def __call__(
@@ -191,15 +311,18 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
         | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         encoder_hidden_states: torch.Tensor | None = None,
+        classifier_scale: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Generate images.
 
         Args:
             batch_size: number of images (a list of ``class_labels`` sets it when ``batch_size`` is 1).
             class_labels: label ids for a class-conditional denoiser (one for all, or one per image); ``None`` samples
-                the null class where the denoiser has one.
-            guidance_scale: classifier-free guidance weight ``w``, a finite number (1.0: off; needs a
-                ``null_class_label``).
+                the null class where the denoiser has one. With classifier guidance, the classes to steer to (also
+                for an unconditional denoiser).
+            guidance_scale: guidance weight ``w``, a finite number (1.0: off). Autoguidance with a
+                ``guidance_denoiser``, else classifier-free guidance (needs a ``null_class_label``).
             num_inference_steps: number of sampler steps N (EDMHeunScheduler with Heun: 2N - 1 model calls;
                 EDMMultistepScheduler: N model calls).
             generator: torch generator(s) for the initial noise and any sampler noise (churn, SDE solvers).
@@ -211,6 +334,11 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
                 replacement ``latents``.
             callback_on_step_end_tensor_inputs: tensors passed to the callback (only ``"latents"``).
             encoder_hidden_states: cross-attention context for a ``UNet2DConditionModel`` denoiser.
+            classifier_scale: classifier guidance scale ``s``, a finite number ``>= 0``; ``None``: 1.0 (ADM's default)
+                when the pipeline has a classifier, else 0. Needs ``class_labels``.
+            guidance_interval: ``(sigma_lo, sigma_hi)``, ``0 <= sigma_lo < sigma_hi < inf``: guide only the model
+                calls with ``sigma_lo < sigma <= sigma_hi`` (the churned ``sigma_hat`` for Heun's first call of a
+                step); ``None``: every call.
 
         Every argument is checked here, once per call; the sampling loop itself never waits for the device.
         """
@@ -226,19 +354,21 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs may only hold {self._callback_tensor_inputs}, got {sorted(unknown)}.")
+        guidance_scale = check_guidance_scale(guidance_scale)
+        classifier_scale = check_classifier_scale(classifier_scale, self.classifier is not None)
+        guidance_interval = check_guidance_interval(guidance_interval)
+        # Components may have been swapped since __init__ (pipe.register_modules, from_pretrained overrides).
+        check_guidance_components(self.denoiser, self.guidance_denoiser, self.classifier)
 
         device = self._execution_device
-        batch_size, labels = self._batch_and_labels(batch_size, class_labels, guidance_scale, device)
+        batch_size, labels = self._conditioning(batch_size, class_labels, guidance_scale, classifier_scale, device)
         if encoder_hidden_states is not None:
             encoder_hidden_states = encoder_hidden_states.to(device=device, dtype=self.denoiser.dtype)
             if encoder_hidden_states.shape[0] == 1 and batch_size > 1:
                 encoder_hidden_states = encoder_hidden_states.expand(batch_size, *encoder_hidden_states.shape[1:])
-        guided = guidance_scale != 1.0
-        if guided:
-            # Both halves in one batched call: [labels, null] (built once, not per step).
-            labels = torch.cat([labels, torch.full_like(labels, self.denoiser.config.null_class_label)])
-            if encoder_hidden_states is not None:
-                encoder_hidden_states = torch.cat([encoder_hidden_states] * 2)
+        guided_denoiser = self._guided_denoiser(
+            labels, encoder_hidden_states, guidance_scale, classifier_scale, guidance_interval
+        )
 
         scheduler = self._set_timesteps(num_inference_steps, device)
         scheduler.set_begin_index(0)  # as diffusers' pipelines do: no timestep look-up (a host sync) in the loop
@@ -251,8 +381,13 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
             c_outs = scheduler.precondition_outputs(zero, one, call_sigmas)
             # EDM starts at x_0 = sigma_0 n; their init_noise_sigma is sqrt(sigma_max^2 + 1), a VP convention.
             initial_sigma = float(scheduler.sigmas[0])
+            # diffusers keeps these sigmas on the host; the model sees them in float32.
+            host_call_sigmas = scheduler.sigmas[: len(scheduler.timesteps)].to(torch.float32).tolist()
         else:
             initial_sigma = float(scheduler.init_noise_sigma)
+            host_call_sigmas = scheduler.plan.call_sigmas  # the timesteps' noise levels, churned ones included
+        # Where guidance acts, decided here on the host: the loop reads one Python bool per model call.
+        guided_calls = guided_denoiser.guided_calls(host_call_sigmas)
 
         shape = (batch_size, self.denoiser.image_channels, *self.denoiser.sample_size)
         if latents is None:
@@ -267,11 +402,7 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
             scheduler.scale_model_input(latents, t)
             # The package's sigma-native timesteps are the noise levels; diffusers' are c_noise values, tracked by step index.
             sigma = call_sigmas[scheduler.step_index] if raw_output else t
-            model_input = torch.cat([latents, latents]) if guided else latents
-            denoised = self.denoiser(model_input, sigma, labels, encoder_hidden_states).sample
-            if guided:
-                conditional, unconditional = denoised.chunk(2)
-                denoised = unconditional + guidance_scale * (conditional - unconditional)
+            denoised = guided_denoiser(latents, sigma, guided_calls[i])
             if raw_output:
                 index = scheduler.step_index
                 model_output = (denoised - c_skips[index] * latents) / c_outs[index]
@@ -309,23 +440,30 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
         Args:
             repo_id: the Hub repository (or folder) the example loads from.
             num_inference_steps: the example's steps (default: the pipeline's, 18).
-            guidance_scale: the example's guidance weight (used for a class-conditional model with a null label).
+            guidance_scale: the example's guidance weight (used for a class-conditional model with a null label, or
+                with a ``guidance_denoiser``).
             training: what a training run adds (steps, data set, arguments, sample grid).
+
+        The card names the optional ``guidance_denoiser`` and ``classifier`` where the pipeline has them.
         """
         denoiser = self.denoiser
         config = denoiser.config
         family = type(denoiser).__name__.removesuffix("Precond").lower()
+        weak, classifier = self.guidance_denoiser, self.classifier
         call: dict[str, Any] = {}
         if config.num_classes > 0:
             call["class_labels"] = list(range(min(config.num_classes, USAGE_EXAMPLE_IMAGES)))
-            if guidance_scale != 1.0 and config.null_class_label is not None:
-                call["guidance_scale"] = float(guidance_scale)
             labels = f"{config.num_classes} classes" + (
                 "" if config.null_class_label is None else f" (null label {config.null_class_label})"
             )
+        elif classifier is not None:  # an unconditional denoiser steered by the classifier to the given classes
+            call["class_labels"] = list(range(min(classifier.config.num_classes, USAGE_EXAMPLE_IMAGES)))
+            labels = "unconditional"
         else:
             call["batch_size"] = 4
             labels = "unconditional"
+        if guidance_scale != 1.0 and (weak is not None or (config.num_classes > 0 and config.null_class_label is not None)):
+            call["guidance_scale"] = float(guidance_scale)
         call["num_inference_steps"] = int(num_inference_steps or DEFAULT_NUM_INFERENCE_STEPS)
         space = "latent space (AutoencoderKL)" if self.config.latent_space else "pixel space"
         height, width = denoiser.sample_size
@@ -337,4 +475,19 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
             "within the denoiser's)." % self.sampling_range()
         )
         tags = ["edm", f"{family}-preconditioning", "class-conditional" if config.num_classes > 0 else "unconditional"]
+        if weak is not None:
+            summary += (
+                f"\n\nAutoguidance (Karras et al. 2024, \"Guiding a diffusion model with a bad version of itself\"): the "
+                f"pipeline carries a weak denoiser `{type(weak).__name__}` over a `{weak.config.backbone_class}` backbone "
+                "(`guidance_denoiser`), and `guidance_scale=w` samples `D = D_weak + w (D - D_weak)`; "
+                "`guidance_interval=(sigma_lo, sigma_hi)` limits it to those noise levels."
+            )
+            tags.append("autoguidance")
+        if classifier is not None:
+            summary += (
+                f"\n\nClassifier guidance (Dhariwal & Nichol 2021): the pipeline carries a `{type(classifier).__name__}` "
+                f"over {classifier.config.num_classes} classes (`classifier`); `classifier_scale=s` (default 1.0 with "
+                "`class_labels`) adds `s sigma^2 grad_x log p(y | x; sigma)` to the denoiser."
+            )
+            tags.append("classifier-guidance")
         return build_model_card(self, repo_id=repo_id, summary=summary, tags=tags, call_arguments=call, training=training)

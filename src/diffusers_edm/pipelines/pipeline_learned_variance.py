@@ -1,4 +1,5 @@
-"""``LearnedVariancePipeline``: sample Improved-DDPM / DiT models with a learned variance, pixel or latent, with guidance."""
+"""``LearnedVariancePipeline``: sample Improved-DDPM / DiT models with a learned variance, pixel or latent, with
+classifier-free guidance, classifier guidance (ADM) and a guidance interval."""
 
 from __future__ import annotations
 
@@ -12,13 +13,25 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import ModelCard
 
-from ..models import LatentCodec
+from ..guidance import (
+    ClassifierFreeNoiseGuidance,
+    ClassifierGuidance,
+    ConditionalNoisePredictor,
+    GuidanceInterval,
+    GuidedNoisePredictor,
+    check_classifier,
+    check_classifier_labels,
+    check_classifier_scale,
+    check_guidance_interval,
+    check_guidance_scale,
+)
+from ..models import LatentCodec, NoiseConditionalClassifier
 from ..models.backbones import class_table_size
 from ..models.preconditioned_denoisers import label_tensor
 from ..value_checks import check_integer
 from ..schedulers.scheduling_learned_variance_ddpm import LearnedVarianceDDPMScheduler
 from .model_card import ModelCardHubMixin, TrainingRecord, build_model_card
-from .pipeline_edm import USAGE_EXAMPLE_IMAGES, check_guidance_scale
+from .pipeline_edm import USAGE_EXAMPLE_IMAGES
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DEFAULT_NUM_INFERENCE_STEPS = 100  # Improved DDPM samples its 4000-step models with 100 respaced steps (Section 4)
@@ -36,17 +49,28 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
             config's ``latents_mean`` / ``latents_std``).
         null_class_label: the label of the "no class" embedding used by classifier-free guidance. Default: the
             DiT's extra embedding row (``num_embeds_ada_norm``); a class-conditional ``UNet2DModel`` needs it set.
+        classifier: optional :class:`~diffusers_edm.NoiseConditionalClassifier` of the model's data (its
+            ``in_channels``, ``sample_size`` and, for a class-conditional model, its classes) for classifier guidance.
+            Saved with the pipeline; ``from_pretrained(path, classifier=...)`` adds or replaces it.
 
-    Classifier-free guidance (Ho & Salimans 2021) acts on eps only: one batched call on ``[x, x]`` with
-    ``[labels, null]``, ``eps = eps_null + w (eps_cond - eps_null)`` over all ``C`` channels, and the variance
-    output taken from the conditional half.
+    Guidance (:mod:`diffusers_edm.guidance`, one guided model built per call):
+
+    - classifier-free guidance (Ho & Salimans 2021) acts on eps only: one batched call on ``[x, x]`` with
+      ``[labels, null]``, ``eps = eps_null + w (eps_cond - eps_null)`` over all ``C`` channels, and the variance
+      output taken from the conditional half;
+    - classifier guidance (Dhariwal & Nichol 2021, Algorithm 1) moves the reverse mean:
+      ``x_{t-1} ~ N(mu + s Sigma grad_{x_t} log p(y | x_t, t), Sigma)`` with the model's variance ``Sigma``; the
+      classifier, trained in sigma space, reads ``x_t / sqrt(alpha_bar_t)`` at
+      ``sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t)``. With an unconditional model it samples the given classes;
+    - ``guidance_interval = (sigma_lo, sigma_hi)`` (Kynkaenniemi et al. 2024): both only at steps with
+      ``sigma_lo < sigma_t <= sigma_hi``; elsewhere the plain conditional model, one call and no classifier.
 
     Class labels are ids of the backbone's class-embedding table: a DiT's ``0..num_embeds_ada_norm - 1`` (and its
     null row), a ``UNet2DModel``'s ``0..num_class_embeds - 1``; anything else is a ``ValueError`` before sampling.
     """
 
-    model_cpu_offload_seq = "unet->vae"
-    _optional_components = ["vae"]
+    model_cpu_offload_seq = "unet->classifier->vae"
+    _optional_components = ["vae", "classifier"]
 
     def __init__(
         self,
@@ -54,11 +78,12 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
         scheduler: LearnedVarianceDDPMScheduler,
         vae: AutoencoderKL | None = None,
         null_class_label: int | None = None,
+        classifier: NoiseConditionalClassifier | None = None,
     ):
         super().__init__()
         if not isinstance(scheduler, LearnedVarianceDDPMScheduler):
             raise ValueError(f"scheduler must be a LearnedVarianceDDPMScheduler, got {type(scheduler).__name__}.")
-        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae, classifier=classifier)
         self.register_to_config(null_class_label=null_class_label)
         self.image_processor = VaeImageProcessor(do_resize=False)
         if null_class_label is not None:
@@ -67,11 +92,39 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
                 "null_class_label", null_class_label, minimum=0, maximum=rows - 1,
                 allowed=f"None or a row of the backbone's class table, 0..{rows - 1}",
             )
+        self._check_classifier()
 
-    def _class_labels(self, class_labels: Any, batch_size: int, guidance_scale: float) -> torch.Tensor | None:
-        """``batch_size`` validated label ids on the host (``None`` for an unconditional call); the one look at the
-        label values of a call."""
+    def _check_classifier(self) -> None:
+        """``ValueError`` naming both sides unless the classifier (if any) reads this model's samples and classes."""
+        if self.classifier is not None:
+            check_classifier(
+                self.classifier,
+                num_classes=self._num_classes(),
+                sample_size=self._sample_shape(1)[2:],
+                channels=self.unet.config.in_channels,
+                model=f"unet ({type(self.unet).__name__})",
+            )
+
+    def _num_classes(self) -> int:
+        """The number of real classes of the backbone's class table (its rows less a last null row), 0 if none."""
         rows = class_table_size(self.unet)
+        null_label = self._known_null_label()
+        return rows - 1 if null_label is not None and null_label == rows - 1 else rows
+
+    def _class_labels(
+        self, class_labels: Any, batch_size: int, guidance_scale: float, classifier_scale: float = 0.0
+    ) -> torch.Tensor | None:
+        """``batch_size`` validated label ids of the backbone on the host (``None`` for an unconditional call); the
+        one look at the label values of a call. With classifier guidance an unconditional backbone takes none (the
+        labels are the classifier's targets)."""
+        rows = class_table_size(self.unet)
+        if rows == 0 and classifier_scale > 0:
+            if guidance_scale != 1.0:
+                raise ValueError(
+                    f"guidance_scale={guidance_scale} is classifier-free guidance, which needs a class-conditional model; "
+                    f"this {type(self.unet).__name__} is unconditional (use 1.0; classifier_scale guides it)."
+                )
+            return None
         if class_labels is None:
             if guidance_scale != 1.0:
                 raise ValueError(f"guidance_scale={guidance_scale} needs class_labels (classifier-free guidance is class-conditional).")
@@ -133,13 +186,16 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        classifier_scale: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Generate images.
 
         Args:
             batch_size: number of images (a list of ``class_labels`` sets it when ``batch_size`` is 1).
             class_labels: class index (or one per image) for class-conditional models, within the backbone's class
-                table (see the class docstring).
+                table (see the class docstring); with classifier guidance, the classes to steer to (also for an
+                unconditional model).
             guidance_scale: classifier-free guidance weight w, a finite number (1 = no guidance, one model call per
                 step).
             num_inference_steps: an int (even respacing) or spacing string (``"ddim25"``, ``"10,15,20"``).
@@ -147,20 +203,37 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
             output_type: ``"pil"``, ``"np"``, ``"pt"`` (images in [0, 1]) or ``"latent"`` (the final sample as is:
                 latents with a vae, [-1, 1] pixels without).
             return_dict: return an ``ImagePipelineOutput`` rather than a tuple.
+            classifier_scale: classifier guidance scale ``s``, a finite number ``>= 0``; ``None``: 1.0 (ADM's default)
+                when the pipeline has a classifier, else 0. Needs ``class_labels``.
+            guidance_interval: ``(sigma_lo, sigma_hi)``, ``0 <= sigma_lo < sigma_hi < inf``: guide only the steps with
+                ``sigma_lo < sigma_t <= sigma_hi``, ``sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t)``; ``None``:
+                every step.
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"Unknown output_type {output_type!r}; expected one of {OUTPUT_TYPES}.")
         check_integer("batch_size", batch_size, minimum=1)
-        check_guidance_scale(guidance_scale)
-        labels = self._class_labels(class_labels, batch_size, guidance_scale)
+        guidance_scale = check_guidance_scale(guidance_scale)
+        classifier_scale = check_classifier_scale(classifier_scale, self.classifier is not None)
+        guidance_interval = check_guidance_interval(guidance_interval)
+        self._check_classifier()  # the classifier may have been swapped since __init__
+        labels = self._class_labels(class_labels, batch_size, guidance_scale, classifier_scale)
         if labels is not None:
             batch_size = labels.numel()
+        elif class_labels is not None and batch_size == 1:
+            batch_size = label_tensor(class_labels).numel()
+        classifier_labels = None
+        if classifier_scale > 0:
+            classifier_labels = check_classifier_labels(self.classifier, class_labels, batch_size, "cpu")
         # Sampling needs eval mode: diffusers' DiT in train mode drops class labels at random, per block.
-        training_modes = {module: module.training for module in (self.unet, self.vae) if module is not None}
+        modules = (self.unet, self.vae, self.classifier)
+        training_modes = {module: module.training for module in modules if module is not None}
         for module in training_modes:
             module.eval()
         try:
-            image = self._sample(batch_size, labels, guidance_scale, num_inference_steps, generator, output_type)
+            image = self._sample(
+                batch_size, labels, classifier_labels, guidance_scale, classifier_scale, guidance_interval,
+                num_inference_steps, generator, output_type,
+            )
         finally:
             for module, was_training in training_modes.items():
                 module.train(was_training)
@@ -170,41 +243,52 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
             return (image,)
         return ImagePipelineOutput(images=image)
 
+    def _guided_model(
+        self,
+        labels: torch.Tensor | None,
+        classifier_labels: torch.Tensor | None,
+        guidance_scale: float,
+        classifier_scale: float,
+        guidance_interval: GuidanceInterval | None,
+    ) -> GuidedNoisePredictor:
+        """The guided model of one call (the scheduler's timesteps set): its terms chosen once."""
+        guidance = None
+        if guidance_scale != 1.0:
+            guidance = ClassifierFreeNoiseGuidance(self.unet, labels, self._null_label(), guidance_scale)
+        classifier = None
+        if classifier_scale > 0:
+            classifier = ClassifierGuidance(self.classifier, classifier_labels, classifier_scale)
+        return GuidedNoisePredictor(
+            ConditionalNoisePredictor(self.unet, labels), self.scheduler, guidance, classifier, guidance_interval
+        )
+
     def _sample(
         self,
         batch_size: int,
         labels: torch.Tensor | None,
+        classifier_labels: torch.Tensor | None,
         guidance_scale: float,
+        classifier_scale: float,
+        guidance_interval: GuidanceInterval | None,
         num_inference_steps: int | str,
         generator: torch.Generator | list[torch.Generator] | None,
         output_type: str,
     ) -> torch.Tensor | np.ndarray | list[PIL.Image.Image]:
         """The sampling loop and decoding of :meth:`__call__` (arguments already checked)."""
-        use_guidance = guidance_scale != 1.0
         device = self._execution_device
-
         sample = randn_tensor(self._sample_shape(batch_size), generator=generator, device=device, dtype=self.unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        model_kwargs = {}
-        if labels is not None:
-            labels = labels.to(device)
-            model_kwargs["class_labels"] = (
-                torch.cat([labels, torch.full_like(labels, self._null_label())]) if use_guidance else labels
-            )
-        channels = sample.shape[1]
+        labels = None if labels is None else labels.to(device)
+        classifier_labels = None if classifier_labels is None else classifier_labels.to(device)
+        guided_model = self._guided_model(labels, classifier_labels, guidance_scale, classifier_scale, guidance_interval)
+        # Where guidance acts, decided here on the host: the loop reads one Python bool per step.
+        guided_steps = guided_model.guided_calls()
 
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_input = torch.cat([sample, sample]) if use_guidance else sample
-            # A tensor timestep: UNet2DModel would truncate a Python float, and DiT wants one per example.
-            t_batch = t.reshape(1).expand(model_input.shape[0]).to(device)
-            model_output = self.unet(model_input, t_batch, **model_kwargs).sample
-            if use_guidance:
-                conditional, unconditional = model_output.chunk(2)
-                eps_conditional, variance_conditional = conditional[:, :channels], conditional[:, channels:]
-                eps_unconditional = unconditional[:, :channels]
-                eps = eps_unconditional + guidance_scale * (eps_conditional - eps_unconditional)
-                model_output = torch.cat([eps, variance_conditional], dim=1)
-            sample = self.scheduler.step(model_output, t, sample, generator=generator).prev_sample
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            prediction = guided_model(sample, i, t, guided_steps[i])
+            sample = self.scheduler.step(prediction.model_output, t, sample, generator=generator).prev_sample
+            if prediction.mean_shift is not None:  # classifier guidance: N(mu + s Sigma grad, Sigma)
+                sample = (sample + prediction.mean_shift).to(sample.dtype)
 
         if output_type == "latent":
             return sample
@@ -228,16 +312,21 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
             num_inference_steps: the example's steps (default: 100 respaced steps, at most the model's T).
             guidance_scale: the example's guidance weight (used for a class-conditional model with a null label).
             training: what a training run adds (steps, data set, arguments, sample grid).
+
+        The card names the optional ``classifier`` where the pipeline has one.
         """
         rows = class_table_size(self.unet)
         call: dict[str, Any] = {}
         null_label = self._known_null_label()
-        num_classes = rows - 1 if null_label is not None and null_label == rows - 1 else rows
+        num_classes = self._num_classes()
         if rows > 0:
             call["class_labels"] = list(range(min(num_classes, USAGE_EXAMPLE_IMAGES)))
             if guidance_scale != 1.0 and null_label is not None:
                 call["guidance_scale"] = float(guidance_scale)
             labels = f"{num_classes} classes" + ("" if null_label is None else f" (null label {null_label})")
+        elif self.classifier is not None:  # an unconditional model steered by the classifier to the given classes
+            call["class_labels"] = list(range(min(self.classifier.config.num_classes, USAGE_EXAMPLE_IMAGES)))
+            labels = "unconditional"
         else:
             call["batch_size"] = 4
             labels = "unconditional"
@@ -250,4 +339,12 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
             f"eps and the variance interpolation over T={T} steps, {labels}, sampling in {space}."
         )
         tags = ["learned-variance-ddpm", "class-conditional" if rows > 0 else "unconditional"]
+        if self.classifier is not None:
+            summary += (
+                f"\n\nClassifier guidance (Dhariwal & Nichol 2021, Algorithm 1): the pipeline carries a "
+                f"`{type(self.classifier).__name__}` over {self.classifier.config.num_classes} classes (`classifier`); "
+                "`classifier_scale=s` (default 1.0 with `class_labels`) moves each step's mean by "
+                "`s Sigma grad log p(y | x_t)`."
+            )
+            tags.append("classifier-guidance")
         return build_model_card(self, repo_id=repo_id, summary=summary, tags=tags, call_arguments=call, training=training)
