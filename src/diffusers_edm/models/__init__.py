@@ -1,6 +1,7 @@
-"""Preconditioned denoisers D(x; sigma) over diffusers backbones (EDM Table 1)."""
+"""Preconditioned denoisers D(x; sigma) over diffusers backbones (EDM Table 1) and the noise-conditional classifier."""
 
 from .latent_codec import LatentCodec
+from .noise_conditional_classifier import NoiseConditionalClassifier, NoiseConditionalClassifierOutput
 from .preconditioned_denoisers import (
     EDMPrecond,
     IDDPMPrecond,
@@ -15,6 +16,8 @@ __all__ = [
     "EDMPrecond",
     "IDDPMPrecond",
     "LatentCodec",
+    "NoiseConditionalClassifier",
+    "NoiseConditionalClassifierOutput",
     "PreconditionedDenoiser",
     "PreconditionedDenoiserOutput",
     "Preconditioning",
