@@ -292,3 +292,37 @@ def test_recipe_is_chosen_by_the_task(tmp_path):
     assert args.loss_reduction == "mean" and args.validation_split == 0.1
     assert args.validation_sigma_edges == DEFAULT_EDGES and args.classifier_sigma_max == 80.0
     assert parse_args(["--output_dir", str(tmp_path / "b")]).task == "denoiser"
+
+
+# ------------------------------------------------------------------------------------------------ two processes
+def test_two_processes_sum_their_held_out_counts_to_the_single_process_accuracy(tmp_path, classifier_config):
+    """Under a 2-process launch each process evaluates half of the held-out batches; the summed counts equal what one
+    process computes for the same exported classifier (the noise draws do not depend on the number of processes)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "ddp"
+    arguments = classifier_args(out, classifier_config, "--max_train_steps", "2", "--validation_noise_draws", "2")
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+        str(Path(__file__).with_name("multiprocess_training_script.py")), str(tmp_path / "ranks"), *arguments,
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    ranks = [torch.load(tmp_path / "ranks" / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert ranks[0]["num_processes"] == 2
+    for key, value in ranks[0]["weights"].items():
+        assert torch.equal(value, ranks[1]["weights"][key]), key
+    report = json.loads((out / "accuracy.json").read_text())
+    assert all(bucket["count"] == 2 * 90 for bucket in report["buckets"])
+
+    trainer = make_trainer(tmp_path / "single", classifier_config, "--validation_noise_draws", "2")
+    single = trainer.recipe.bucket_accuracy(NoiseConditionalClassifier.from_pretrained(out).eval())
+    assert {key: value for key, value in report.items() if key != "step"} == single
