@@ -326,3 +326,14 @@ def test_two_processes_sum_their_held_out_counts_to_the_single_process_accuracy(
     trainer = make_trainer(tmp_path / "single", classifier_config, "--validation_noise_draws", "2")
     single = trainer.recipe.bucket_accuracy(NoiseConditionalClassifier.from_pretrained(out).eval())
     assert {key: value for key, value in report.items() if key != "step"} == single
+
+
+def test_xs_preset_is_a_narrower_model_of_the_tiny_layout(tmp_path):
+    """--model_size xs: the weak model of autoguidance or a cheap classifier (a quarter of tiny's channels)."""
+    from diffusers_edm.training.model_presets import make_backbone, make_classifier
+
+    assert parse_args(["--output_dir", str(tmp_path / "a"), "--model_size", "xs"]).model_size == "xs"
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    xs, tiny = make_backbone("unet", "xs", 16, 1, False, 10), make_backbone("unet", "tiny", 16, 1, False, 10)
+    assert xs.config.down_block_types == tiny.config.down_block_types and count(xs) < count(tiny) / 3
+    assert count(make_classifier("xs", 16, 1, 10)) < count(make_classifier("tiny", 16, 1, 10)) / 3

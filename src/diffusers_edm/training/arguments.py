@@ -18,7 +18,7 @@ TASKS = ("denoiser", "classifier")
 LOSSES = ("precond", "hybrid")
 LOSS_REDUCTIONS = ("sum", "mean")
 BACKBONES = ("unet", "dit")
-UNET_PRESETS = ("tiny", "small", "base")
+UNET_PRESETS = ("xs", "tiny", "small", "base")
 DIT_PRESETS = ("tiny", "S/2", "B/2")
 
 
