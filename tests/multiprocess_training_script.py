@@ -40,7 +40,7 @@ def main() -> None:
     DiTTransformer2DModel.forward = recording_dit_forward
     result = train_module.main(argv)
     state = result.model.state_dict()
-    sampler = trainers[0].timestep_sampler if trainers else None
+    sampler = getattr(trainers[0].recipe, "timestep_sampler", None) if trainers else None
     # Accelerate's end_training() has closed the process group by now; the launcher's variables remain.
     rank, count = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     rank_dir.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
+import diffusers_edm.training.recipes.hybrid as hybrid_recipe
 import diffusers_edm.training.train as train_module
 from diffusers_edm.models.backbones import call_backbone, drop_class_labels
 from diffusers_edm.training.arguments import parse_args
@@ -79,14 +80,14 @@ def test_default_reduction_is_edms_sum_for_precond_and_the_mean_for_hybrid(tmp_p
 def test_precond_loss_reduction_follows_its_formula(tmp_path, tiny_config, reduction):
     trainer = make_trainer(tmp_path / "run", tiny_config, "--loss_reduction", reduction, "--label_column", "label")
     per_element = []
-    loss_fn = trainer.loss_fn
+    loss_fn = trainer.recipe.loss_fn
 
     def recording_loss(model, images, **conditioning):
         output = loss_fn(model, images, **conditioning)
         per_element.append(output.loss.detach().double())
         return output
 
-    trainer.loss_fn = recording_loss
+    trainer.recipe.loss_fn = recording_loss
     batch = first_batch(trainer)
     loss, _ = trainer._loss(batch["images"], batch["labels"])
     elements = per_element[0]
@@ -102,14 +103,14 @@ def test_hybrid_loss_reduction_follows_its_formula(tmp_path, tiny_config, monkey
     trainer = make_trainer(tmp_path / "run", tiny_config, "--loss", "hybrid", "--num_train_timesteps", "50",
                            "--loss_reduction", reduction)
     outputs = []
-    original = train_module.hybrid_loss
+    original = hybrid_recipe.hybrid_loss
 
     def recording_hybrid_loss(*args, **kwargs):
         output = original(*args, **kwargs)
         outputs.append(output)
         return output
 
-    monkeypatch.setattr(train_module, "hybrid_loss", recording_hybrid_loss)
+    monkeypatch.setattr(hybrid_recipe, "hybrid_loss", recording_hybrid_loss)
     images = first_batch(trainer)["images"]
     loss, _ = trainer._loss(images, None)
     per_example_mean = outputs[0].loss.detach().double()  # Improved DDPM's mean over each example's dimensions
@@ -246,7 +247,7 @@ def test_no_host_synchronisation_in_an_optimizer_step(tmp_path, tiny_config, rec
         counts.append(counter.calls)
     assert all(not calls for calls in counts), next(calls for calls in counts if calls)
     if "hybrid" in recipe:
-        assert trainer.timestep_sampler.is_warmed_up()
+        assert trainer.recipe.timestep_sampler.is_warmed_up()
 
 
 # ------------------------------------------------------------------------------------------------ label dropout

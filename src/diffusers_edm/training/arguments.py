@@ -9,23 +9,30 @@ from pathlib import Path
 
 from .checkpoints import list_checkpoints
 from .data import EMBEDDED_DATASET
+from .recipes import resolve_recipe_args
+from .recipes.classifier import DEFAULT_NOISE_DRAWS, DEFAULT_SIGMA_EDGES, DEFAULT_SIGMA_RANGE, DEFAULT_VALIDATION_SPLIT, POOLINGS
 from .timestep_samplers import TIMESTEP_SAMPLERS
 
 PRECONDITIONINGS = ("edm", "vp", "ve", "iddpm")
+TASKS = ("denoiser", "classifier")
 LOSSES = ("precond", "hybrid")
 LOSS_REDUCTIONS = ("sum", "mean")
 BACKBONES = ("unet", "dit")
-UNET_PRESETS = ("tiny", "small", "base")
+UNET_PRESETS = ("xs", "tiny", "small", "base")
 DIT_PRESETS = ("tiny", "S/2", "B/2")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffusers-edm-train",
-        description="Train an EDM / VP / VE / iDDPM-preconditioned denoiser, or a learned-variance DDPM (hybrid loss), "
-        "with Accelerate. Run it with `accelerate launch` for several processes or machines.",
+        description="Train an EDM / VP / VE / iDDPM-preconditioned denoiser, a learned-variance DDPM (hybrid loss), or a "
+        "noise-conditional classifier for classifier guidance (--task classifier), with Accelerate. Run it with "
+        "`accelerate launch` for several processes or machines.",
     )
     model = parser.add_argument_group("model and loss")
+    model.add_argument("--task", choices=TASKS, default="denoiser",
+                       help="'denoiser': a diffusion model (--precond / --loss); 'classifier': a NoiseConditionalClassifier "
+                       "p(y | x; sigma) on noisy images for classifier guidance (needs --label_column; see 'classifier').")
     model.add_argument("--precond", choices=PRECONDITIONINGS, default=None,
                        help="Preconditioning and its matching loss (EDM, Karras et al. 2022, Table 1). Default: edm.")
     model.add_argument("--loss", choices=LOSSES, default="precond",
@@ -36,19 +43,47 @@ def build_parser() -> argparse.ArgumentParser:
                        "loss.sum() / batch; 'mean': averaged over every element, Improved DDPM's mean_flat. 'sum' gives "
                        "C*H*W times larger gradients, which matters for Adam's epsilon and for --max_grad_norm. "
                        "Default: sum for --loss precond (as EDM), mean for --loss hybrid (as Improved DDPM, whose "
-                       "lambda = 0.001 and learning rates were set for per-dimension means).")
+                       "lambda = 0.001 and learning rates were set for per-dimension means); --task classifier averages "
+                       "its cross-entropy over the batch (mean).")
     model.add_argument("--backbone", choices=BACKBONES, default="unet", help="diffusers UNet2DModel or DiTTransformer2DModel.")
-    model.add_argument("--model_size", default="tiny", help=f"Backbone preset: unet {UNET_PRESETS}, dit {DIT_PRESETS}.")
+    model.add_argument("--model_size", default="tiny",
+                       help=f"Backbone preset: unet {UNET_PRESETS}, dit {DIT_PRESETS}; with --task classifier the encoder "
+                       f"half of the unet preset {UNET_PRESETS}. A smaller preset (or fewer --max_train_steps) also makes "
+                       "the weak model of autoguidance.")
     model.add_argument("--backbone_config", default=None,
-                       help="JSON file with backbone config keys, applied over the preset (e.g. block_out_channels).")
+                       help="JSON file with backbone config keys, applied over the preset (e.g. block_out_channels); with "
+                       "--task classifier, NoiseConditionalClassifier config keys.")
     model.add_argument("--sigma_data", type=float, default=0.5)
-    model.add_argument("--P_mean", type=float, default=-1.2, help="EDM loss: mean of ln(sigma).")
-    model.add_argument("--P_std", type=float, default=1.2, help="EDM loss: std of ln(sigma).")
+    model.add_argument("--P_mean", type=float, default=-1.2,
+                       help="EDM loss (and --task classifier): mean of ln(sigma). Lower it to train a classifier more at "
+                       "low noise.")
+    model.add_argument("--P_std", type=float, default=1.2, help="EDM loss (and --task classifier): std of ln(sigma).")
     model.add_argument("--num_train_timesteps", type=int, default=1000, help="Hybrid loss: diffusion steps T.")
     model.add_argument("--beta_schedule", default="squaredcos_cap_v2", help="Hybrid loss: 'squaredcos_cap_v2' or 'linear'.")
     model.add_argument("--timestep_sampler", choices=TIMESTEP_SAMPLERS, default="uniform", help="Hybrid loss: t sampling.")
     model.add_argument("--vae", default=None, help="AutoencoderKL (local directory or Hub id): train in its latent space.")
     model.add_argument("--vae_subfolder", default=None, help="Subfolder of --vae holding the AutoencoderKL (e.g. 'vae').")
+
+    classifier = parser.add_argument_group(
+        "classifier",
+        "--task classifier: cross-entropy of classifier(y + sigma n, sigma) against the labels, ln(sigma) ~ N(P_mean, "
+        "P_std^2) clamped to [--classifier_sigma_min, --classifier_sigma_max]. To bias it towards low noise, lower "
+        "--P_mean (e.g. -2) and/or --classifier_sigma_max (e.g. 5). Accuracy per noise-level bucket on a held-out split "
+        "at every --validation_steps and at the end (logged, printed, accuracy/step-N.json and accuracy.json). The EMA "
+        "classifier is saved into --output_dir: NoiseConditionalClassifier.from_pretrained(output_dir).",
+    )
+    classifier.add_argument("--validation_split", type=float, default=None,
+                            help=f"Held-out fraction, stratified by class and fixed by --seed (default {DEFAULT_VALIDATION_SPLIT}).")
+    classifier.add_argument("--classifier_sigma_min", type=float, default=None,
+                            help=f"Smallest training noise level; smaller draws are clamped to it (default {DEFAULT_SIGMA_RANGE[0]}).")
+    classifier.add_argument("--classifier_sigma_max", type=float, default=None,
+                            help=f"Largest training noise level; larger draws are clamped to it (default {DEFAULT_SIGMA_RANGE[1]}).")
+    classifier.add_argument("--classifier_pooling", choices=POOLINGS, default=None,
+                            help="Head: ADM's attention pooling (default) or global mean pooling.")
+    classifier.add_argument("--validation_sigma_edges", type=float, nargs="+", default=None,
+                            help=f"Edges of the accuracy buckets on sigma (default {' '.join(f'{e:g}' for e in DEFAULT_SIGMA_EDGES)}).")
+    classifier.add_argument("--validation_noise_draws", type=int, default=None,
+                            help=f"Noise draws per held-out image and bucket (default {DEFAULT_NOISE_DRAWS}).")
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", default=None,
@@ -59,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--num_channels", type=int, choices=(1, 3), default=None,
                       help="Convert every image to grayscale (1) or RGB (3). Default: RGB if any image is in colour, "
                       "else grayscale (read from the image headers).")
-    data.add_argument("--label_column", default=None, help="Class-label column: trains a class-conditional model.")
+    data.add_argument("--label_column", default=None,
+                      help="Class-label column: trains a class-conditional model (the classes of --task classifier).")
     data.add_argument("--num_classes", type=int, default=None, help="Number of classes (default: read from the labels).")
     data.add_argument("--label_dropout", type=float, default=0.0, help="Label dropout for classifier-free guidance (0.1).")
     data.add_argument("--resolution", type=int, default=16, help="Image resolution in pixels.")
@@ -101,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint directory.")
     output.add_argument("--report_to", default="tensorboard", help="Accelerate tracker(s), comma-separated, or 'none'.")
     output.add_argument("--logging_steps", type=int, default=10)
-    output.add_argument("--validation_steps", type=int, default=500, help="Sample a grid from the EMA model every N steps.")
+    output.add_argument("--validation_steps", type=int, default=500,
+                        help="Every N steps, validate the EMA model: a sample grid (denoisers) or the held-out accuracy "
+                        "per noise level (--task classifier).")
     output.add_argument("--num_validation_images", type=int, default=16)
     output.add_argument("--sample_steps", type=int, default=18, help="EDMHeunScheduler steps for validation/final grids.")
     output.add_argument("--guidance_scale", type=float, default=1.0, help="Guidance for the sample grids.")
@@ -120,16 +158,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def validate_args(args: argparse.Namespace) -> None:
     """Reject bad combinations with a clear message before any data, model or process work."""
-    if args.loss == "hybrid":
-        if args.precond is not None:
-            raise ValueError(
-                f"--loss hybrid trains a learned-variance DDPM (a discrete-time model, no preconditioning wrapper); "
-                f"drop --precond {args.precond}."
-            )
-    else:
-        args.precond = args.precond or "edm"
-    if args.loss_reduction is None:
-        args.loss_reduction = "sum" if args.loss == "precond" else "mean"
+    resolve_recipe_args(args)
     if args.max_grad_norm is not None and not args.max_grad_norm > 0:
         raise ValueError(f"--max_grad_norm must be > 0 (or left out: no clipping), got {args.max_grad_norm}.")
     if not args.lr_rampup_kimg >= 0:

@@ -136,6 +136,33 @@ def inspect_labels(dataset: datasets.Dataset, label_column: str, num_classes: in
     return num_classes or declared
 
 
+def held_out_split(
+    dataset: datasets.Dataset, fraction: float, seed: int, label_column: str | None = None
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """``(training, held_out)``: about ``fraction`` of the rows held out, the same rows for the same ``seed``.
+
+    With ``label_column`` the split is stratified: each class gives ``round(fraction * its size)`` rows (drawn by a
+    NumPy generator seeded with ``seed``), so the held-out classes are in the data set's proportions. Both parts keep
+    the data set's order. ``ValueError`` when either part would be empty.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"The held-out fraction must lie in (0, 1), got {fraction!r}.")
+    labels = np.asarray(dataset[label_column]) if label_column is not None else np.zeros(len(dataset), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    held_out = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        held_out.append(rng.permutation(members)[: int(round(fraction * len(members)))])
+    held = np.sort(np.concatenate(held_out)) if held_out else np.zeros(0, dtype=np.int64)
+    training = np.setdiff1d(np.arange(len(dataset)), held)
+    if len(held) == 0 or len(training) == 0:
+        raise ValueError(
+            f"A held-out fraction of {fraction} of {len(dataset)} images leaves {len(training)} for training and "
+            f"{len(held)} held out; both must be non-empty."
+        )
+    return dataset.select(training), dataset.select(held)
+
+
 def image_to_tensor(image: Image.Image, resolution: int, center_crop: bool, channels: int, rng: random.Random | None = None) -> torch.Tensor:
     """Resize (shorter side = resolution, bicubic), crop to a square, scale to [-1, 1]; shape (channels, res, res)."""
     image = image.convert(CHANNEL_MODES[channels])

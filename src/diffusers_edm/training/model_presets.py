@@ -1,14 +1,23 @@
-"""Backbone size presets for training: diffusers ``UNet2DModel`` (pixels or latents) and ``DiTTransformer2DModel`` (latents)."""
+"""Model size presets for training: diffusers ``UNet2DModel`` (pixels or latents) and ``DiTTransformer2DModel`` (latents)
+backbones, and the :class:`~diffusers_edm.models.NoiseConditionalClassifier`."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 
 from ..models.backbones import build_backbone
+from ..models.noise_conditional_classifier import NoiseConditionalClassifier
 
 UNET_PRESETS: dict[str, dict[str, Any]] = {
+    # A quarter of tiny's width: e.g. the weak model that guides a tiny one (autoguidance, Karras et al. 2024).
+    "xs": dict(
+        block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8, attention_head_dim=8,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    ),
     # ~0.9M parameters: seconds per hundred steps on a 2-core CPU at 16x16.
     "tiny": dict(
         block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8, attention_head_dim=8,
@@ -72,3 +81,41 @@ def make_backbone(
     if sample_size % config["patch_size"] != 0:
         raise ValueError(f"The DiT's patch size {config['patch_size']} does not divide its input size {sample_size}.")
     return build_backbone("DiTTransformer2DModel", config)
+
+
+# The encoder halves of the UNet presets above (ADM's classifier is the encoder half of its UNet), for --task classifier.
+CLASSIFIER_PRESETS: dict[str, dict[str, Any]] = {
+    "xs": dict(
+        block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8, attention_head_dim=8,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+    ),
+    "tiny": dict(
+        block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8, attention_head_dim=8,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+    ),
+    "small": dict(
+        block_out_channels=(64, 128, 128), layers_per_block=2, norm_num_groups=32, attention_head_dim=32,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+    ),
+    "base": dict(
+        block_out_channels=(128, 256, 256, 256), layers_per_block=2, norm_num_groups=32, attention_head_dim=64,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    ),
+}
+
+
+def make_classifier(
+    size: str, sample_size: int, channels: int, num_classes: int, overrides: dict[str, Any] | None = None, **config: Any
+) -> NoiseConditionalClassifier:
+    """A :class:`NoiseConditionalClassifier` of preset ``size`` for ``sample_size``-square inputs with ``channels``
+    channels; ``config`` (e.g. ``pooling``, ``sigma_data``) and then ``overrides`` (``--backbone_config``) replace
+    preset keys. ``ValueError`` naming override keys the classifier does not have."""
+    settings = dict(CLASSIFIER_PRESETS[size], sample_size=sample_size, in_channels=channels, num_classes=num_classes, **config)
+    unknown = sorted(set(overrides or {}) - set(inspect.signature(NoiseConditionalClassifier.__init__).parameters) - {"self"})
+    if unknown:
+        raise ValueError(
+            f"--backbone_config keys {unknown} are not NoiseConditionalClassifier settings (with --task classifier the "
+            "file configures the classifier, e.g. block_out_channels, down_block_types, layers_per_block)."
+        )
+    settings.update(overrides or {})
+    return NoiseConditionalClassifier(**settings)

@@ -1,4 +1,8 @@
-"""The training script: EDM / VP / VE / iDDPM denoisers or a learned-variance DDPM, with Accelerate.
+"""The training script: EDM / VP / VE / iDDPM denoisers, a learned-variance DDPM or a noise-conditional classifier,
+with Accelerate.
+
+The loop here is the same for every kind of run; what is trained, its loss, validation and export come from a recipe
+(:mod:`diffusers_edm.training.recipes`, one file per recipe).
 
 Run it as ``diffusers-edm-train ...`` (one process) or ``accelerate launch training/train_edm.py ...`` (several
 processes or machines; DDP, and FSDP/DeepSpeed configs through ``accelerate config``). ``--help`` lists the options.
@@ -8,29 +12,20 @@ With no data argument it trains on the embedded scikit-learn digits, so it runs 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers import AutoencoderKL
-from PIL import Image
 from tqdm.auto import tqdm
 
-from ..losses import DENOISING_LOSSES, hybrid_loss
-from ..models import EDMPrecond, IDDPMPrecond, VEPrecond, VPPrecond
-from ..models.backbones import backbone_caller, disable_internal_label_dropout, drop_class_labels
 from ..models.latent_codec import LatentCodec
-from ..pipelines import EDMPipeline, LearnedVariancePipeline
-from ..schedulers import EDMHeunScheduler, LearnedVarianceDDPMScheduler
 from .arguments import parse_args, save_args
 from .checkpoints import (
     check_checkpoint_matches,
@@ -40,15 +35,13 @@ from .checkpoints import (
     resolve_resume_path,
     save_checkpoint,
 )
-from .data import ImageDataset, image_channels, inspect_labels, load_image_dataset
+from .data import ImageDataset, held_out_split, image_channels, inspect_labels, load_image_dataset
 from .ema import EDMEMAModel
-from .model_card import write_model_card
-from .model_presets import make_backbone
-from .timestep_samplers import LossSecondMomentTimestepSampler, create_timestep_sampler
+from .image_grid import image_grid  # noqa: F401 (public here: the benchmarks tile their grids with it)
+from .recipes import Export, Recipe, RecipeData, select_recipe
+from .recipes.base import reduce_loss  # noqa: F401 (public here since before the recipes existed)
 
 logger = logging.getLogger(__name__)
-
-PRECOND_CLASSES = {"edm": EDMPrecond, "vp": VPPrecond, "ve": VEPrecond, "iddpm": IDDPMPrecond}
 
 
 @dataclass
@@ -66,14 +59,22 @@ class TrainingProgress:
 
 @dataclass
 class TrainingResult:
-    """What :func:`train` returns: the trained model (raw weights, unwrapped), its EMA and the final pipeline dir."""
+    """What :func:`train` returns: the trained model (raw weights, unwrapped), its EMA, the output directory and, on
+    the main process, what the export wrote (``artefacts``: e.g. ``sample_grid`` or ``accuracy``) and its metrics."""
 
     model: torch.nn.Module
     ema: EDMEMAModel
     global_step: int
     output_dir: Path
-    sample_grid: Path | None = None
+    artefacts: dict[str, Path] = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    summary: list[str] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+
+    @property
+    def sample_grid(self) -> Path | None:
+        """The final sample grid of a diffusion model (None for a classifier, and on the other processes)."""
+        return self.artefacts.get("sample_grid")
 
 
 def make_dataloader(dataset: ImageDataset, args: argparse.Namespace) -> torch.utils.data.DataLoader:
@@ -105,37 +106,6 @@ def edm_learning_rate_ramp(lr_rampup_kimg: float, global_batch: int) -> Callable
         return min(step * global_batch / rampup_nimg, 1.0)
 
     return factor
-
-
-def reduce_loss(per_example_mean: torch.Tensor, elements_per_example: int, reduction: str) -> torch.Tensor:
-    """The batch loss from each example's loss averaged over its elements (pixels or latents).
-
-    ``"mean"``: the mean over the batch, i.e. over every element (Improved DDPM's ``mean_flat(...).mean()``).
-    ``"sum"``: ``elements_per_example`` times that, i.e. each example's loss summed over its elements and averaged
-    over the batch (EDM's ``loss.sum() / batch``); its gradient is ``elements_per_example`` times the mean's.
-    """
-    batch_mean = per_example_mean.mean()
-    return batch_mean * elements_per_example if reduction == "sum" else batch_mean
-
-
-def image_grid(images: np.ndarray, rows: int, min_cell: int = 64, gap: int = 2) -> Image.Image:
-    """Tile ``(N, H, W, C)`` images in [0, 1] into one PIL image with ``rows`` rows, ``gap`` white pixels between cells.
-
-    Small images are enlarged by an integer factor (nearest neighbour, pixels stay visible) to at least ``min_cell``.
-    (diffusers' ``make_image_grid`` needs a full grid, resizes with interpolation, which blurs 16 px digits, and
-    puts cells edge to edge, where neighbouring digits touch.) Empty cells of an incomplete last row stay white.
-    """
-    count, height, width, channels = images.shape
-    cols = math.ceil(count / rows)
-    factor = max(1, math.ceil(min_cell / min(height, width)))
-    cell_height, cell_width = height * factor, width * factor
-    grid = np.ones((rows * cell_height + (rows - 1) * gap, cols * cell_width + (cols - 1) * gap, channels), dtype=np.float32)
-    for index, image in enumerate(images):
-        row, col = divmod(index, cols)
-        top, left = row * (cell_height + gap), col * (cell_width + gap)
-        grid[top : top + cell_height, left : left + cell_width] = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
-    grid = (grid * 255).round().astype(np.uint8)
-    return Image.fromarray(grid[..., 0] if channels == 1 else grid, mode="L" if channels == 1 else "RGB")
 
 
 class Trainer:
@@ -185,26 +155,20 @@ class Trainer:
             if self.vae.config.in_channels != channels:
                 raise ValueError(f"The VAE takes {self.vae.config.in_channels}-channel images; the data has {channels}.")
             sample_size, channels = args.resolution // factor, self.vae.config.latent_channels
-        overrides = json.loads(Path(args.backbone_config).read_text()) if args.backbone_config else None
-        backbone = make_backbone(
-            args.backbone, args.model_size, sample_size, channels, args.loss == "hybrid", self.num_classes, overrides
+
+        validation_dataset = None
+        if args.validation_split is not None:
+            dataset, held_out = held_out_split(dataset, args.validation_split, args.seed, args.label_column)
+            # Held-out images are always center-cropped: the same pixels at every validation.
+            validation_dataset = ImageDataset(
+                held_out, args.image_column, args.resolution, self.image_channels, True, args.label_column, args.seed
+            )
+        data = RecipeData(
+            num_classes=self.num_classes, image_channels=self.image_channels, sample_size=sample_size, channels=channels,
+            vae=self.vae, codec=self.codec, validation_dataset=validation_dataset,
         )
-        null_label = self.num_classes if self.num_classes > 0 else None
-        if args.loss == "hybrid":
-            disable_internal_label_dropout(backbone)
-            self.model = backbone
-            self.scheduler = LearnedVarianceDDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule)
-            # On the training device: drawing timesteps and recording losses then never wait for the device.
-            self.timestep_sampler = create_timestep_sampler(args.timestep_sampler, args.num_train_timesteps).to(accelerator.device)
-            self.loss_fn = None
-        else:
-            precond_config = dict(num_classes=self.num_classes, null_class_label=null_label, label_dropout=args.label_dropout)
-            if args.precond == "edm":
-                precond_config["sigma_data"] = args.sigma_data
-            self.model = PRECOND_CLASSES[args.precond].from_backbone(backbone, **precond_config)
-            loss_config = dict(P_mean=args.P_mean, P_std=args.P_std, sigma_data=args.sigma_data) if args.precond == "edm" else {}
-            self.loss_fn = DENOISING_LOSSES[args.precond](**loss_config)
-            self.timestep_sampler = None
+        self.recipe: Recipe = select_recipe(args)(args, data, accelerator)
+        self.model = self.recipe.build_model()
 
         self.train_dataset = ImageDataset(
             dataset, args.image_column, args.resolution, self.image_channels, args.center_crop, args.label_column, args.seed
@@ -223,9 +187,7 @@ class Trainer:
         # Stepped by hand once per optimizer step (a prepared scheduler would step once per process).
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, edm_learning_rate_ramp(args.lr_rampup_kimg, self.global_batch))
         self.model, self.optimizer, self.dataloader = accelerator.prepare(self.model, optimizer, dataloader)
-        # The hybrid loss calls the backbone directly: its argument names are those of the class inside the DDP /
-        # compile wrappers, decided once here (the wrapped model is what is called, for DDP's gradient hooks).
-        self.call_backbone = backbone_caller(self.model) if args.loss == "hybrid" else None
+        self.recipe.prepare(self.model)
         # After prepare: the EMA tracks the parameters the optimizer updates (FSDP/DeepSpeed may replace them).
         # The list is taken once: unwrapping the model on every step would sit in the hot loop for nothing.
         self.ema_parameters = list(self.unwrapped_model().parameters())
@@ -238,9 +200,7 @@ class Trainer:
         if self.vae is not None:
             self.vae.to(accelerator.device)
         # Saved as safetensors + JSON by save_checkpoint, not registered with Accelerate (which pickles them).
-        self.checkpointed = {"ema": self.ema, "lr_scheduler": self.lr_scheduler, "progress": self.progress}
-        if self.timestep_sampler is not None:
-            self.checkpointed["timestep_sampler"] = self.timestep_sampler
+        self.checkpointed = {"ema": self.ema, "lr_scheduler": self.lr_scheduler, "progress": self.progress, **self.recipe.states()}
 
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -269,29 +229,8 @@ class Trainer:
         return images, labels
 
     def _loss(self, images: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
-        """The batch loss, reduced as ``--loss_reduction`` says, and device-tensor statistics for the logs."""
-        elements = images[0].numel()
-        if self.loss_fn is not None:
-            conditioning = {"class_labels": labels} if labels is not None else {}
-            output = self.loss_fn(self.model, images, **conditioning)
-            log_sigma = output.sigma.log()
-            loss = reduce_loss(output.loss.flatten(1).mean(1), elements, self.args.loss_reduction)
-            return loss, {"log_sigma_mean": log_sigma.mean().detach(), "log_sigma_std": log_sigma.std().detach()}
-        timesteps, weights = self.timestep_sampler.sample(images.shape[0], images.device)
-        noise = torch.randn_like(images)
-        diffusion = self.scheduler.train_diffusion
-        noisy = diffusion.q_sample(images, diffusion.device_index(timesteps), noise)
-        if labels is not None and self.args.label_dropout > 0:
-            labels = drop_class_labels(labels, self.args.label_dropout, self.num_classes)
-        model_output = self.call_backbone(self.model, noisy, timesteps, labels, None)
-        output = hybrid_loss(model_output.float(), images, noisy, noise, timesteps, diffusion)
-        if isinstance(self.timestep_sampler, LossSecondMomentTimestepSampler):
-            # Every process has a full batch (drop_last) of timesteps drawn from the table: no size exchange, no check.
-            self.timestep_sampler.update_with_local_losses(
-                timesteps, output.vlb.detach(), self.accelerator, equal_batch_sizes=True, validate=False
-            )
-        loss = reduce_loss(output.loss * weights, elements, self.args.loss_reduction)
-        return loss, {"mse": output.mse.mean().detach(), "vlb": output.vlb.mean().detach()}
+        """The recipe's batch loss and device-tensor statistics for the logs."""
+        return self.recipe.loss(self.model, images, labels)
 
     def _train_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """One micro-batch: loss and backward; when it completes an optimizer step (``accelerator.sync_gradients``),
@@ -360,38 +299,15 @@ class Trainer:
                     break
         progress_bar.close()
         accelerator.wait_for_everyone()
-        grid_path = self._export()
+        exported = self._export()
         accelerator.end_training()
         return TrainingResult(
             model=self.unwrapped_model(), ema=self.ema, global_step=self.progress.global_step,
-            output_dir=self.output_dir, sample_grid=grid_path, losses=losses,
+            output_dir=self.output_dir, artefacts=exported.artefacts, metrics=exported.metrics,
+            summary=exported.summary, losses=losses,
         )
 
-    # ---------------------------------------------------------------------------------------------- sampling
-    def _pipeline(self, model: torch.nn.Module):
-        if self.args.loss == "hybrid":
-            null_label = self.num_classes if self.num_classes > 0 else None
-            return LearnedVariancePipeline(unet=model, scheduler=self.scheduler, vae=self.vae, null_class_label=null_label)
-        sigma_min = max(EDMHeunScheduler().config.sigma_min, model.sigma_min)
-        sigma_max = min(EDMHeunScheduler().config.sigma_max, model.sigma_max)
-        scheduler = EDMHeunScheduler(sigma_min=sigma_min, sigma_max=sigma_max)
-        return EDMPipeline(denoiser=model, scheduler=scheduler, vae=self.vae)
-
-    def _sample_grid(self, model: torch.nn.Module, count: int) -> Image.Image:
-        """Samples with a fixed generator (never the training RNG, so sampling does not change the run)."""
-        pipeline = self._pipeline(model)
-        pipeline.set_progress_bar_config(disable=True)
-        kwargs = dict(generator=torch.Generator(device="cpu").manual_seed(self.args.seed), output_type="np")
-        if self.num_classes > 0:
-            kwargs.update(class_labels=[i % self.num_classes for i in range(count)], guidance_scale=self.args.guidance_scale)
-        # ancestral sampling of a learned-variance model: 100 respaced steps (Improved DDPM), at most T
-        steps = self.args.sample_steps if self.args.loss != "hybrid" else min(100, self.args.num_train_timesteps)
-        images = pipeline(batch_size=count, num_inference_steps=steps, **kwargs).images
-        # labels cycle through the classes, so K columns make one column per class
-        columns = self.num_classes if 0 < self.num_classes <= count else math.ceil(math.sqrt(count))
-        rows = math.ceil(count / columns)
-        return image_grid(images, rows=rows)
-
+    # ---------------------------------------------------------------------------------------------- validation, export
     def _with_ema_weights(self, function):
         model = self.unwrapped_model()
         was_training = model.training
@@ -405,46 +321,28 @@ class Trainer:
             model.train(was_training)
 
     def _validate(self, step: int) -> None:
-        if not self.accelerator.is_main_process:
-            self.accelerator.wait_for_everyone()
-            return
-        grid = self._with_ema_weights(lambda model: self._sample_grid(model, self.args.num_validation_images))
-        path = self.output_dir / "samples" / f"step-{step:07d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        grid.save(path)
-        for tracker in self.accelerator.trackers:
-            if tracker.name == "tensorboard":
-                tracker.log_images({"samples": np.asarray(grid)[None, ..., None] if grid.mode == "L" else np.asarray(grid)[None]},
-                                   step=step, dataformats="NHWC")
+        """The recipe's validation artefact of the EMA model (every process takes part; the recipe decides who works)."""
+        self._with_ema_weights(lambda model: self.recipe.validate(model, step, self.output_dir))
         self.accelerator.wait_for_everyone()
 
-    def _export(self) -> Path | None:
-        """Save the final pipeline (EMA weights) with ``save_pretrained``, a sample grid and the model card."""
-        if not self.accelerator.is_main_process:
-            self.accelerator.wait_for_everyone()
-            return None
+    def _export(self) -> Export:
+        """The recipe's export of the EMA model, its model card and, with ``--push_to_hub``, the upload."""
+        step = self.progress.global_step
+        exported = self._with_ema_weights(lambda model: self.recipe.export(model, self.output_dir, step))
+        if self.accelerator.is_main_process:
+            self.recipe.write_model_card(self.output_dir, exported, step)
+            if self.args.push_to_hub:
+                from huggingface_hub import create_repo, upload_folder
 
-        def save(model: torch.nn.Module) -> Path:
-            pipeline = self._pipeline(model)
-            pipeline.save_pretrained(self.output_dir)
-            grid = self._sample_grid(model, max(self.args.num_validation_images, 1))
-            grid_path = self.output_dir / "samples.png"
-            grid.save(grid_path)
-            return grid_path
-
-        grid_path = self._with_ema_weights(save)
-        write_model_card(self.args, self.output_dir, grid_path, self.progress.global_step)
-        if self.args.push_to_hub:
-            from huggingface_hub import create_repo, upload_folder
-
-            repo_id = create_repo(self.args.hub_model_id, private=self.args.hub_private_repo, token=self.args.hub_token, exist_ok=True).repo_id
-            upload_folder(
-                repo_id=repo_id, folder_path=str(self.output_dir), token=self.args.hub_token,
-                commit_message=f"diffusers-edm training, step {self.progress.global_step}",
-                ignore_patterns=["checkpoint-*", ".checkpoint-*", "logs/*", "samples/*"],
-            )
+                args = self.args
+                repo_id = create_repo(args.hub_model_id, private=args.hub_private_repo, token=args.hub_token, exist_ok=True).repo_id
+                upload_folder(
+                    repo_id=repo_id, folder_path=str(self.output_dir), token=args.hub_token,
+                    commit_message=f"diffusers-edm training, step {step}",
+                    ignore_patterns=["checkpoint-*", ".checkpoint-*", "logs/*", "samples/*", "accuracy/*"],
+                )
         self.accelerator.wait_for_everyone()
-        return grid_path
+        return exported
 
 
 def train(args: argparse.Namespace) -> TrainingResult:
@@ -461,10 +359,11 @@ def main(argv: list[str] | None = None) -> TrainingResult:
         raise SystemExit(f"error: {error}") from None
     started = time.perf_counter()
     result = train(args)
-    if result.sample_grid is not None:
+    if result.summary:  # the main process
         minutes = (time.perf_counter() - started) / 60
-        print(f"Trained {result.global_step} steps in {minutes:.1f} min. Pipeline: {result.output_dir}")
-        print(f"Sample grid: {result.sample_grid}")
+        print(f"Trained {result.global_step} steps in {minutes:.1f} min. {result.summary[0]}")
+        for line in result.summary[1:]:
+            print(line)
     return result
 
 

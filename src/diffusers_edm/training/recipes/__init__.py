@@ -1,0 +1,54 @@
+"""Training recipes, one per file: what is trained, its loss, its validation artefact and its export.
+
+``select_recipe(args)`` is the one place that maps the command line to a recipe:
+
+=======================================  ==================================  ===========================================
+arguments                                recipe                              trains
+=======================================  ==================================  ===========================================
+``--task denoiser`` (default)            :class:`DenoisingRecipe`            EDM / VP / VE / iDDPM denoiser (``--precond``)
+``--task denoiser --loss hybrid``        :class:`HybridRecipe`               learned-variance DDPM (hybrid loss)
+``--task classifier``                    :class:`ClassifierRecipe`           noise-conditional classifier
+=======================================  ==================================  ===========================================
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .base import Export, Recipe, RecipeData, reduce_loss
+from .classifier import ClassifierRecipe
+from .denoising import DenoisingRecipe
+from .hybrid import HybridRecipe
+
+RECIPES: tuple[type[Recipe], ...] = (DenoisingRecipe, HybridRecipe, ClassifierRecipe)
+
+
+def select_recipe(args: argparse.Namespace) -> type[Recipe]:
+    """The recipe class of the parsed command line (see the module docstring)."""
+    if args.task == "classifier":
+        return ClassifierRecipe
+    return HybridRecipe if args.loss == "hybrid" else DenoisingRecipe
+
+
+def resolve_recipe_args(args: argparse.Namespace) -> type[Recipe]:
+    """Select the recipe, refuse the other recipes' own arguments when given, and let it fill in its defaults."""
+    recipe = select_recipe(args)
+    for other in RECIPES:
+        for name in set(other.own_arguments) - set(recipe.own_arguments):
+            if getattr(args, name, None) is not None:
+                raise ValueError(f"--{name} applies to {other.selected_by} only; drop it.")
+    recipe.resolve_args(args)
+    return recipe
+
+
+__all__ = [
+    "ClassifierRecipe",
+    "DenoisingRecipe",
+    "Export",
+    "HybridRecipe",
+    "Recipe",
+    "RecipeData",
+    "reduce_loss",
+    "resolve_recipe_args",
+    "select_recipe",
+]
