@@ -39,7 +39,6 @@ from .data import ImageDataset, held_out_split, image_channels, inspect_labels, 
 from .ema import EDMEMAModel
 from .image_grid import image_grid  # noqa: F401 (public here: the benchmarks tile their grids with it)
 from .recipes import Export, Recipe, RecipeData, select_recipe
-from .recipes.base import reduce_loss  # noqa: F401 (public here since before the recipes existed)
 
 logger = logging.getLogger(__name__)
 
