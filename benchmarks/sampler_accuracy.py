@@ -651,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"Batch {settings.batch}, {settings.dim}-D, {settings.num_components} components; reference RK4 with "
         f"{settings.reference_steps} steps; accuracy part {accuracy['seconds']:.0f} s, churn part {churn['seconds']:.0f} s.\n\n"
         "## ODE accuracy: summary\n\n" + "\n".join(sections) + "\n```\n" + "\n".join(verdicts) + "\n```\n\n"
-        f"## ODE accuracy: every configuration\n\n(actual calls in brackets where fewer than the budget)\n\n"
+        "## ODE accuracy: every configuration\n\n(actual calls in brackets where fewer than the budget)\n\n"
         + "\n".join(full_tables)
         + f"\n## Churn with a shrunk denoiser: moment Frechet / sliced W2\n\n{churn_md}\n"
     )
