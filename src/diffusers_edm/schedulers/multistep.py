@@ -43,8 +43,8 @@ import torch
 from diffusers.utils import BaseOutput
 
 from ..value_checks import check_integer, check_real
-from .compatibles import PackageCompatiblesMixin
 from .model_call import ModelCall
+from .planned_schedule import PlannedSchedulerMixin
 from .stochastic_heun import add_sigma_noise, check_model_output, schedule_grid
 
 #: The solvers and the highest order each implements.
@@ -432,7 +432,7 @@ class MultistepPlan:
 
 
 # ------------------------------------------------------------------------------------------------ the scheduler
-class MultistepMixin(PackageCompatiblesMixin):
+class MultistepMixin(PlannedSchedulerMixin):
     """The multistep loop shared by :class:`EDMMultistepScheduler` and :class:`EDMMultistepDiscreteScheduler`.
 
     A subclass is a ``SchedulerMixin, ConfigMixin`` whose config holds ``solver``, ``solver_order``,
@@ -464,20 +464,10 @@ class MultistepMixin(PackageCompatiblesMixin):
 
     # ------------------------------------------------------------------ properties (diffusers conventions)
     @property
-    def plan(self) -> MultistepPlan | None:
-        """The float64 plan of the current schedule (None before ``set_timesteps``)."""
-        return self._plan
-
-    @property
     def sigmas(self) -> torch.Tensor | None:
         """``sigma_0, ..., sigma_{S-1}, 0``: every step's start level, then 0 (float64, CPU). With the analytical
         first step ``sigma_0`` takes no model call."""
         return None if self._plan is None else torch.tensor(self._plan.sigmas, dtype=torch.float64)
-
-    @property
-    def evaluation_sigmas(self) -> torch.Tensor | None:
-        """The noise level of every model call, in the order of ``timesteps`` (float64, CPU)."""
-        return None if self._plan is None else torch.tensor(self._plan.call_sigmas, dtype=torch.float64)
 
     @property
     def init_noise_sigma(self) -> float:
@@ -487,24 +477,10 @@ class MultistepMixin(PackageCompatiblesMixin):
             return self._plan.init_noise_sigma
         return self.model_call.sigma_range()[1]
 
-    @property
-    def step_index(self) -> int | None:
-        """Index of the next model call in ``timesteps`` (None until the first ``step`` / ``scale_model_input``)."""
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        """Index of the first model call, set by :meth:`set_begin_index` (image-to-image starts part way)."""
-        return self._begin_index
-
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start sampling at model call ``begin_index`` of ``timesteps`` (call after ``set_timesteps``). The run has no
         history there: it warms up with orders 1, 2, ... from that call (without the analytical first step)."""
-        if self.timesteps is None:
-            raise ValueError("set_begin_index needs a schedule: call `set_timesteps` first.")
-        if not isinstance(begin_index, (int, np.integer)) or not 0 <= begin_index < len(self.timesteps):
-            raise ValueError(f"begin_index must be an integer in [0, {len(self.timesteps) - 1}], got {begin_index!r}.")
-        self._begin_index = int(begin_index)
+        self._begin_index = self._checked_begin_index(begin_index)
         self._plan_from(self._begin_index)
 
     # ------------------------------------------------------------------ schedule
@@ -574,36 +550,16 @@ class MultistepMixin(PackageCompatiblesMixin):
     def index_for_timestep(self, timestep: float | torch.Tensor) -> int:
         """The index in ``timesteps`` of the model call whose timestep is ``timestep`` (reads the value: a host sync;
         pipelines call :meth:`set_begin_index` instead)."""
-        schedule = self.timesteps
-        value = torch.as_tensor(timestep, device=schedule.device).to(schedule.dtype).reshape(-1)[:1]
-        matches = torch.isclose(schedule, value, rtol=1e-6, atol=0.0).nonzero().flatten().tolist()
+        matches, value = self._calls_at(timestep)
         if not matches:
             raise ValueError(
                 f"timestep {float(value):.6g} is not a model call of this schedule "
-                f"(timesteps: {[round(float(t), 6) for t in schedule]})."
+                f"(timesteps: {[round(float(t), 6) for t in self.timesteps]})."
             )
         return matches[0]
 
-    def _current_call(self, timestep: float | torch.Tensor) -> int:
-        """The index of the model call being made (set from ``begin_index`` or ``timestep`` at the first call)."""
-        if self._plan is None:
-            raise ValueError(f"{type(self).__name__} has no schedule yet: call `set_timesteps` first.")
-        if self._step_index is None:
-            self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
-            self._plan_from(self._step_index)
-        if self._step_index >= len(self.timesteps):
-            raise ValueError(
-                f"All {len(self.timesteps)} model calls of this schedule have been stepped; "
-                "call `set_timesteps` to sample again."
-            )
-        return self._step_index
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
-        """The model's input for the current call (``model_call.model_input``: ``x`` itself for a sigma-conditioned
-        model, ``x / sqrt(sigma^2 + 1)`` for a discrete VP network)."""
-        if not self.model_call.scales_input:
-            return sample
-        return self.model_call.model_input(sample, self._plan.call_sigmas[self._current_call(timestep)])
+    def _started_at(self, call: int) -> None:
+        self._plan_from(call)  # the run warms up from the call it starts at
 
     def step(
         self,

@@ -29,8 +29,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..noise_schedules import DISCRETIZATIONS, sigma_steps
 from ..value_checks import check_integer, check_real
-from .compatibles import PackageCompatiblesMixin
 from .model_call import ModelCall
+from .planned_schedule import PlannedSchedulerMixin
 
 SOLVERS = ("heun", "euler")
 
@@ -229,7 +229,7 @@ def add_sigma_noise(original_samples: torch.Tensor, noise: torch.Tensor, sigma: 
     return original_samples + noise * sigma
 
 
-class StochasticHeunMixin(PackageCompatiblesMixin):
+class StochasticHeunMixin(PlannedSchedulerMixin):
     """Algorithm 2 shared by :class:`EDMHeunScheduler` and :class:`EDMHeunDiscreteScheduler`.
 
     A subclass is a ``SchedulerMixin, ConfigMixin`` whose config holds ``s_churn``, ``s_tmin``, ``s_tmax``,
@@ -257,11 +257,6 @@ class StochasticHeunMixin(PackageCompatiblesMixin):
         return 2 if self.config.solver == "heun" else 1
 
     @property
-    def plan(self) -> Algorithm2Plan | None:
-        """The float64 plan of the current schedule (None before ``set_timesteps`` where there is no default)."""
-        return self._plan
-
-    @property
     def sigmas(self) -> torch.Tensor | None:
         """``sigma_0, ..., sigma_{N-1}, 0`` (float64, CPU)."""
         return None if self._plan is None else torch.tensor(self._plan.sigmas, dtype=torch.float64)
@@ -270,11 +265,6 @@ class StochasticHeunMixin(PackageCompatiblesMixin):
     def sigmas_hat(self) -> torch.Tensor | None:
         """``sigma_hat_0, ..., sigma_hat_{N-1}``, the churned levels (float64, CPU)."""
         return None if self._plan is None else torch.tensor(self._plan.sigmas_hat, dtype=torch.float64)
-
-    @property
-    def evaluation_sigmas(self) -> torch.Tensor | None:
-        """The noise level of every model call, in the order of ``timesteps`` (float64, CPU)."""
-        return None if self._plan is None else torch.tensor(self._plan.call_sigmas, dtype=torch.float64)
 
     @property
     def init_noise_sigma(self) -> float:
@@ -289,31 +279,18 @@ class StochasticHeunMixin(PackageCompatiblesMixin):
             return self._plan.start_stds[0]
         return self.model_call.sigma_range()[1]
 
-    @property
-    def step_index(self) -> int | None:
-        """Index of the next model call in ``timesteps`` (None until the first ``step`` / ``scale_model_input``)."""
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        """Index of the first model call, set by :meth:`set_begin_index` (image-to-image starts part way)."""
-        return self._begin_index
-
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start sampling at model call ``begin_index`` of ``timesteps`` (call after ``set_timesteps``).
 
         For Heun the index must be even: a step can only start at its Euler call, which is how diffusers'
         image-to-image pipelines compute it (``t_start * scheduler.order``).
         """
-        if self.timesteps is None:
-            raise ValueError("set_begin_index needs a schedule: call `set_timesteps` first.")
-        if not isinstance(begin_index, (int, np.integer)) or not 0 <= begin_index < len(self.timesteps):
-            raise ValueError(f"begin_index must be an integer in [0, {len(self.timesteps) - 1}], got {begin_index!r}.")
+        begin_index = self._checked_begin_index(begin_index)
         if begin_index % self.order != 0:
             raise ValueError(
                 f"begin_index must be a multiple of order={self.order} (the first call of a step), got {begin_index}."
             )
-        self._begin_index = int(begin_index)
+        self._begin_index = begin_index
 
     # ------------------------------------------------------------------ schedule
     def set_timesteps(
@@ -375,37 +352,15 @@ class StochasticHeunMixin(PackageCompatiblesMixin):
         Without churn, ``sigma_hat_i = sigma_i`` and the value appears twice (the Heun correction of step
         i - 1 and the Euler call of step i); the Euler call is the one a run can start from.
         """
-        schedule = self.timesteps
-        value = torch.as_tensor(timestep, device=schedule.device).to(schedule.dtype).reshape(-1)[:1]
-        matches = torch.isclose(schedule, value, rtol=1e-6, atol=0.0).nonzero().flatten().tolist()
+        matches, value = self._calls_at(timestep)
         starts = [m for m in matches if m % self.order == 0] or ([] if first_call_of_step else matches)
         if not starts:
             kind = "the first model call of any step" if first_call_of_step else "a model call"
             raise ValueError(
                 f"timestep {float(value):.6g} is not {kind} of this schedule "
-                f"(timesteps: {[round(float(t), 6) for t in schedule[:: self.order]]})."
+                f"(timesteps: {[round(float(t), 6) for t in self.timesteps[:: self.order]]})."
             )
         return starts[0]
-
-    def _current_call(self, timestep: float | torch.Tensor) -> int:
-        """The index of the model call being made (set from ``timestep`` or ``begin_index`` at the first call)."""
-        if self._plan is None:
-            raise ValueError(f"{type(self).__name__} has no schedule yet: call `set_timesteps` first.")
-        if self._step_index is None:
-            self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
-        if self._step_index >= len(self._plan.call_sigmas):
-            raise ValueError(
-                f"All {len(self._plan.call_sigmas)} model calls of this schedule have been stepped; "
-                "call `set_timesteps` to sample again."
-            )
-        return self._step_index
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
-        """The model's input for the current call (``model_call.model_input``: ``x`` itself for a sigma-conditioned
-        model, ``x / sqrt(sigma^2 + 1)`` for a discrete VP network)."""
-        if not self.model_call.scales_input:
-            return sample
-        return self.model_call.model_input(sample, self._plan.call_sigmas[self._current_call(timestep)])
 
     def _check_step_input(self, model_output: torch.Tensor, sample: torch.Tensor) -> None:
         if self._plan is None:
