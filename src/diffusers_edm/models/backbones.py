@@ -122,16 +122,6 @@ BackboneCall = Callable[
 ]
 
 
-def _call_dit(
-    module: torch.nn.Module,
-    sample: torch.Tensor,
-    noise_label: torch.Tensor,
-    class_labels: torch.LongTensor | None,
-    encoder_hidden_states: torch.Tensor | None,
-) -> torch.Tensor:
-    return module(sample, timestep=noise_label, class_labels=class_labels, return_dict=False)[0]
-
-
 def _call_unet_condition(
     module: torch.nn.Module,
     sample: torch.Tensor,
@@ -145,20 +135,21 @@ def _call_unet_condition(
     )[0]
 
 
-def _call_unet(
+def _call_with_class_labels(
     module: torch.nn.Module,
     sample: torch.Tensor,
     noise_label: torch.Tensor,
     class_labels: torch.LongTensor | None,
     encoder_hidden_states: torch.Tensor | None,
 ) -> torch.Tensor:
+    """``UNet2DModel`` and ``DiTTransformer2DModel``: the same keywords, no cross-attention."""
     return module(sample, timestep=noise_label, class_labels=class_labels, return_dict=False)[0]
 
 
 _CALLS: tuple[tuple[type[torch.nn.Module], BackboneCall], ...] = (
-    (DiTTransformer2DModel, _call_dit),
+    (DiTTransformer2DModel, _call_with_class_labels),
     (UNet2DConditionModel, _call_unet_condition),
-    (UNet2DModel, _call_unet),
+    (UNet2DModel, _call_with_class_labels),
 )
 SUPPORTED_CLASSES = tuple(cls for cls, _ in _CALLS)
 

@@ -16,6 +16,17 @@ from typing import Any
 from diffusers import DiffusionPipeline
 from huggingface_hub import ModelCard, ModelCardData, create_repo
 
+#: The part of every card (pipelines, classifiers) that states how a trained model was trained.
+TRAINING_SECTION = """{% if training %}
+## Training
+
+{{ training.steps }} optimizer steps on {{ training.dataset }}, with these arguments:
+
+```json
+{{ training_arguments }}
+```
+{% endif %}"""
+
 CARD_TEMPLATE = """---
 {{ card_data }}
 ---
@@ -43,15 +54,7 @@ images = pipe({{ call_arguments }}).images
 `{{ scheduler_class }}` with
 
 {{ scheduler_settings }}
-{% if training %}
-## Training
-
-{{ training.steps }} optimizer steps on {{ training.dataset }}, with these arguments:
-
-```json
-{{ training_arguments }}
-```
-{% endif %}"""
+""" + TRAINING_SECTION
 
 PLACEHOLDER_REPO_ID = "path/to/this/repo"
 

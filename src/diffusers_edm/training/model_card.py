@@ -19,7 +19,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from ..models import NoiseConditionalClassifier
 from ..pipelines import EDMPipeline, LearnedVariancePipeline
-from ..pipelines.model_card import TrainingRecord
+from ..pipelines.model_card import TRAINING_SECTION, TrainingRecord
 
 PIPELINE_CLASSES = {cls.__name__: cls for cls in (EDMPipeline, LearnedVariancePipeline)}
 EMBEDDED_DATASET = "the embedded scikit-learn digits (8x8, upscaled)"
@@ -98,15 +98,7 @@ log_p = classifier(x, sigma).logits.log_softmax(dim=-1)[torch.arange(len(labels)
 The classifier takes the noisy sample itself (not pre-scaled) and its noise level, and applies EDM's preconditioning
 (`c_in = 1/sqrt(sigma^2 + sigma_data^2)`, `c_noise = ln(sigma)/4`) inside, like an EDM denoiser of the same data space.
 A sampler uses it as `D + s * sigma^2 * grad_x log p(y | x; sigma)` (guidance scale `s`).
-{% if training %}
-## Training
-
-{{ training.steps }} optimizer steps on {{ training.dataset }}, with these arguments:
-
-```json
-{{ training_arguments }}
-```
-{% endif %}"""
+""" + TRAINING_SECTION
 
 
 def classifier_model_card(
