@@ -52,7 +52,8 @@ logger = logging.getLogger(__name__)
 SNAPSHOT_DIR = "ema_snapshots"
 SNAPSHOT_PATTERN = re.compile(r"^ema-(\d+\.\d{3})-(\d{9,})\.safetensors$")
 TEMPORARY_SUFFIX = ".incomplete"
-SNAPSHOT_FORMAT = "diffusers-edm power-function EMA snapshot"
+#: The safetensors metadata key of a snapshot; its value is a JSON object (see :class:`EMASnapshotWriter`).
+SNAPSHOT_FORMAT = "diffusers_edm_ema_snapshot"
 DEFAULT_MAX_PROFILE_ERROR = 0.1
 #: Keys of the recipe data stored with every snapshot: what the reconstruction needs to rebuild the model.
 RECIPE_DATA_KEYS = ("num_classes", "image_channels", "sample_size", "channels")
@@ -73,7 +74,7 @@ class EMASnapshot:
     n_img: int
     batch_size: int
     step: int
-    metadata: dict[str, str] = field(default_factory=dict, compare=False)
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def list_snapshots(run_dir: str | os.PathLike) -> list[EMASnapshot]:
@@ -89,7 +90,7 @@ def list_snapshots(run_dir: str | os.PathLike) -> list[EMASnapshot]:
     for path in sorted(p for p in directory.iterdir() if SNAPSHOT_PATTERN.match(p.name)):
         try:
             with safe_open(str(path), framework="pt") as handle:
-                metadata = dict(handle.metadata() or {})
+                metadata = json.loads((handle.metadata() or {})[SNAPSHOT_FORMAT])
             snapshots.append(EMASnapshot(
                 path=path, std=float(metadata["std"]), gamma=float(metadata["gamma"]), n_img=int(metadata["n_img"]),
                 batch_size=int(metadata["batch_size"]), step=int(metadata["step"]), metadata=metadata,
@@ -104,8 +105,8 @@ class EMASnapshotWriter:
     """Writes every tracked EMA as a snapshot each time the images seen reach a multiple of ``every_nimg``.
 
     A snapshot is the model's ``state_dict`` with the EMA's parameters (buffers as the model has them), saved with
-    safetensors and the metadata ``std``, ``gamma``, ``n_img``, ``batch_size``, ``step``, the recipe data that
-    rebuilds the model and the names of the averaged ``parameters``. It is written to a hidden temporary file and renamed, so no half-written snapshot ever has a
+    safetensors with one metadata entry ``diffusers_edm_ema_snapshot``, a JSON object of ``std``, ``gamma``, ``n_img``,
+    ``batch_size``, ``step``, the recipe data that rebuilds the model and the names of the averaged ``parameters``. It is written to a hidden temporary file and renamed, so no half-written snapshot ever has a
     snapshot's name. :meth:`discard_after` removes snapshots newer than the point a run resumes from (and
     temporaries), so a resumed run rewrites them from its restored state: identically, since training resumes
     exactly, and nothing from the interrupted or an overwritten run survives.
@@ -115,12 +116,12 @@ class EMASnapshotWriter:
         ema: the power-function EMAs of the run.
         model: the module whose parameters the EMA tracks (unwrapped; parameter order as ``ema``'s).
         every_nimg: snapshot interval in images (>= 1).
-        metadata: extra string metadata stored in every snapshot (the recipe data).
+        metadata: extra metadata stored in every snapshot (the recipe data), JSON values.
         enabled: False on all but the main process (which alone writes).
     """
 
     def __init__(self, directory: Path, ema: PowerFunctionEMA, model: torch.nn.Module, every_nimg: int,
-                 metadata: dict[str, str], enabled: bool = True):
+                 metadata: dict[str, Any], enabled: bool = True):
         if every_nimg < 1:
             raise ValueError(f"The snapshot interval must be >= 1 image, got {every_nimg}.")
         self.directory = Path(directory)
@@ -142,7 +143,7 @@ class EMASnapshotWriter:
             every_nimg = round(args.ema_snapshot_kimg * 1000)
         else:
             every_nimg = args.checkpointing_steps * batch_size
-        metadata = {key: str(getattr(recipe_data, key)) for key in RECIPE_DATA_KEYS}
+        metadata = {key: int(getattr(recipe_data, key)) for key in RECIPE_DATA_KEYS}
         return cls(Path(output_dir) / SNAPSHOT_DIR, ema, model, every_nimg, metadata, enabled)
 
     def discard_after(self, n_img: int) -> list[Path]:
@@ -182,13 +183,14 @@ class EMASnapshotWriter:
                        for name, shadow in zip(self.parameter_names, average.shadow_params)}
             tensors.update({name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in buffers.items()})
             metadata = {
-                "format": SNAPSHOT_FORMAT, "std": repr(std), "gamma": repr(gamma), "n_img": str(n_img),
-                "batch_size": str(self.ema.batch_size), "step": str(step), **self.metadata,
-                "parameters": json.dumps(self.parameter_names),
+                "std": std, "gamma": gamma, "n_img": n_img, "batch_size": self.ema.batch_size, "step": step,
+                **self.metadata, "parameters": self.parameter_names,
             }
             final = self.directory / snapshot_name(std, n_img)
             temporary = self.directory / f".{final.name}{TEMPORARY_SUFFIX}"
-            save_file(tensors, str(temporary), metadata=metadata)
+            # One metadata entry: safetensors writes several in an arbitrary order, and snapshots must be reproducible
+            # byte for byte.
+            save_file(tensors, str(temporary), metadata={SNAPSHOT_FORMAT: json.dumps(metadata, sort_keys=True)})
             os.replace(temporary, final)
             written.append(final)
         return written
@@ -308,7 +310,7 @@ def reconstruct_weights(plans: Sequence[Reconstruction]) -> list[dict[str, torch
     last: dict[str, torch.Tensor] = {}
     for index, snapshot in enumerate(snapshots):
         tensors = load_file(str(snapshot.path))
-        names = set(json.loads(snapshot.metadata["parameters"]))
+        names = set(snapshot.metadata["parameters"])
         if parameter_names is None:
             parameter_names, all_names = names, set(tensors)
         elif names != parameter_names or set(tensors) != all_names:
