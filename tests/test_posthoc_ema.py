@@ -304,7 +304,10 @@ def test_reconstructed_pipelines_load_their_cards_run_and_a_tracked_std_gives_it
 def test_the_cli_writes_one_pipeline_per_std(tmp_path, tiny_config, capsys):
     run = tmp_path / "run"
     train(run, tiny_config, "--max_train_steps", "4")
-    shutil.rmtree(run / "checkpoint-4")  # the reconstruction needs only the snapshots and training_args.json
+    # The reconstruction needs only the snapshots and training_args.json: not the checkpoints, nor the
+    # --backbone_config file (its keys are stored with the snapshots).
+    shutil.rmtree(run / "checkpoint-4")
+    tiny_config.unlink()
     reset_accelerate_state()
     written = posthoc_main(["--run_dir", str(run), "--std", "0.06", "0.08", "--at_kimg", "0.02", "--output_dir", str(tmp_path / "out")])
     reset_accelerate_state()

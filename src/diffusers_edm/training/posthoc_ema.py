@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -106,7 +107,8 @@ class EMASnapshotWriter:
 
     A snapshot is the model's ``state_dict`` with the EMA's parameters (buffers as the model has them), saved with
     safetensors with one metadata entry ``diffusers_edm_ema_snapshot``, a JSON object of ``std``, ``gamma``, ``n_img``,
-    ``batch_size``, ``step``, the recipe data that rebuilds the model and the names of the averaged ``parameters``. It is written to a hidden temporary file and renamed, so no half-written snapshot ever has a
+    ``batch_size``, ``step``, what rebuilds the model (the recipe data and the ``--backbone_config`` keys) and the
+    names of the averaged ``parameters``. It is written to a hidden temporary file and renamed, so no half-written snapshot ever has a
     snapshot's name. :meth:`discard_after` removes snapshots newer than the point a run resumes from (and
     temporaries), so a resumed run rewrites them from its restored state: identically, since training resumes
     exactly, and nothing from the interrupted or an overwritten run survives.
@@ -143,7 +145,10 @@ class EMASnapshotWriter:
             every_nimg = round(args.ema_snapshot_kimg * 1000)
         else:
             every_nimg = args.checkpointing_steps * batch_size
-        metadata = {key: int(getattr(recipe_data, key)) for key in RECIPE_DATA_KEYS}
+        metadata: dict[str, Any] = {key: int(getattr(recipe_data, key)) for key in RECIPE_DATA_KEYS}
+        # The --backbone_config file's keys travel with the snapshots: the reconstruction must not depend on that file
+        # still being where (or what) it was.
+        metadata["backbone_config"] = json.loads(Path(args.backbone_config).read_text()) if args.backbone_config else None
         return cls(Path(output_dir) / SNAPSHOT_DIR, ema, model, every_nimg, metadata, enabled)
 
     def discard_after(self, n_img: int) -> list[Path]:
@@ -354,6 +359,22 @@ def _training_arguments(run_dir: Path) -> argparse.Namespace:
     return argparse.Namespace(**{**values, "hub_model_id": None, "push_to_hub": False})
 
 
+def _build_model(recipe: Any, backbone_config: dict[str, Any] | None) -> torch.nn.Module:
+    """``recipe.build_model()`` with the ``--backbone_config`` keys stored in the snapshots (the run's file may be gone);
+    the arguments keep the run's own path, for the model card."""
+    if backbone_config is None:
+        return recipe.build_model()
+    original = recipe.args.backbone_config
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "backbone_config.json"
+        path.write_text(json.dumps(backbone_config))
+        recipe.args.backbone_config = str(path)
+        try:
+            return recipe.build_model()
+        finally:
+            recipe.args.backbone_config = original
+
+
 def reconstruct_pipelines(run_dir: str | os.PathLike, stds: Sequence[float], output_dir: str | os.PathLike,
                           at_kimg: float | None = None,
                           max_profile_error: float = DEFAULT_MAX_PROFILE_ERROR) -> list[Path]:
@@ -385,7 +406,7 @@ def reconstruct_pipelines(run_dir: str | os.PathLike, stds: Sequence[float], out
     recipe = select_recipe(args)(args, data, Accelerator())
     written = []
     for plan, weights, name in zip(plans, reconstruct_weights(plans), names):
-        model = recipe.build_model()
+        model = _build_model(recipe, metadata.get("backbone_config"))
         try:
             model.load_state_dict(weights, strict=True)
         except RuntimeError as error:
