@@ -1,6 +1,7 @@
 """Training losses and likelihood terms."""
 
 from .denoising import DENOISING_LOSSES, DenoisingLoss, DenoisingLossOutput, EDMLoss, IDDPMLoss, VELoss, VPLoss
+from .edm2 import EDM2Loss, EDM2LossOutput, FourierUncertainty
 from .gaussian_likelihood import discretized_gaussian_log_likelihood, normal_kl
 from .hybrid import HybridLossOutput, hybrid_loss
 from .vlb import prior_bits, vlb_term_bits
@@ -9,7 +10,10 @@ __all__ = [
     "DENOISING_LOSSES",
     "DenoisingLoss",
     "DenoisingLossOutput",
+    "EDM2Loss",
+    "EDM2LossOutput",
     "EDMLoss",
+    "FourierUncertainty",
     "IDDPMLoss",
     "VELoss",
     "VPLoss",

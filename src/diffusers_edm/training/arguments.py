@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 
 from .checkpoints import list_checkpoints
 from .data import EMBEDDED_DATASET
+from .ema import MAX_SIGMA_REL, sigma_rel_to_gamma
+from .posthoc_ema import snapshot_name
 from .recipes import resolve_recipe_args
 from .recipes.classifier import DEFAULT_NOISE_DRAWS, DEFAULT_SIGMA_EDGES, DEFAULT_SIGMA_RANGE, DEFAULT_VALIDATION_SPLIT, POOLINGS
 from .timestep_samplers import TIMESTEP_SAMPLERS
 
-PRECONDITIONINGS = ("edm", "vp", "ve", "iddpm")
+PRECONDITIONINGS = ("edm", "vp", "ve", "iddpm", "edm2")
+EMA_TYPES = ("edm", "power")
+DEFAULT_EMA_STDS = (0.05, 0.10)
 TASKS = ("denoiser", "classifier")
 LOSSES = ("precond", "hybrid")
 LOSS_REDUCTIONS = ("sum", "mean")
@@ -34,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="'denoiser': a diffusion model (--precond / --loss); 'classifier': a NoiseConditionalClassifier "
                        "p(y | x; sigma) on noisy images for classifier guidance (needs --label_column; see 'classifier').")
     model.add_argument("--precond", choices=PRECONDITIONINGS, default=None,
-                       help="Preconditioning and its matching loss (EDM, Karras et al. 2022, Table 1). Default: edm.")
+                       help="Preconditioning and its matching loss (EDM, Karras et al. 2022, Table 1). 'edm2': EDM's "
+                       "preconditioning with EDM2's learned-uncertainty loss lambda/exp(u) |D - y|^2 + u (Karras et al. "
+                       "2024, eq. 21; u(sigma) is trained and checkpointed with the model but not exported). Default: edm.")
     model.add_argument("--loss", choices=LOSSES, default="precond",
                        help="'precond': the loss of --precond; 'hybrid': learned-variance DDPM, L_simple + 0.001 L_vlb.")
     model.add_argument("--loss_reduction", choices=LOSS_REDUCTIONS, default=None,
@@ -54,10 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="JSON file with backbone config keys, applied over the preset (e.g. block_out_channels); with "
                        "--task classifier, NoiseConditionalClassifier config keys.")
     model.add_argument("--sigma_data", type=float, default=0.5)
-    model.add_argument("--P_mean", type=float, default=-1.2,
-                       help="EDM loss (and --task classifier): mean of ln(sigma). Lower it to train a classifier more at "
-                       "low noise.")
-    model.add_argument("--P_std", type=float, default=1.2, help="EDM loss (and --task classifier): std of ln(sigma).")
+    model.add_argument("--P_mean", type=float, default=None,
+                       help="EDM / EDM2 loss (and --task classifier): mean of ln(sigma); default -1.2 (EDM), -0.4 with "
+                       "--precond edm2 (EDM2). Lower it to train a classifier more at low noise.")
+    model.add_argument("--P_std", type=float, default=None,
+                       help="EDM / EDM2 loss (and --task classifier): std of ln(sigma); default 1.2 (EDM), 1.0 with "
+                       "--precond edm2.")
     model.add_argument("--num_train_timesteps", type=int, default=1000, help="Hybrid loss: diffusion steps T.")
     model.add_argument("--beta_schedule", default="squaredcos_cap_v2", help="Hybrid loss: 'squaredcos_cap_v2' or 'linear'.")
     model.add_argument("--timestep_sampler", choices=TIMESTEP_SAMPLERS, default="uniform", help="Hybrid loss: t sampling.")
@@ -122,8 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "replacement); the norm before clipping is logged as grad_norm. Its scale follows "
                        "--loss_reduction: with 'sum' the gradient is C*H*W times the one of 'mean' (256 for 16x16 "
                        "grayscale, 3072 for 32x32 RGB), so a threshold tuned for 'mean' is multiplied by C*H*W.")
-    optim.add_argument("--ema_halflife_kimg", type=float, default=500.0)
-    optim.add_argument("--ema_rampup_ratio", type=float, default=0.05, help="<= 0 disables the ramp.")
+    optim.add_argument("--ema_type", choices=EMA_TYPES, default="edm",
+                       help="'edm': EDM's EMA with a half-life in images (--ema_halflife_kimg, --ema_rampup_ratio). 'power': "
+                       "EDM2's power-function EMAs, one per --ema_stds, with snapshots every --ema_snapshot_kimg under "
+                       "OUTPUT_DIR/ema_snapshots/ from which diffusers-edm-posthoc-ema reconstructs the EMA of any std after "
+                       "training; validation grids and the exported pipeline use the first std's EMA.")
+    optim.add_argument("--ema_halflife_kimg", type=float, default=500.0, help="--ema_type edm: half-life in kimg.")
+    optim.add_argument("--ema_rampup_ratio", type=float, default=0.05, help="--ema_type edm: <= 0 disables the ramp.")
+    optim.add_argument("--ema_stds", type=_float_list, default=None,
+                       help=f"--ema_type power: relative stds of the tracked EMA profiles, comma-separated, each in "
+                       f"(0, {MAX_SIGMA_REL:.4f}) (default {','.join(f'{s:.2f}' for s in DEFAULT_EMA_STDS)}, as EDM2).")
+    optim.add_argument("--ema_snapshot_kimg", type=float, default=None,
+                       help="--ema_type power: write a snapshot of every tracked EMA each time the images seen reach a "
+                       "multiple of this many thousand images (fractions allowed; rounded to whole images). Default: "
+                       "every --checkpointing_steps steps.")
     optim.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
                        help="Default: what `accelerate config` says (no).")
     optim.add_argument("--compile", action="store_true", help="torch.compile the model (Accelerate's dynamo backend).")
@@ -161,6 +182,7 @@ def validate_args(args: argparse.Namespace) -> None:
     resolve_recipe_args(args)
     if args.max_grad_norm is not None and not args.max_grad_norm > 0:
         raise ValueError(f"--max_grad_norm must be > 0 (or left out: no clipping), got {args.max_grad_norm}.")
+    validate_ema_args(args)
     if not args.lr_rampup_kimg >= 0:
         raise ValueError(f"--lr_rampup_kimg must be >= 0, got {args.lr_rampup_kimg}.")
     presets = UNET_PRESETS if args.backbone == "unet" else DIT_PRESETS
@@ -224,6 +246,39 @@ def validate_args(args: argparse.Namespace) -> None:
             "--resume_from_checkpoint latest to continue it from its last checkpoint."
         )
     args.report_to = None if args.report_to in ("none", "", None) else args.report_to.split(",")
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.05,0.10, got {text!r}") from None
+
+
+def validate_ema_args(args: argparse.Namespace) -> None:
+    """``--ema_type power``: the stds (default EDM2's 0.05, 0.10) and the snapshot interval; refuse them otherwise."""
+    if args.ema_type != "power":
+        for name in ("ema_stds", "ema_snapshot_kimg"):
+            if getattr(args, name) is not None:
+                raise ValueError(f"--{name} applies to --ema_type power only; drop it or pass --ema_type power.")
+        return
+    if args.task == "classifier":
+        raise ValueError("--ema_type power reconstructs pipelines after training; --task classifier keeps --ema_type edm.")
+    args.ema_stds = list(DEFAULT_EMA_STDS) if args.ema_stds is None else args.ema_stds
+    if not args.ema_stds:
+        raise ValueError("--ema_stds needs at least one relative std, e.g. 0.05,0.10.")
+    for std in args.ema_stds:
+        try:
+            sigma_rel_to_gamma(std)
+        except ValueError as error:
+            raise ValueError(f"--ema_stds: {error}") from None
+    names = [snapshot_name(std, 0) for std in args.ema_stds]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--ema_stds {args.ema_stds} must differ at 3 decimals (they name the snapshot files).")
+    if args.ema_snapshot_kimg is not None and not (
+        math.isfinite(args.ema_snapshot_kimg) and round(args.ema_snapshot_kimg * 1000) >= 1
+    ):
+        raise ValueError(f"--ema_snapshot_kimg must be finite and at least 0.001 (one image), got {args.ema_snapshot_kimg}.")
 
 
 def save_args(args: argparse.Namespace, output_dir: str | os.PathLike) -> None:

@@ -36,8 +36,9 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .data import ImageDataset, held_out_split, image_channels, inspect_labels, load_image_dataset
-from .ema import EDMEMAModel
+from .ema import EDMEMAModel, PowerFunctionEMA, make_ema
 from .image_grid import image_grid  # noqa: F401 (public here: the benchmarks tile their grids with it)
+from .posthoc_ema import EMASnapshotWriter
 from .recipes import Export, Recipe, RecipeData, select_recipe
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class TrainingResult:
     the main process, what the export wrote (``artefacts``: e.g. ``sample_grid`` or ``accuracy``) and its metrics."""
 
     model: torch.nn.Module
-    ema: EDMEMAModel
+    ema: EDMEMAModel | PowerFunctionEMA
     global_step: int
     output_dir: Path
     artefacts: dict[str, Path] = field(default_factory=dict)
@@ -190,11 +191,10 @@ class Trainer:
         # After prepare: the EMA tracks the parameters the optimizer updates (FSDP/DeepSpeed may replace them).
         # The list is taken once: unwrapping the model on every step would sit in the hot loop for nothing.
         self.ema_parameters = list(self.unwrapped_model().parameters())
-        self.ema = EDMEMAModel(
-            self.ema_parameters, batch_size=self.global_batch,
-            ema_halflife_kimg=args.ema_halflife_kimg,
-            ema_rampup_ratio=args.ema_rampup_ratio if args.ema_rampup_ratio > 0 else None,
-            foreach=True,  # one fused update instead of a Python loop over every tensor (~3.5x faster)
+        self.ema = make_ema(args, self.ema_parameters, self.global_batch)
+        # --ema_type power: the snapshots of post-hoc EMA (None otherwise).
+        self.snapshots = EMASnapshotWriter.for_run(
+            args, self.output_dir, self.ema, self.unwrapped_model(), self.global_batch, data, accelerator.is_main_process
         )
         if self.vae is not None:
             self.vae.to(accelerator.device)
@@ -205,6 +205,10 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             remove_incomplete_checkpoints(self.output_dir)
             save_args(args, self.output_dir)
+            if self.snapshots is not None:
+                # Snapshots after the resumed step (or all, from scratch) are rewritten by this run: none may be stale.
+                resumed_nimg = 0 if resume_path is None else checkpoint_step(resume_path) * self.global_batch
+                self.snapshots.discard_after(resumed_nimg)
         accelerator.wait_for_everyone()
         if resume_path is not None:
             load_checkpoint(accelerator, resume_path, self.checkpointed)
@@ -282,6 +286,8 @@ class Trainer:
                 self.progress.global_step += 1
                 step = self.progress.global_step
                 progress_bar.update(1)
+                if self.snapshots is not None:
+                    self.snapshots.after_step(step)
                 if step % args.logging_steps == 0 or step == args.max_train_steps:
                     mean_loss = accelerator.gather(loss.reshape(1)).mean().item()
                     losses.append(mean_loss)

@@ -6,6 +6,7 @@
 arguments                                recipe                              trains
 =======================================  ==================================  ===========================================
 ``--task denoiser`` (default)            :class:`DenoisingRecipe`            EDM / VP / VE / iDDPM denoiser (``--precond``)
+``--task denoiser --precond edm2``       :class:`EDM2Recipe`                 EDM denoiser, EDM2's learned-uncertainty loss
 ``--task denoiser --loss hybrid``        :class:`HybridRecipe`               learned-variance DDPM (hybrid loss)
 ``--task classifier``                    :class:`ClassifierRecipe`           noise-conditional classifier
 =======================================  ==================================  ===========================================
@@ -18,21 +19,27 @@ import argparse
 from .base import Export, Recipe, RecipeData, reduce_loss
 from .classifier import ClassifierRecipe
 from .denoising import DenoisingRecipe
+from .edm2 import EDM2Recipe
 from .hybrid import HybridRecipe
 
-RECIPES: tuple[type[Recipe], ...] = (DenoisingRecipe, HybridRecipe, ClassifierRecipe)
+RECIPES: tuple[type[Recipe], ...] = (DenoisingRecipe, EDM2Recipe, HybridRecipe, ClassifierRecipe)
 
 
 def select_recipe(args: argparse.Namespace) -> type[Recipe]:
     """The recipe class of the parsed command line (see the module docstring)."""
     if args.task == "classifier":
         return ClassifierRecipe
-    return HybridRecipe if args.loss == "hybrid" else DenoisingRecipe
+    if args.loss == "hybrid":
+        return HybridRecipe
+    return EDM2Recipe if args.precond == "edm2" else DenoisingRecipe
 
 
 def resolve_recipe_args(args: argparse.Namespace) -> type[Recipe]:
     """Select the recipe, refuse the other recipes' own arguments when given, and let it fill in its defaults."""
     recipe = select_recipe(args)
+    P_mean, P_std = recipe.ln_sigma_distribution
+    args.P_mean = P_mean if args.P_mean is None else args.P_mean
+    args.P_std = P_std if args.P_std is None else args.P_std
     for other in RECIPES:
         for name in set(other.own_arguments) - set(recipe.own_arguments):
             if getattr(args, name, None) is not None:
@@ -44,6 +51,7 @@ def resolve_recipe_args(args: argparse.Namespace) -> type[Recipe]:
 __all__ = [
     "ClassifierRecipe",
     "DenoisingRecipe",
+    "EDM2Recipe",
     "Export",
     "HybridRecipe",
     "Recipe",

@@ -82,6 +82,8 @@ class Recipe(ABC):
     selected_by: str = ""
     #: Arguments that only this recipe reads; the others refuse them when given (they would be silently ignored).
     own_arguments: tuple[str, ...] = ()
+    #: ``(P_mean, P_std)`` of ``ln sigma`` when ``--P_mean`` / ``--P_std`` are not given (EDM's, Karras et al. 2022).
+    ln_sigma_distribution: tuple[float, float] = (-1.2, 1.2)
 
     def __init__(self, args: argparse.Namespace, data: RecipeData, accelerator: Accelerator):
         self.args, self.data, self.accelerator = args, data, accelerator

@@ -8,7 +8,7 @@ import argparse
 import torch
 
 from ...losses import DENOISING_LOSSES
-from ...models import EDMPrecond, IDDPMPrecond, VEPrecond, VPPrecond
+from ...models import EDMPrecond, IDDPMPrecond, PreconditionedDenoiser, VEPrecond, VPPrecond
 from ...pipelines import EDMPipeline
 from ...schedulers import EDMHeunScheduler
 from ..model_presets import make_backbone
@@ -34,16 +34,21 @@ class DenoisingRecipe(SamplingRecipe):
         if args.loss_reduction is None:
             args.loss_reduction = "sum"
 
-    def build_model(self) -> torch.nn.Module:
+    def build_denoiser(self, precond: str) -> PreconditionedDenoiser:
+        """The ``precond`` wrapper (``PRECOND_CLASSES``) over a fresh backbone of the run's preset and data shape."""
         args, data = self.args, self.data
         backbone = make_backbone(
             args.backbone, args.model_size, data.sample_size, data.channels, False, data.num_classes, backbone_overrides(args)
         )
         null_label = data.num_classes if data.num_classes > 0 else None
         precond_config = dict(num_classes=data.num_classes, null_class_label=null_label, label_dropout=args.label_dropout)
-        if args.precond == "edm":
+        if precond == "edm":
             precond_config["sigma_data"] = args.sigma_data
-        model = PRECOND_CLASSES[args.precond].from_backbone(backbone, **precond_config)
+        return PRECOND_CLASSES[precond].from_backbone(backbone, **precond_config)
+
+    def build_model(self) -> torch.nn.Module:
+        args = self.args
+        model = self.build_denoiser(args.precond)
         loss_config = dict(P_mean=args.P_mean, P_std=args.P_std, sigma_data=args.sigma_data) if args.precond == "edm" else {}
         self.loss_fn = DENOISING_LOSSES[args.precond](**loss_config)
         return model
