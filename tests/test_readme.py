@@ -27,7 +27,7 @@ def test_readme_has_runnable_snippets():
 
 
 @pytest.mark.parametrize("line,code", python_snippets(), ids=lambda value: f"line{value}" if isinstance(value, int) else "")
-def test_readme_snippet_runs(line, code, tmp_path, monkeypatch):
+def test_readme_snippet_runs(line, code, tmp_path, monkeypatch, fresh_accelerate_state):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, f"README.md:{line}", "exec"), {"__name__": "__readme__"})
 
