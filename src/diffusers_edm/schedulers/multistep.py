@@ -590,12 +590,17 @@ class MultistepMixin(PlannedSchedulerMixin):
         # Half precision keeps its dtype for the model, the solver arithmetic runs in at least float32.
         compute_dtype = torch.promote_types(sample.dtype, torch.float32)
         x = sample if sample.dtype == compute_dtype else sample.to(compute_dtype)
+        output = model_output
         if model_output.dtype != compute_dtype:
             model_output = model_output.to(compute_dtype)
         if plan.history == "d":
             entry, denoised = self.model_call.derivative(model_output, x, plan.sigmas[i])
         else:
             entry = denoised = self.model_call.denoised(model_output, x, plan.sigmas[i])
+        if entry is output:
+            # The history outlives this call; a model may overwrite the buffer it returned (CUDA graphs,
+            # torch.compile): keep a copy of an eps (iPNDM) or D (DPM-Solver++, UniPC) output read as it is.
+            entry = entry.clone()
 
         if call == plan.begin_call:
             self._reset_history()

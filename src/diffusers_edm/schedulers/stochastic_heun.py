@@ -247,8 +247,9 @@ class StochasticHeunMixin(PlannedSchedulerMixin):
         self._plan: Algorithm2Plan | None = None
         self._step_index: int | None = None
         self._begin_index: int | None = None
-        self._x_hat: torch.Tensor | None = None
-        self._d_hat: torch.Tensor | None = None
+        # x_hat + h d / 2 of the step whose Heun correction comes next: the scheduler's own tensor, never the model's
+        # output (a model may return one buffer it overwrites at every call: CUDA graphs, torch.compile).
+        self._heun_base: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ properties (diffusers conventions)
     @property
@@ -405,16 +406,16 @@ class StochasticHeunMixin(PlannedSchedulerMixin):
         if not is_correction:
             x_next = torch.add(x, d, alpha=h)  # x_hat + (sigma_{i+1} - sigma_hat) d
             if plan.order == 2 and sigma_next > 0:  # Heun: the model is evaluated at (x_next, sigma_{i+1}) next
-                self._x_hat, self._d_hat = x, d
+                self._heun_base = torch.add(x, d, alpha=0.5 * h)  # x_hat + h d / 2, a new tensor
                 return self._output(x_next, denoised, sample.dtype, return_dict)
         else:
-            if self._x_hat is None:
+            if self._heun_base is None:
                 raise ValueError(
                     f"Model call {call} is the Heun correction of step {i}, but its Euler call was not stepped; "
                     "a run must start at an even index (see set_begin_index)."
                 )
-            x_next = torch.add(self._d_hat, d).mul_(0.5 * h).add_(self._x_hat)  # x_hat + h (d + d') / 2
-            self._x_hat = self._d_hat = None
+            x_next = torch.add(self._heun_base, d, alpha=0.5 * h)  # x_hat + h (d + d') / 2
+            self._heun_base = None
 
         if i + 1 < plan.num_steps and plan.churn_stds[i + 1] > 0:  # x_hat_{i+1} = x_{i+1} + churn
             noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
