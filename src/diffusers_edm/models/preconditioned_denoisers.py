@@ -291,6 +291,8 @@ class PreconditionedDenoiser(ModelMixin, ConfigMixin):
         The coefficients and ``D`` are float32 whatever the backbone's dtype; the backbone gets ``c_in x`` in its
         own dtype and ``c_noise`` as a float32 tensor of shape ``(B,)``. Nothing here synchronises with the device.
         """
+        if not isinstance(sample, torch.Tensor):
+            raise TypeError(f"sample must be a tensor of shape (B, {self.image_channels}, H, W), got {type(sample).__name__}.")
         if sample.ndim != 4 or sample.shape[1] != self.image_channels:
             raise ValueError(
                 f"sample must have shape (B, {self.image_channels}, H, W) for this backbone, got {tuple(sample.shape)}."

@@ -44,7 +44,7 @@ from diffusers.utils import BaseOutput
 
 from ..value_checks import check_integer, check_real
 from .model_call import ModelCall
-from .planned_schedule import PlannedSchedulerMixin
+from .planned_schedule import PlannedSchedulerMixin, check_device
 from .stochastic_heun import add_sigma_noise, check_model_output, schedule_grid
 
 #: The solvers and the highest order each implements.
@@ -508,6 +508,7 @@ class MultistepMixin(PlannedSchedulerMixin):
                 config's range clamped to its model's); not used with ``sigmas``.
         """
         config = self.config
+        device = check_device(device)
         if num_inference_steps is not None:
             num_inference_steps = check_integer("num_inference_steps", num_inference_steps, minimum=1)
             choice = resolve_solver(config, self.auto_rules, num_inference_steps)
