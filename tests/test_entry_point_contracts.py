@@ -226,6 +226,24 @@ def test_add_noise(name, data):
         assert_finite(noisy, SHAPE, torch.float32)
 
 
+@CONTRACT
+@given(data=st.data())
+def test_learned_variance_ddpm_scheduler_constructor(data):
+    """The other schedulers' constructors have their property tests in test_scheduler_input_contracts.py."""
+    params = {
+        "num_train_timesteps": drawn(data, "num_train_timesteps", ok(st.integers(30, 2000)), bad(0, -1, 1, 2.5, NAN, "100", None, True)),
+        "variance_type": drawn(
+            data, "variance_type", ok(st.sampled_from(["learned_range", "learned", "fixed_small", "fixed_large"])), bad("x", None, 1)
+        ),
+        "clip_sample_range": drawn(data, "clip_sample_range", ok(st.floats(0.1, 10.0)), bad(0.0, -1.0, NAN, INF, "1", None)),
+    }
+    scheduler = check_contract(lambda: LearnedVarianceDDPMScheduler(**{k: v for k, (v, _) in params.items()}), params)
+    if scheduler is not None:
+        scheduler.set_timesteps(3)
+        x = scheduler.step(torch.zeros(SHAPE[0], 2 * SHAPE[1], *SHAPE[2:]), scheduler.timesteps[0], torch.randn(SHAPE)).prev_sample
+        assert_finite(x, SHAPE, torch.float32)
+
+
 # ================================================================================================ wrappers
 WRAPPERS = {cls.__name__: cls for cls in (EDMPrecond, VPPrecond, VEPrecond, IDDPMPrecond)}
 BACKBONE = tiny_unet()
@@ -369,3 +387,106 @@ def test_a_generator_list_of_another_length_than_the_batch_is_refused(name, coun
             batch_size=2, class_labels=0, num_inference_steps=1, output_type="pt",
             generator=[torch.Generator() for _ in range(count)],
         )
+
+
+# Examples hypothesis found on the code before the contract fixes (each failed with an AttributeError, IndexError or
+# RuntimeError from deep inside torch, or an error that did not name the parameter).
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_an_invalid_device_is_named(name):
+    with pytest.raises(ValueError, match=r"device must be None, a torch.device or a device string.*'no-such-device'"):
+        SCHEDULERS[name]().set_timesteps(3, device="no-such-device")
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+@pytest.mark.parametrize(
+    "argument,value,message",
+    [
+        ("sample", np.zeros(SHAPE, np.float32), "sample must be a floating-point tensor, got ndarray"),
+        ("sample", torch.zeros(SHAPE, dtype=torch.int64), "sample must be a floating-point tensor, got a torch.int64"),
+        ("model_output", np.zeros(SHAPE, np.float32), "model_output must be a floating-point tensor, got ndarray"),
+        ("model_output", None, "model_output must be a floating-point tensor, got NoneType"),
+        ("timestep", "t", "timestep must be a number or a tensor, got str"),
+        ("timestep", None, "timestep must be a number or a tensor, got NoneType"),
+    ],
+)
+def test_step_names_input_of_the_wrong_type(name, argument, value, message):
+    scheduler = SCHEDULERS[name]()
+    scheduler.set_timesteps(3)
+    channels = 2 * SHAPE[1] if name == "LearnedVarianceDDPMScheduler" else SHAPE[1]
+    call = {"sample": torch.zeros(SHAPE), "model_output": torch.zeros(SHAPE[0], channels, *SHAPE[2:]), "timestep": scheduler.timesteps[0]}
+    call[argument] = value
+    with pytest.raises(ValueError, match=message):
+        scheduler.step(call["model_output"], call["timestep"], call["sample"])
+
+
+@pytest.mark.parametrize("name", ["EDMHeunScheduler", "LearnedVarianceDDPMScheduler"])
+@pytest.mark.parametrize(
+    "generator,message",
+    [([], r"generator is a list of 0 generator\(s\) for batch_size=2"), ("seed", "generator must be None, a torch.Generator")],
+)
+def test_step_names_a_bad_generator(name, generator, message):
+    scheduler = SCHEDULERS[name]()
+    scheduler.set_timesteps(3)
+    channels = 2 * SHAPE[1] if name == "LearnedVarianceDDPMScheduler" else SHAPE[1]
+    with pytest.raises(ValueError, match=message):
+        scheduler.step(torch.zeros(SHAPE[0], channels, *SHAPE[2:]), scheduler.timesteps[0], torch.zeros(SHAPE), generator=generator)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+@pytest.mark.parametrize(
+    "argument,value,message",
+    [
+        ("original_samples", np.zeros(SHAPE, np.float32), "original_samples must be a floating-point tensor"),
+        ("noise", None, "noise must be a floating-point tensor, got NoneType"),
+        ("noise", torch.zeros(1, 3), r"noise shape \(1, 3\) differs from original_samples shape \(2, 3, 4, 4\)"),
+        ("timesteps", "x", "timesteps must be a number or a tensor, got str"),
+        ("timesteps", None, "timesteps must be a number or a tensor, got NoneType"),
+    ],
+)
+def test_add_noise_names_input_of_the_wrong_type_or_shape(name, argument, value, message):
+    scheduler = SCHEDULERS[name]()
+    scheduler.set_timesteps(3)
+    call = {"original_samples": torch.zeros(SHAPE), "noise": torch.zeros(SHAPE), "timesteps": scheduler.timesteps[0]}
+    call[argument] = value
+    with pytest.raises(ValueError, match=message):
+        scheduler.add_noise(call["original_samples"], call["noise"], call["timesteps"])
+
+
+@pytest.mark.parametrize("name", list(WRAPPERS))
+@pytest.mark.parametrize("sample", [[[0.0]], np.zeros(DENOISER_SHAPE, np.float32)], ids=["list", "ndarray"])
+def test_a_denoiser_names_a_sample_that_is_not_a_tensor(name, sample):
+    with pytest.raises(TypeError, match=r"sample must be a tensor of shape \(B, 3, H, W\)"):
+        DENOISERS[name](sample, 1.0)
+
+
+@pytest.mark.parametrize("value", [NAN, INF, "1"])
+def test_a_non_finite_or_non_numeric_clip_sample_range_is_named(value):
+    """Found by hypothesis: clip_sample_range=nan passed the ``<= 0`` check and clipped every x_0 prediction to NaN."""
+    with pytest.raises(ValueError, match=r"clip_sample_range must be a finite number > 0"):
+        LearnedVarianceDDPMScheduler(num_train_timesteps=LV_TRAIN_STEPS, clip_sample_range=value)
+
+
+@pytest.mark.parametrize(
+    "latents,message",
+    [
+        (torch.full((1, 3, 8, 8), NAN), "latents hold NaN or infinite values"),
+        (torch.zeros((1, 3, 8, 8), dtype=torch.int64), "latents must be a floating-point tensor of shape"),
+        (np.zeros((1, 3, 8, 8), np.float32), "latents must be a floating-point tensor of shape"),
+        (torch.zeros((1, 3, 4, 4)), r"latents must have shape \(1, 3, 8, 8\)"),
+    ],
+    ids=["nan", "int64", "ndarray", "shape"],
+)
+def test_edm_pipeline_names_bad_latents(latents, message):
+    with pytest.raises(ValueError, match=message):
+        PIPELINES["EDMHeunScheduler"](class_labels=0, latents=latents, num_inference_steps=1, output_type="pt")
+
+
+@pytest.mark.parametrize("name", list(WRAPPERS))
+@pytest.mark.parametrize("sigma", ["1", None, [1.0, "x"]])
+def test_a_sigma_that_is_no_number_is_named(name, sigma):
+    """Found by hypothesis: ``sigma="1"`` ended in torch's "new(): invalid data type 'str'"."""
+    denoiser = DENOISERS[name]
+    with pytest.raises(ValueError, match="sigma must be a number or a tensor of noise levels"):
+        denoiser.check_sigma(sigma)
+    with pytest.raises(ValueError, match="sigma must be a number or a tensor of noise levels"):
+        denoiser(torch.zeros(DENOISER_SHAPE), sigma)

@@ -340,7 +340,7 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
                 EDMMultistepScheduler: N model calls).
             generator: a torch generator, or a list of one per image, for the initial noise and any sampler noise
                 (churn, SDE solvers).
-            latents: initial standard-normal noise ``(B, C, H, W)``; it is scaled to the first noise level.
+            latents: initial standard-normal noise ``(B, C, H, W)``, finite; it is scaled to the first noise level.
             output_type: ``"pil"``, ``"np"`` (``(B, H, W, C)`` in [0, 1]), ``"pt"`` (``(B, C, H, W)`` in [0, 1]) or
                 ``"latent"`` (the final sample, undecoded and unnormalised).
             return_dict: return an ``ImagePipelineOutput`` rather than a tuple.

@@ -19,6 +19,7 @@ from ..gaussian_diffusion import (
     space_timesteps,
 )
 from ..noise_schedules import betas_for_schedule
+from ..value_checks import check_integer, check_real
 from .compatibles import PackageCompatiblesMixin
 from .planned_schedule import check_device, check_float_tensor, check_generator, check_timestep_type
 
@@ -79,9 +80,9 @@ class LearnedVarianceDDPMScheduler(PackageCompatiblesMixin, SchedulerMixin, Conf
     ):
         check_variance_type(variance_type)
         check_prediction_type(prediction_type)
-        if clip_sample_range <= 0:
-            raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range}.")
-        scale = 1000.0 / num_train_timesteps if isinstance(num_train_timesteps, (int, np.integer)) and num_train_timesteps > 0 else 1.0
+        check_real("clip_sample_range", clip_sample_range, minimum=0.0, exclusive_minimum=True)
+        check_integer("num_train_timesteps", num_train_timesteps, minimum=1)
+        scale = 1000.0 / num_train_timesteps
         if beta_end is None:
             beta_end = IMPROVED_DDPM_LINEAR_BETA_END * scale
             if trained_betas is None and beta_schedule in ("linear", "scaled_linear") and beta_end >= 1.0:
