@@ -253,6 +253,8 @@ class NoiseConditionalClassifier(ModelMixin, ConfigMixin):
         to ``sample`` is the ``grad_x log p(y | x; sigma)`` of classifier guidance.
         """
         channels = self.config.in_channels
+        if not isinstance(sample, torch.Tensor):
+            raise TypeError(f"sample must be a tensor of shape (B, {channels}, H, W), got {type(sample).__name__}.")
         if sample.ndim != 4 or sample.shape[1] != channels:
             raise ValueError(f"sample must have shape (B, {channels}, H, W), got {tuple(sample.shape)}.")
         if self.config.pooling == "attention" and tuple(sample.shape[2:]) != self.sample_size:

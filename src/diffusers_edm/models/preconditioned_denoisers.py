@@ -44,6 +44,17 @@ from .preconditioning import (
 MAX_DISCRETE_LEVELS = 1_000_000
 
 
+def sigma_tensor(sigma: object, device: torch.device | str | None = None) -> torch.Tensor:
+    """``sigma`` as a tensor (no look at the values); a ``ValueError`` naming it for input that is no number at all
+    (text, None, ragged lists)."""
+    if isinstance(sigma, (str, bytes, bool)) or sigma is None:
+        raise ValueError(f"sigma must be a number or a tensor of noise levels, got {sigma!r}.")
+    try:
+        return torch.as_tensor(sigma, device=device)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise ValueError(f"sigma must be a number or a tensor of noise levels, got {sigma!r}.") from error
+
+
 def label_tensor(class_labels: torch.Tensor | int | list[int], device: torch.device | str | None = None) -> torch.Tensor:
     """``class_labels`` as an integer tensor (no look at the values); ``TypeError`` for a non-integer dtype,
     ``ValueError`` naming input that is not label ids at all (text, ragged lists, ids beyond int64)."""
@@ -201,7 +212,7 @@ class PreconditionedDenoiser(ModelMixin, ConfigMixin):
         """
         if isinstance(sigma, numbers.Real) and not isinstance(sigma, bool):
             return torch.full((batch,), float(sigma), device=device)
-        sigma = torch.as_tensor(sigma, device=device)
+        sigma = sigma_tensor(sigma, device)
         if not sigma.is_floating_point():
             sigma = sigma.to(torch.float32)
         if sigma.numel() == 1:
@@ -217,7 +228,7 @@ class PreconditionedDenoiser(ModelMixin, ConfigMixin):
         Looks at the values (one host synchronisation on an accelerator): call it once per pipeline call or data
         set, not per model call. :meth:`forward` only checks shapes.
         """
-        levels = torch.as_tensor(sigma)
+        levels = sigma_tensor(sigma)
         if not levels.is_floating_point():
             levels = levels.to(torch.float32)
         if not bool(torch.all(torch.isfinite(levels) & (levels > 0))):
@@ -291,6 +302,8 @@ class PreconditionedDenoiser(ModelMixin, ConfigMixin):
         The coefficients and ``D`` are float32 whatever the backbone's dtype; the backbone gets ``c_in x`` in its
         own dtype and ``c_noise`` as a float32 tensor of shape ``(B,)``. Nothing here synchronises with the device.
         """
+        if not isinstance(sample, torch.Tensor):
+            raise TypeError(f"sample must be a tensor of shape (B, {self.image_channels}, H, W), got {type(sample).__name__}.")
         if sample.ndim != 4 or sample.shape[1] != self.image_channels:
             raise ValueError(
                 f"sample must have shape (B, {self.image_channels}, H, W) for this backbone, got {tuple(sample.shape)}."

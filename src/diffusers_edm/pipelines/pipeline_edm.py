@@ -50,6 +50,7 @@ from ..models import LatentCodec, NoiseConditionalClassifier, PreconditionedDeno
 from ..models.preconditioned_denoisers import label_tensor
 from ..value_checks import check_integer
 from ..schedulers import SigmaModelCall
+from ..schedulers.planned_schedule import check_generator
 from .model_card import ModelCardHubMixin, TrainingRecord, build_model_card
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -66,6 +67,18 @@ def takes_sigma_timesteps(scheduler: SchedulerMixin) -> bool:
 def takes_raw_network_output(scheduler: SchedulerMixin) -> bool:
     """Whether the scheduler applies EDM's c_skip / c_out itself (diffusers' ``EDM*`` schedulers do)."""
     return callable(getattr(scheduler, "precondition_outputs", None))
+
+
+def check_latents(latents: object, shape: tuple[int, ...]) -> None:
+    """A ``ValueError`` naming ``latents`` unless it is a finite floating-point tensor of ``shape`` (one host read of
+    its values per pipeline call)."""
+    if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+        got = f"a {latents.dtype} tensor" if isinstance(latents, torch.Tensor) else type(latents).__name__
+        raise ValueError(f"latents must be a floating-point tensor of shape {shape}, got {got}.")
+    if tuple(latents.shape) != shape:
+        raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
+    if not bool(torch.isfinite(latents).all()):
+        raise ValueError("latents hold NaN or infinite values; the initial noise must be finite.")
 
 
 def check_guidance_components(
@@ -325,8 +338,9 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
                 ``guidance_denoiser``, else classifier-free guidance (needs a ``null_class_label``).
             num_inference_steps: number of sampler steps N (EDMHeunScheduler with Heun: 2N - 1 model calls;
                 EDMMultistepScheduler: N model calls).
-            generator: torch generator(s) for the initial noise and any sampler noise (churn, SDE solvers).
-            latents: initial standard-normal noise ``(B, C, H, W)``; it is scaled to the first noise level.
+            generator: a torch generator, or a list of one per image, for the initial noise and any sampler noise
+                (churn, SDE solvers).
+            latents: initial standard-normal noise ``(B, C, H, W)``, finite; it is scaled to the first noise level.
             output_type: ``"pil"``, ``"np"`` (``(B, H, W, C)`` in [0, 1]), ``"pt"`` (``(B, C, H, W)`` in [0, 1]) or
                 ``"latent"`` (the final sample, undecoded and unnormalised).
             return_dict: return an ``ImagePipelineOutput`` rather than a tuple.
@@ -344,6 +358,8 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"Unknown output_type {output_type!r}; expected one of {OUTPUT_TYPES}.")
+        # Checked for every scheduler before any work (diffusers' EDM schedulers sample a grey image for 0 steps).
+        check_integer("num_inference_steps", num_inference_steps, minimum=1)
         if self.config.latent_space and self.vae is None and output_type != "latent":
             raise ValueError(
                 f"This pipeline samples latents (latent_space=True) but has no vae to decode them; load it with its "
@@ -362,6 +378,10 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
 
         device = self._execution_device
         batch_size, labels = self._conditioning(batch_size, class_labels, guidance_scale, classifier_scale, device)
+        check_generator(generator, batch_size)
+        shape = (batch_size, self.denoiser.image_channels, *self.denoiser.sample_size)
+        if latents is not None:
+            check_latents(latents, shape)
         if encoder_hidden_states is not None:
             encoder_hidden_states = encoder_hidden_states.to(device=device, dtype=self.denoiser.dtype)
             if encoder_hidden_states.shape[0] == 1 and batch_size > 1:
@@ -389,11 +409,8 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
         # Where guidance acts, decided here on the host: the loop reads one Python bool per model call.
         guided_calls = guided_denoiser.guided_calls(host_call_sigmas)
 
-        shape = (batch_size, self.denoiser.image_channels, *self.denoiser.sample_size)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
         # The sampler runs in float32 whatever the denoiser's dtype (the denoiser casts its backbone input).
         latents = latents.to(device=device, dtype=torch.float32) * initial_sigma
 

@@ -29,6 +29,7 @@ from ..models import LatentCodec, NoiseConditionalClassifier
 from ..models.backbones import class_table_size
 from ..models.preconditioned_denoisers import label_tensor
 from ..value_checks import check_integer
+from ..schedulers.planned_schedule import check_generator
 from ..schedulers.scheduling_learned_variance_ddpm import LearnedVarianceDDPMScheduler
 from .model_card import ModelCardHubMixin, TrainingRecord, build_model_card
 from .pipeline_edm import USAGE_EXAMPLE_IMAGES
@@ -199,7 +200,8 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
             guidance_scale: classifier-free guidance weight w, a finite number (1 = no guidance, one model call per
                 step).
             num_inference_steps: an int (even respacing) or spacing string (``"ddim25"``, ``"10,15,20"``).
-            generator: for the initial noise and the noise of every step.
+            generator: a torch generator, or a list of one per image, for the initial noise and the noise of every
+                step.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` (images in [0, 1]) or ``"latent"`` (the final sample as is:
                 latents with a vae, [-1, 1] pixels without).
             return_dict: return an ``ImagePipelineOutput`` rather than a tuple.
@@ -224,6 +226,9 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
         classifier_labels = None
         if classifier_scale > 0:
             classifier_labels = check_classifier_labels(self.classifier, class_labels, batch_size, "cpu")
+        check_generator(generator, batch_size)
+        # Before any work: the scheduler checks the steps (an int in 1..T or a spacing string) as it sets them.
+        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         # Sampling needs eval mode: diffusers' DiT in train mode drops class labels at random, per block.
         modules = (self.unet, self.vae, self.classifier)
         training_modes = {module: module.training for module in modules if module is not None}
@@ -232,7 +237,7 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
         try:
             image = self._sample(
                 batch_size, labels, classifier_labels, guidance_scale, classifier_scale, guidance_interval,
-                num_inference_steps, generator, output_type,
+                generator, output_type,
             )
         finally:
             for module, was_training in training_modes.items():
@@ -270,14 +275,12 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
         guidance_scale: float,
         classifier_scale: float,
         guidance_interval: GuidanceInterval | None,
-        num_inference_steps: int | str,
         generator: torch.Generator | list[torch.Generator] | None,
         output_type: str,
     ) -> torch.Tensor | np.ndarray | list[PIL.Image.Image]:
-        """The sampling loop and decoding of :meth:`__call__` (arguments already checked)."""
+        """The sampling loop and decoding of :meth:`__call__` (arguments checked, the scheduler's timesteps set)."""
         device = self._execution_device
         sample = randn_tensor(self._sample_shape(batch_size), generator=generator, device=device, dtype=self.unet.dtype)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
         labels = None if labels is None else labels.to(device)
         classifier_labels = None if classifier_labels is None else classifier_labels.to(device)
         guided_model = self._guided_model(labels, classifier_labels, guidance_scale, classifier_scale, guidance_interval)

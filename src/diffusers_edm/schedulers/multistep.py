@@ -44,7 +44,7 @@ from diffusers.utils import BaseOutput
 
 from ..value_checks import check_integer, check_real
 from .model_call import ModelCall
-from .planned_schedule import PlannedSchedulerMixin
+from .planned_schedule import PlannedSchedulerMixin, check_device
 from .stochastic_heun import add_sigma_noise, check_model_output, schedule_grid
 
 #: The solvers and the highest order each implements.
@@ -508,6 +508,7 @@ class MultistepMixin(PlannedSchedulerMixin):
                 config's range clamped to its model's); not used with ``sigmas``.
         """
         config = self.config
+        device = check_device(device)
         if num_inference_steps is not None:
             num_inference_steps = check_integer("num_inference_steps", num_inference_steps, minimum=1)
             choice = resolve_solver(config, self.auto_rules, num_inference_steps)
@@ -590,12 +591,17 @@ class MultistepMixin(PlannedSchedulerMixin):
         # Half precision keeps its dtype for the model, the solver arithmetic runs in at least float32.
         compute_dtype = torch.promote_types(sample.dtype, torch.float32)
         x = sample if sample.dtype == compute_dtype else sample.to(compute_dtype)
+        output = model_output
         if model_output.dtype != compute_dtype:
             model_output = model_output.to(compute_dtype)
         if plan.history == "d":
             entry, denoised = self.model_call.derivative(model_output, x, plan.sigmas[i])
         else:
             entry = denoised = self.model_call.denoised(model_output, x, plan.sigmas[i])
+        if entry is output:
+            # The history outlives this call; a model may overwrite the buffer it returned (CUDA graphs,
+            # torch.compile): keep a copy of an eps (iPNDM) or D (DPM-Solver++, UniPC) output read as it is.
+            entry = entry.clone()
 
         if call == plan.begin_call:
             self._reset_history()

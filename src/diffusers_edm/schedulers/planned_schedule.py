@@ -9,6 +9,7 @@ calls. How a call is located (``set_begin_index`` or the first ``timestep`` seen
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,53 @@ import torch
 
 from .compatibles import PackageCompatiblesMixin
 from .model_call import ModelCall
+
+
+def check_device(device: object) -> torch.device | None:
+    """``device`` as a ``torch.device`` (None stays None), or a ``ValueError`` naming it."""
+    if device is None:
+        return None
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"device must be None, a torch.device or a device string such as 'cpu' or 'cuda:0', got {device!r}."
+        ) from error
+
+
+def check_float_tensor(name: str, value: object) -> None:
+    """A ``ValueError`` naming ``name`` unless ``value`` is a floating-point tensor (its metadata only: no host sync;
+    an integer sample would be truncated back to its dtype after the step)."""
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        got = f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{name} must be a floating-point tensor, got {got}.")
+
+
+def check_generator(generator: object, batch_size: int) -> None:
+    """A ``ValueError`` naming ``generator`` unless it is None, a ``torch.Generator``, or a list of exactly
+    ``batch_size`` of them (one per sample, diffusers' convention): a list of another length would silently reuse or
+    ignore generators."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if not isinstance(generator, (list, tuple)):
+        raise ValueError(
+            f"generator must be None, a torch.Generator or a list of {batch_size} (one per sample), "
+            f"got {type(generator).__name__}."
+        )
+    if len(generator) != batch_size:
+        raise ValueError(
+            f"generator is a list of {len(generator)} generator(s) for batch_size={batch_size}; give one per sample."
+        )
+    wrong = sorted({type(g).__name__ for g in generator if not isinstance(g, torch.Generator)})
+    if wrong:
+        raise ValueError(f"generator must hold torch.Generator objects only, got {wrong}.")
+
+
+def check_timestep_type(name: str, timestep: object) -> None:
+    """A ``ValueError`` naming ``name`` unless ``timestep`` is a tensor or a real number (not a bool)."""
+    if isinstance(timestep, torch.Tensor) or (isinstance(timestep, numbers.Real) and not isinstance(timestep, bool)):
+        return
+    raise ValueError(f"{name} must be a number or a tensor, got {type(timestep).__name__} {timestep!r:.80}.")
 
 
 class PlannedSchedulerMixin(PackageCompatiblesMixin):
@@ -61,6 +109,7 @@ class PlannedSchedulerMixin(PackageCompatiblesMixin):
     def _calls_at(self, timestep: float | torch.Tensor) -> tuple[list[int], torch.Tensor]:
         """The indices of the model calls whose timestep is ``timestep`` (a host sync: only pipelines that never set
         a begin index pay it, once per run), and the value looked up."""
+        check_timestep_type("timestep", timestep)
         schedule = self.timesteps
         value = torch.as_tensor(timestep, device=schedule.device).to(schedule.dtype).reshape(-1)[:1]
         return torch.isclose(schedule, value, rtol=1e-6, atol=0.0).nonzero().flatten().tolist(), value
@@ -85,6 +134,7 @@ class PlannedSchedulerMixin(PackageCompatiblesMixin):
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
         """The model's input for the current call (``model_call.model_input``: ``x`` itself for a sigma-conditioned
         model, ``x / sqrt(sigma^2 + 1)`` for a discrete VP network)."""
+        check_float_tensor("sample", sample)
         if not self.model_call.scales_input:
             return sample
         return self.model_call.model_input(sample, self._plan.call_sigmas[self._current_call(timestep)])

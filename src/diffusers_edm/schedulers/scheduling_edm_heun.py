@@ -7,7 +7,7 @@ from diffusers import ConfigMixin, SchedulerMixin
 from diffusers.configuration_utils import register_to_config
 
 from .model_call import SigmaModelCall
-from .stochastic_heun import StochasticHeunMixin, validate_algorithm2_config
+from .stochastic_heun import StochasticHeunMixin, noise_level_tensor, validate_algorithm2_config
 
 
 class EDMHeunScheduler(StochasticHeunMixin, SchedulerMixin, ConfigMixin):
@@ -81,7 +81,4 @@ class EDMHeunScheduler(StochasticHeunMixin, SchedulerMixin, ConfigMixin):
         To start Algorithm 2 at a churned step i with ``s_noise != 1``, noise to ``plan.start_stds[i]`` (the
         standard deviation of ``x_hat_i``), which is ``sigma_hat_i`` only for ``s_noise = 1``.
         """
-        sigma = torch.as_tensor(timesteps, dtype=torch.float64)
-        if torch.any(sigma < 0) or not torch.all(torch.isfinite(sigma)):  # once per image-to-image run
-            raise ValueError(f"add_noise needs finite noise levels >= 0, got {sigma.tolist()}.")
-        return self._noised(original_samples, noise, sigma)
+        return self._noised(original_samples, noise, noise_level_tensor(timesteps))

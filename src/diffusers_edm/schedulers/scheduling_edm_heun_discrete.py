@@ -9,6 +9,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
 
 from .model_call import DiscreteVPModelCall
+from .planned_schedule import check_timestep_type
 from .stochastic_heun import StochasticHeunMixin, validate_algorithm2_config
 
 
@@ -105,5 +106,6 @@ class EDMHeunDiscreteScheduler(StochasticHeunMixin, SchedulerMixin, ConfigMixin)
         whose timestep matches each entry of ``timesteps``, as in diffusers; ``sigma`` is that call's level, or at
         the first call of a churned step the standard deviation of ``x_hat`` (see ``init_noise_sigma``).
         """
+        check_timestep_type("timesteps", timesteps)
         sigma = torch.tensor(self._noise_stds_for(torch.as_tensor(timesteps)), dtype=torch.float64)
         return self._noised(original_samples, noise, sigma)

@@ -8,7 +8,7 @@ from diffusers.configuration_utils import register_to_config
 
 from .model_call import SigmaModelCall
 from .multistep import SIGMA_AUTO, MultistepMixin, validate_multistep_config
-from .stochastic_heun import validate_discretization_config
+from .stochastic_heun import noise_level_tensor, validate_discretization_config
 
 
 class EDMMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
@@ -88,7 +88,4 @@ class EDMMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: float | torch.Tensor
     ) -> torch.Tensor:
         """``x = y + sigma n``, where ``timesteps`` are noise levels (one per sample, or one for all)."""
-        sigma = torch.as_tensor(timesteps, dtype=torch.float64)
-        if torch.any(sigma < 0) or not torch.all(torch.isfinite(sigma)):  # once per image-to-image run
-            raise ValueError(f"add_noise needs finite noise levels >= 0, got {sigma.tolist()}.")
-        return self._noised(original_samples, noise, sigma)
+        return self._noised(original_samples, noise, noise_level_tensor(timesteps))

@@ -10,6 +10,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
 
 from .model_call import DiscreteVPModelCall
+from .planned_schedule import check_timestep_type
 from .multistep import DISCRETE_AUTO, MultistepMixin, validate_multistep_config
 from .stochastic_heun import validate_discretization_config
 
@@ -93,5 +94,6 @@ class EDMMultistepDiscreteScheduler(MultistepMixin, SchedulerMixin, ConfigMixin)
         whose timestep matches each entry of ``timesteps``, as in diffusers; ``sigma`` is that call's level
         (``init_noise_sigma`` at call 0 after the analytical first step).
         """
+        check_timestep_type("timesteps", timesteps)
         sigma = torch.tensor(self._noise_stds_for(torch.as_tensor(timesteps)), dtype=torch.float64)
         return self._noised(original_samples, noise, sigma)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -18,7 +19,9 @@ from ..gaussian_diffusion import (
     space_timesteps,
 )
 from ..noise_schedules import betas_for_schedule
+from ..value_checks import check_integer, check_real
 from .compatibles import PackageCompatiblesMixin
+from .planned_schedule import check_device, check_float_tensor, check_generator, check_timestep_type
 
 # Improved DDPM's linear schedule: 1e-4 .. 0.02 for T = 1000, both ends scaled by 1000 / T.
 IMPROVED_DDPM_LINEAR_BETA_START = 0.0001
@@ -77,9 +80,9 @@ class LearnedVarianceDDPMScheduler(PackageCompatiblesMixin, SchedulerMixin, Conf
     ):
         check_variance_type(variance_type)
         check_prediction_type(prediction_type)
-        if clip_sample_range <= 0:
-            raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range}.")
-        scale = 1000.0 / num_train_timesteps if isinstance(num_train_timesteps, (int, np.integer)) and num_train_timesteps > 0 else 1.0
+        check_real("clip_sample_range", clip_sample_range, minimum=0.0, exclusive_minimum=True)
+        check_integer("num_train_timesteps", num_train_timesteps, minimum=1)
+        scale = 1000.0 / num_train_timesteps
         if beta_end is None:
             beta_end = IMPROVED_DDPM_LINEAR_BETA_END * scale
             if trained_betas is None and beta_schedule in ("linear", "scaled_linear") and beta_end >= 1.0:
@@ -121,6 +124,7 @@ class LearnedVarianceDDPMScheduler(PackageCompatiblesMixin, SchedulerMixin, Conf
             device: where ``self.timesteps`` lives.
             timesteps: explicit training timesteps instead (any order; sorted and de-duplicated).
         """
+        device = check_device(device)
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("Pass exactly one of num_inference_steps (an int or spacing string) and timesteps.")
         num_train_timesteps = self.config.num_train_timesteps
@@ -145,6 +149,7 @@ class LearnedVarianceDDPMScheduler(PackageCompatiblesMixin, SchedulerMixin, Conf
 
     def scale_model_input(self, sample: torch.Tensor, timestep: int | torch.Tensor | None = None) -> torch.Tensor:
         """Identity: DDPM models take ``x_t`` as it is."""
+        check_float_tensor("sample", sample)
         return sample
 
     def step(
@@ -172,9 +177,15 @@ class LearnedVarianceDDPMScheduler(PackageCompatiblesMixin, SchedulerMixin, Conf
         Returns:
             ``prev_sample`` (``x_{t-1}``) and ``pred_original_sample`` (the x_0 prediction).
         """
+        check_float_tensor("model_output", model_output)
+        check_float_tensor("sample", sample)
+        check_generator(generator, sample.shape[0])
+        check_timestep_type("timestep", timestep)
         if isinstance(timestep, torch.Tensor):
             index: torch.Tensor | int = self.diffusion.device_index(timestep.to(sample.device))
         else:
+            if not (math.isfinite(timestep) and int(timestep) == timestep):
+                raise ValueError(f"timestep must be one of the schedule's integer timesteps, got {timestep!r}.")
             index = self.diffusion.host_index(timestep)
         # Half-precision inputs are stepped in float32: the coefficients span several orders of magnitude.
         compute_dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
@@ -210,5 +221,20 @@ class LearnedVarianceDDPMScheduler(PackageCompatiblesMixin, SchedulerMixin, Conf
         Checks the timesteps (``ValueError`` for one outside 0 .. T-1), which reads them on the host; a training
         loop that draws them itself calls ``train_diffusion.q_sample(x_0, train_diffusion.device_index(t), noise)``.
         """
-        index = self.train_diffusion.index_of(timesteps)
+        check_float_tensor("original_samples", original_samples)
+        check_float_tensor("noise", noise)
+        if noise.shape != original_samples.shape:
+            raise ValueError(
+                f"noise shape {tuple(noise.shape)} differs from original_samples shape {tuple(original_samples.shape)}."
+            )
+        check_timestep_type("timesteps", timesteps)
+        values = torch.as_tensor(timesteps)
+        if values.numel() not in (1, original_samples.shape[0]):
+            raise ValueError(
+                f"timesteps must hold one training timestep or one per sample ({original_samples.shape[0]}), "
+                f"got {values.numel()}."
+            )
+        if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+            raise ValueError(f"timesteps must be integers in 0 .. {self.config.num_train_timesteps - 1}, got {values.tolist()}.")
+        index = self.train_diffusion.index_of(values)
         return self.train_diffusion.q_sample(original_samples, index, noise)

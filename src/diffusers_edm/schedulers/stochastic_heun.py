@@ -30,7 +30,13 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..noise_schedules import DISCRETIZATIONS, sigma_steps
 from ..value_checks import check_integer, check_real
 from .model_call import ModelCall
-from .planned_schedule import PlannedSchedulerMixin
+from .planned_schedule import (
+    PlannedSchedulerMixin,
+    check_device,
+    check_float_tensor,
+    check_generator,
+    check_timestep_type,
+)
 
 SOLVERS = ("heun", "euler")
 
@@ -207,6 +213,8 @@ def schedule_grid(
 def check_model_output(model_output: torch.Tensor, sample: torch.Tensor) -> None:
     """A ``ValueError`` unless ``model_output`` has the sample's shape; a learned-variance output (2C channels: mean
     and variance, Nichol & Dhariwal 2021) is named as such."""
+    check_float_tensor("model_output", model_output)
+    check_float_tensor("sample", sample)
     if model_output.shape == sample.shape:
         return
     if (
@@ -222,8 +230,30 @@ def check_model_output(model_output: torch.Tensor, sample: torch.Tensor) -> None
     raise ValueError(f"model_output shape {tuple(model_output.shape)} differs from sample shape {tuple(sample.shape)}.")
 
 
+def noise_level_tensor(timesteps: float | torch.Tensor) -> torch.Tensor:
+    """``add_noise``'s ``timesteps`` of a sigma-native scheduler (noise levels) as float64, or a ``ValueError`` naming
+    them unless every one is finite and >= 0 (a look at the values: once per image-to-image run)."""
+    check_timestep_type("timesteps", timesteps)
+    sigma = torch.as_tensor(timesteps, dtype=torch.float64)
+    if torch.any(sigma < 0) or not torch.all(torch.isfinite(sigma)):
+        raise ValueError(f"timesteps (noise levels) must be finite and >= 0, got {sigma.tolist()}.")
+    return sigma
+
+
 def add_sigma_noise(original_samples: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """``x = y + sigma n`` with one sigma per sample (or one for all)."""
+    """``x = y + sigma n`` with one sigma per sample (or one for all); ``ValueError`` naming the argument for tensors
+    of other types, dtypes or shapes."""
+    check_float_tensor("original_samples", original_samples)
+    check_float_tensor("noise", noise)
+    if noise.shape != original_samples.shape:
+        raise ValueError(
+            f"noise shape {tuple(noise.shape)} differs from original_samples shape {tuple(original_samples.shape)}."
+        )
+    if sigma.numel() not in (1, original_samples.shape[0]):
+        raise ValueError(
+            f"timesteps must hold one noise level or one per sample ({original_samples.shape[0]}), "
+            f"got {sigma.numel()}."
+        )
     sigma = sigma.to(device=original_samples.device, dtype=original_samples.dtype).flatten()
     sigma = sigma.reshape(sigma.shape + (1,) * (original_samples.ndim - 1))
     return original_samples + noise * sigma
@@ -247,8 +277,9 @@ class StochasticHeunMixin(PlannedSchedulerMixin):
         self._plan: Algorithm2Plan | None = None
         self._step_index: int | None = None
         self._begin_index: int | None = None
-        self._x_hat: torch.Tensor | None = None
-        self._d_hat: torch.Tensor | None = None
+        # x_hat + h d / 2 of the step whose Heun correction comes next: the scheduler's own tensor, never the model's
+        # output (a model may return one buffer it overwrites at every call: CUDA graphs, torch.compile).
+        self._heun_base: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ properties (diffusers conventions)
     @property
@@ -321,6 +352,7 @@ class StochasticHeunMixin(PlannedSchedulerMixin):
         (``EDMHeunDiscreteScheduler``) cannot be evaluated above its largest one, so there ``sigma_hat_i`` is
         capped at that level (a smaller effective gamma), as EDM's ``round_sigma`` does for iDDPM models.
         """
+        device = check_device(device)
         grid = schedule_grid(self.model_call, self.config, num_inference_steps, sigmas, round_sigma, sigma_min, sigma_max)
         self._use_plan(self._plan_for(grid, round_sigma), device)
 
@@ -389,6 +421,7 @@ class StochasticHeunMixin(PlannedSchedulerMixin):
         Returns ``prev_sample`` (the next call's input, or the final sample) and ``pred_original_sample`` (D).
         """
         self._check_step_input(model_output, sample)
+        check_generator(generator, sample.shape[0])
         call = self._current_call(timestep)
         plan = self._plan
         i, is_correction = divmod(call, plan.order)
@@ -405,16 +438,16 @@ class StochasticHeunMixin(PlannedSchedulerMixin):
         if not is_correction:
             x_next = torch.add(x, d, alpha=h)  # x_hat + (sigma_{i+1} - sigma_hat) d
             if plan.order == 2 and sigma_next > 0:  # Heun: the model is evaluated at (x_next, sigma_{i+1}) next
-                self._x_hat, self._d_hat = x, d
+                self._heun_base = torch.add(x, d, alpha=0.5 * h)  # x_hat + h d / 2, a new tensor
                 return self._output(x_next, denoised, sample.dtype, return_dict)
         else:
-            if self._x_hat is None:
+            if self._heun_base is None:
                 raise ValueError(
                     f"Model call {call} is the Heun correction of step {i}, but its Euler call was not stepped; "
                     "a run must start at an even index (see set_begin_index)."
                 )
-            x_next = torch.add(self._d_hat, d).mul_(0.5 * h).add_(self._x_hat)  # x_hat + h (d + d') / 2
-            self._x_hat = self._d_hat = None
+            x_next = torch.add(self._heun_base, d, alpha=0.5 * h)  # x_hat + h (d + d') / 2
+            self._heun_base = None
 
         if i + 1 < plan.num_steps and plan.churn_stds[i + 1] > 0:  # x_hat_{i+1} = x_{i+1} + churn
             noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)

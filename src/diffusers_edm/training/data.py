@@ -1,7 +1,7 @@
 """Training data through Hugging Face ``datasets``: a named or local data set, an image folder, or the embedded digits.
 
-Images become float tensors in [-1, 1] (C, H, W): resized so the shorter side is ``resolution``, then center- or
-randomly-cropped. Random horizontal flips are applied per batch in the training step (from the checkpointed
+Images become float tensors in [-1, 1] (C, H, W): read by their own bit depth (8-bit, 16-bit, ``I``, ``F``; see
+:func:`image_to_tensor`), resized so the shorter side is ``resolution``, then center- or randomly-cropped. Random horizontal flips are applied per batch in the training step (from the checkpointed
 torch RNG), not here, so a resumed run sees exactly the flips an uninterrupted one would.
 """
 
@@ -163,22 +163,72 @@ def held_out_split(
     return dataset.select(training), dataset.select(held)
 
 
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+#: Modes whose values do not fit 8 bits: read as float intensities in [0, 1] by :func:`image_intensities`.
+HIGH_RANGE_MODES = SIXTEEN_BIT_MODES | {"I", "F"}
+SIXTEEN_BIT_MAX = 65535
+
+
+def image_intensities(image: Image.Image) -> np.ndarray:
+    """The float32 intensities (H, W) of a grayscale image whose values do not fit 8 bits, in [0, 1]:
+
+    - ``I;16``, ``I;16L``, ``I;16B``, ``I;16N`` (16-bit): ``value / 65535``;
+    - ``I`` (32-bit signed integers): PIL opens 16-bit PNG and TIFF files in this mode, so the values are taken as
+      16-bit, ``value / 65535``; an image with values outside 0..65535 is a ``ValueError`` (its range is unknown);
+    - ``F`` (32-bit float): the values as given, assumed to be intensities in [0, 1] (not rescaled or clipped);
+      a NaN or infinite value is a ``ValueError``.
+    """
+    array = np.asarray(image)
+    if image.mode == "F":
+        if not np.isfinite(array).all():
+            raise ValueError(f"the float ('F') image holds {int((~np.isfinite(array)).sum())} non-finite value(s).")
+        return array.astype(np.float32)
+    if image.mode == "I" and array.size and (array.min() < 0 or array.max() > SIXTEEN_BIT_MAX):
+        raise ValueError(
+            f"the 32-bit integer ('I') image holds values in [{int(array.min())}, {int(array.max())}]; only 16-bit "
+            f"content (0..{SIXTEEN_BIT_MAX}) is read from this mode: convert it to 16 bits, or to 'F' in [0, 1]."
+        )
+    return array.astype(np.float32) / SIXTEEN_BIT_MAX
+
+
+def eight_bit_image(image: Image.Image, channels: int) -> Image.Image:
+    """An 8-bit image (any mode but :data:`HIGH_RANGE_MODES`) as ``L`` or ``RGB``, as diffusers' training scripts and
+    ``datasets`` convert: a palette image through its palette, alpha (``LA``, ``RGBA``, ``PA``, transparent palette
+    entries) dropped, ``1`` as 0 / 255, ``CMYK`` / ``YCbCr`` / ``LAB`` / ``HSV`` by PIL's conversion to RGB, colour to
+    grayscale by PIL's ITU-R 601-2 luma ``L = 0.299 R + 0.587 G + 0.114 B``."""
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+    return image.convert(CHANNEL_MODES[channels])
+
+
 def image_to_tensor(image: Image.Image, resolution: int, center_crop: bool, channels: int, rng: random.Random | None = None) -> torch.Tensor:
-    """Resize (shorter side = resolution, bicubic), crop to a square, scale to [-1, 1]; shape (channels, res, res)."""
-    image = image.convert(CHANNEL_MODES[channels])
+    """Resize (shorter side = resolution, bicubic), crop to a square, scale to [-1, 1]; shape (channels, res, res).
+
+    Each mode is read by its own bit depth: 8-bit modes by :func:`eight_bit_image` (``v / 127.5 - 1``); 16-bit,
+    ``I`` and ``F`` images by :func:`image_intensities` (``2 u - 1`` for intensities ``u`` in [0, 1]), resized in
+    float (integer ones clipped to [0, 1] after the bicubic filter, as an 8-bit image is) and repeated over 3
+    channels for ``channels=3``. A ``ValueError`` for values these rules do not define.
+    """
+    high_range = image.mode in HIGH_RANGE_MODES
+    planes = [Image.fromarray(image_intensities(image), mode="F")] if high_range else [eight_bit_image(image, channels)]
     width, height = image.size
     scale = resolution / min(width, height)
     size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
-    if size != image.size:
-        image = image.resize(size, Image.Resampling.BICUBIC)
     left_max, top_max = size[0] - resolution, size[1] - resolution
     if center_crop or rng is None:
         left, top = left_max // 2, top_max // 2
     else:
         left, top = rng.randint(0, left_max), rng.randint(0, top_max)
-    image = image.crop((left, top, left + resolution, top + resolution))
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    box = (left, top, left + resolution, top + resolution)
+    planes = [(p.resize(size, Image.Resampling.BICUBIC) if size != p.size else p).crop(box) for p in planes]
+    if not high_range:
+        array = np.asarray(planes[0], dtype=np.float32) / 127.5 - 1.0
+        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(array))
+    intensities = np.asarray(planes[0], dtype=np.float32)
+    if image.mode != "F":
+        intensities = np.clip(intensities, 0.0, 1.0)
+    array = np.repeat(intensities[None] * 2.0 - 1.0, channels, axis=0)
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
@@ -223,10 +273,11 @@ class ImageDataset(torch.utils.data.Dataset):
         except Exception as error:  # PIL raises many types for bad files
             raise ValueError(f"Cannot read training image {_entry_name(entry, int(index))}: {error}") from error
         rng = None if self.center_crop else random.Random(f"{self.seed}-{self.epoch}-{int(index)}")
-        item = {
-            "images": image_to_tensor(image, self.resolution, self.center_crop, self.channels, rng),
-            "index": int(index),
-        }
+        try:
+            images = image_to_tensor(image, self.resolution, self.center_crop, self.channels, rng)
+        except ValueError as error:
+            raise ValueError(f"Training image {_entry_name(entry, int(index))}: {error}") from error
+        item = {"images": images, "index": int(index)}
         if self.label_column is not None:
             item["labels"] = int(row[self.label_column])
         return item
