@@ -37,14 +37,19 @@ from ..value_checks import check_real
 DEFAULT_CLASSIFIER_SCALE = 1.0
 
 
+#: The largest classifier scale accepted. ADM's scales are 0.5-10; at the top of EDM's range (sigma = 80) the term
+#: ``s sigma^2 grad log p`` is already ``6.4e6 s`` times the gradient, and far larger scales overflow float32 samples.
+MAX_CLASSIFIER_SCALE = 1000.0
+
+
 def check_classifier_scale(classifier_scale: object, has_classifier: bool) -> float:
     """The classifier scale ``s`` of a call: ``None`` is :data:`DEFAULT_CLASSIFIER_SCALE` with a classifier and 0
-    without one. ``ValueError`` unless it is a finite number ``>= 0``, and for ``s > 0`` without a classifier."""
+    without one. ``ValueError`` unless it is a number in ``[0, MAX_CLASSIFIER_SCALE]``, and for ``s > 0`` without a classifier."""
     if classifier_scale is None:
         return DEFAULT_CLASSIFIER_SCALE if has_classifier else 0.0
     scale = check_real(
-        "classifier_scale", classifier_scale, minimum=0.0,
-        allowed="None or a finite number >= 0 (0: no classifier guidance; ADM's default is 1.0)",
+        "classifier_scale", classifier_scale, minimum=0.0, maximum=MAX_CLASSIFIER_SCALE,
+        allowed=f"None or a number in [0, {MAX_CLASSIFIER_SCALE:g}] (0: no classifier guidance; ADM's default is 1.0)",
     )
     if scale > 0 and not has_classifier:
         raise ValueError(

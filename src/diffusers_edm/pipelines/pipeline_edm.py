@@ -348,7 +348,7 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
                 replacement ``latents``.
             callback_on_step_end_tensor_inputs: tensors passed to the callback (only ``"latents"``).
             encoder_hidden_states: cross-attention context for a ``UNet2DConditionModel`` denoiser.
-            classifier_scale: classifier guidance scale ``s``, a finite number ``>= 0``; ``None``: 1.0 (ADM's default)
+            classifier_scale: classifier guidance scale ``s``, a number in ``[0, 1000]``; ``None``: 1.0 (ADM's default)
                 when the pipeline has a classifier, else 0. Needs ``class_labels``.
             guidance_interval: ``(sigma_lo, sigma_hi)``, ``0 <= sigma_lo < sigma_hi < inf``: guide only the model
                 calls with ``sigma_lo < sigma <= sigma_hi`` (the churned ``sigma_hat`` for Heun's first call of a

@@ -205,7 +205,7 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
             output_type: ``"pil"``, ``"np"``, ``"pt"`` (images in [0, 1]) or ``"latent"`` (the final sample as is:
                 latents with a vae, [-1, 1] pixels without).
             return_dict: return an ``ImagePipelineOutput`` rather than a tuple.
-            classifier_scale: classifier guidance scale ``s``, a finite number ``>= 0``; ``None``: 1.0 (ADM's default)
+            classifier_scale: classifier guidance scale ``s``, a number in ``[0, 1000]``; ``None``: 1.0 (ADM's default)
                 when the pipeline has a classifier, else 0. Needs ``class_labels``.
             guidance_interval: ``(sigma_lo, sigma_hi)``, ``0 <= sigma_lo < sigma_hi < inf``: guide only the steps with
                 ``sigma_lo < sigma_t <= sigma_hi``, ``sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t)``; ``None``:
