@@ -380,33 +380,45 @@ def compare_accuracy(best: ArmRun, rival: ArmRun) -> dict[str, Any]:
 
 def verdicts(runs: list[ArmRun], spread_std: float, frechet: FeatureFrechet, draws: int) -> dict[str, Any]:
     """Who wins by the Frechet distance and by the accuracy, against whom, and whether each gap is above the noise;
-    and for every guided arm of the conditional model whether its interval helps."""
+    the best accuracy at a distance not resolved from the best one (the trade-off); and for every guided arm whether
+    its interval helps."""
     by_key = {run.arm.key: run for run in runs}
     unguided = by_key.get(UNGUIDED)
     result: dict[str, Any] = {}
 
     ranked = sorted(runs, key=lambda r: r.scores["frechet"])
     best = ranked[0]
-    distinct = [r for r in ranked[1:] if not same_samples(best, r)]
-    per_method = {}
+    against_best = {r.arm.key: compare_frechet(best, r, spread_std, frechet, draws) for r in ranked[1:]}
+    distinct = [r for r in ranked[1:] if not against_best[r.arm.key]["same_samples"]]
+    per_method: dict[str, ArmRun] = {}
     for run in ranked:
         per_method.setdefault(run.arm.method, run)
     result["frechet"] = {
         "best": best.arm.key, "value": best.scores["frechet"], "accuracy": best.scores["accuracy"],
         "ranking": [r.arm.key for r in ranked],
-        "runner_up": compare_frechet(best, distinct[0], spread_std, frechet, draws) if distinct else None,
-        "unguided": compare_frechet(best, unguided, spread_std, frechet, draws) if unguided and unguided is not best else None,
-        "best_per_method": {method: (compare_frechet(best, run, spread_std, frechet, draws) if run is not best else None)
-                            for method, run in per_method.items()},
+        "runner_up": against_best[distinct[0].arm.key] if distinct else None,
+        "unguided": against_best.get(UNGUIDED),
+        "best_per_method": {method: against_best.get(run.arm.key) for method, run in per_method.items()},
     }
-    # Accuracy: ties broken by the distance.
+    # Accuracy: every arm at the best accuracy (ordered by distance), then the best arm below it.
     ranked = sorted(runs, key=lambda r: (-r.scores["accuracy"], r.scores["frechet"]))
     best = ranked[0]
+    ties = [r for r in ranked[1:] if r.scores["accuracy"] == best.scores["accuracy"]]
+    below = [r for r in ranked[1:] if r.scores["accuracy"] < best.scores["accuracy"]]
     result["accuracy"] = {
         "best": best.arm.key, "value": best.scores["accuracy"], "frechet": best.scores["frechet"],
-        "ranking": [r.arm.key for r in ranked],
-        "runner_up": compare_accuracy(best, ranked[1]) if len(ranked) > 1 else None,
+        "ties": [r.arm.key for r in ties], "ranking": [r.arm.key for r in ranked],
+        "runner_up": compare_accuracy(best, below[0]) if below else None,
         "unguided": compare_accuracy(best, unguided) if unguided and unguided is not best else None,
+    }
+    # The trade-off: the most accurate arm whose distance is not resolved from the best distance (paired bootstrap).
+    within = [r for r in ranked if r.arm.key == result["frechet"]["best"] or not against_best[r.arm.key]["resolved"]]
+    choice = within[0]
+    result["trade_off"] = {
+        "arm": choice.arm.key, "accuracy": choice.scores["accuracy"], "frechet": choice.scores["frechet"],
+        "candidates": [r.arm.key for r in within],
+        "frechet_vs_best": against_best.get(choice.arm.key),
+        "accuracy_vs_unguided": compare_accuracy(choice, unguided) if unguided and unguided is not choice else None,
     }
     intervals = []
     for run in runs:
@@ -447,7 +459,7 @@ def verdict_lines(result: dict[str, Any], spread_std: float) -> list[str]:
     if frechet["runner_up"]:
         text += f"; runner-up {frechet_gap(frechet['runner_up'])}"
     if frechet["unguided"] and frechet["unguided"]["arm"] != (frechet["runner_up"] or {}).get("arm"):
-        text += f"; unguided {frechet_gap(frechet['unguided'])}"
+        text += f"; {frechet_gap(frechet['unguided'])}"
     lines.append(text + ".")
     others = [entry for method, entry in frechet["best_per_method"].items()
               if entry is not None and method not in (UNGUIDED, UNCONDITIONAL)]
@@ -459,12 +471,20 @@ def verdict_lines(result: dict[str, Any], spread_std: float) -> list[str]:
                 f"{entry['paired_standard_error'] * 100:.1f}: {'resolved' if entry['resolved'] else 'not resolved'})")
 
     accuracy = result["accuracy"]
-    text = (f"Accuracy: best {accuracy['best']} ({accuracy['value'] * 100:.1f}%, distance {accuracy['frechet']:.2f})")
+    text = f"Accuracy: best {accuracy['best']} ({accuracy['value'] * 100:.1f}%, distance {accuracy['frechet']:.2f})"
+    if accuracy["ties"]:
+        text += f", the same accuracy: {', '.join(f'`{k}`' for k in accuracy['ties'])}"
     if accuracy["runner_up"]:
-        text += f"; runner-up {accuracy_gap(accuracy['runner_up'])}"
+        text += f"; next below: {accuracy_gap(accuracy['runner_up'])}"
     if accuracy["unguided"] and accuracy["unguided"]["arm"] != (accuracy["runner_up"] or {}).get("arm"):
-        text += f"; unguided {accuracy_gap(accuracy['unguided'])}"
+        text += f"; {accuracy_gap(accuracy['unguided'])}"
     lines.append(text + ".")
+    trade = result["trade_off"]
+    text = (f"Trade-off: the most accurate arm whose distance is not resolved from the best distance (paired bootstrap) "
+            f"is {trade['arm']} ({trade['frechet']:.2f}, {trade['accuracy'] * 100:.1f}%)")
+    if trade["accuracy_vs_unguided"]:
+        text += f"; against {accuracy_gap(trade['accuracy_vs_unguided'])}"
+    lines.append(text + f"; the arms within the noise of the best distance: {', '.join(f'`{k}`' for k in trade['candidates'])}.")
     for entry in result["interval"]:
         lines.append(
             f"Interval, {entry['arm']}: distance {entry['frechet_without']:.2f} without, {entry['frechet_with']:.2f} with "
@@ -527,7 +547,8 @@ def plot_runs(runs: list[ArmRun], spread: dict[str, float], floor: dict[str, Any
     axes[1].set_ylabel("classifier accuracy on samples, %")
     for axis in axes:
         axis.set_xlabel("guidance scale: w (CFG, autoguidance; 1 = off) or s (classifier; 0 = off)")
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8)
     figure.suptitle(title, fontsize=10)
     return save_figure(figure, path)
 

@@ -242,9 +242,20 @@ def test_guidance_quality_names_the_winners_and_the_noise(guidance: dict) -> Non
     assert runner_up["gap"] >= 0.0 and runner_up["paired_bootstrap_std"] >= 0.0
     assert runner_up["resolved_by_draw_spread"] == (runner_up["gap"] > 2 * guidance["floor"]["spread"]["std"])
     accuracy = verdicts["accuracy"]
-    assert rows[accuracy["best"]]["accuracy"] == max(r["accuracy"] for r in rows.values())
-    # The paired standard error of a difference of hit rates over n samples is at most 1 / sqrt(n).
-    assert 0.0 <= accuracy["runner_up"]["paired_standard_error"] <= guidance_quality.QUICK.num_samples ** -0.5 + 1e-12
+    top = max(r["accuracy"] for r in rows.values())
+    assert rows[accuracy["best"]]["accuracy"] == top
+    assert sorted([accuracy["best"], *accuracy["ties"]]) == sorted(k for k, r in rows.items() if r["accuracy"] == top)
+    if accuracy["runner_up"] is not None:  # the most accurate arm below the best accuracy
+        runner_up = accuracy["runner_up"]
+        assert runner_up["value"] == max(r["accuracy"] for r in rows.values() if r["accuracy"] < top)
+        assert runner_up["gap"] == pytest.approx(top - runner_up["value"])
+        # The paired standard error of a difference of hit rates over n samples is at most 1 / sqrt(n).
+        assert 0.0 <= runner_up["paired_standard_error"] <= guidance_quality.QUICK.num_samples ** -0.5 + 1e-12
+    # The trade-off: the most accurate arm among those whose distance is within the paired noise of the best one.
+    trade = verdicts["trade_off"]
+    assert frechet["best"] in trade["candidates"] and trade["arm"] in trade["candidates"]
+    assert rows[trade["arm"]]["accuracy"] == max(rows[k]["accuracy"] for k in trade["candidates"])
+    assert (frechet["runner_up"]["arm"] in trade["candidates"]) == (not frechet["runner_up"]["resolved"])
     # CFG w=2 runs with and without the interval: the comparison is reported, with fewer guided calls inside it.
     (interval,) = verdicts["interval"]
     assert interval["arm"] == "classifier-free w=2"
