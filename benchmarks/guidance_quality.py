@@ -59,7 +59,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from diffusers.utils import logging as diffusers_logging
@@ -282,7 +282,7 @@ class ArmRun:
 
 
 def check_calls(arm: Arm, main: CallRecorder, weak: CallRecorder | None, classifier: CallRecorder | None,
-                batch_sizes: Sequence[int], steps: int) -> dict[str, int]:
+                batch_sizes: Sequence[int], steps: int) -> dict[str, float]:
     """Check the counted calls against the arm (``RuntimeError`` otherwise); return the calls per trajectory and the
     network evaluations per sample.
 
