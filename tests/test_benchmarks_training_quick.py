@@ -1,5 +1,5 @@
-"""The training benchmarks (issue #6, parts 3 and 4; issue #10's low-budget samplers on a trained model) run in
-``--quick`` mode, write their outputs and give sane numbers.
+"""The training benchmarks (issue #6, parts 3 and 4; issue #10's low-budget samplers on a trained model; issue #11's
+guidance on a trained model) run in ``--quick`` mode, write their outputs and give sane numbers.
 
 Quick runs are far too small to judge speed or quality; these tests keep the scripts from rotting and check that
 what they measure is complete and plausible. The full runs and their results are in ``benchmarks/README.md``.
@@ -8,14 +8,16 @@ what they measure is complete and plausible. The full runs and their results are
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from benchmarks import low_budget_quality, sample_quality, training_throughput  # noqa: E402
+from benchmarks import guidance_quality, low_budget_quality, sample_quality, training_throughput  # noqa: E402
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -175,3 +177,132 @@ def test_low_budget_quality_trains_the_readme_digits_model() -> None:
     readme_arguments = command.split("diffusers-edm-train ", 1)[1].split()
     assert low_budget_quality.training_arguments(Path("runs/digits")) == readme_arguments
     assert low_budget_quality.DEFAULT_MODEL_DIR == README.parent / "runs" / "digits"
+
+
+# ------------------------------------------------------------------------------------------------ guidance (issue #11)
+@pytest.fixture(scope="module")
+def guidance(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    # No --model-dir / --work-dir: --quick trains the main model, the weak model and the classifier at 8x8 for a few
+    # steps in a temporary directory.
+    return guidance_quality.main(["--quick", "--output-dir", str(tmp_path_factory.mktemp("guidance"))])
+
+
+def edm_heun_call_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> list[float]:
+    """The noise levels of the model calls of EDM's deterministic Heun sampler (Karras et al. 2022, Algorithm 1 with
+    the time steps of eq. 5): D at t_i for every step, and again at t_{i+1} unless t_{i+1} = 0."""
+    t = [(sigma_max ** (1 / rho) + i / (steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+         for i in range(steps)] + [0.0]
+    calls = []
+    for i in range(steps):
+        calls.append(t[i])
+        if t[i + 1] != 0:
+            calls.append(t[i + 1])
+    return calls
+
+
+def test_guidance_quality_counts_every_networks_evaluations(guidance: dict) -> None:
+    settings = guidance_quality.QUICK
+    call_sigmas = edm_heun_call_sigmas(settings.heun_steps)
+    low, high = guidance_quality.GUIDANCE_INTERVAL
+    inside = sum(low < sigma <= high for sigma in call_sigmas)
+    assert 0 < inside < len(call_sigmas)  # the quick grid has calls on both sides of the interval
+    rows = guidance["rows"]
+    assert [r["arm"] for r in rows] == list(settings.arms)
+    for row in rows:
+        method = row["method"]
+        guided = 0 if method in ("unguided", "unconditional") else inside if row["interval"] else len(call_sigmas)
+        assert row["guided_calls"] == guided and row["denoiser_calls"] == len(call_sigmas)
+        # CFG: the conditional and null branches in one doubled batch; autoguidance: one weak-model call; classifier
+        # guidance: one classifier call (and its backward pass); all only where guidance acts.
+        assert row["denoiser_evaluations"] == len(call_sigmas) + (guided if method == "classifier-free" else 0)
+        assert row["weak_evaluations"] == (guided if method == "autoguidance" else 0)
+        assert row["classifier_evaluations"] == (guided if method.startswith("classifier,") or method == "classifier" else 0)
+        assert 0.0 <= row["frechet"] < 1e4 and 0.0 <= row["accuracy"] <= 1.0 and row["seconds"] > 0
+    assert guidance["settings"]["guided_denoiser_calls"] == len(call_sigmas)
+
+
+def test_guidance_quality_trains_its_three_models(guidance: dict) -> None:
+    models = guidance["models"]
+    assert all(models[name]["trained_by_this_run"] for name in ("main", "weak", "classifier"))
+    accuracy = json.loads(models["classifier"]["accuracy"])  # the training command's held-out accuracy by noise level
+    assert 0.0 <= accuracy["accuracy"] <= 1.0 and len(accuracy["buckets"]) >= 2
+    spread = guidance["floor"]["spread"]
+    assert 0.0 <= spread["min"] <= spread["mean"] <= spread["max"] and spread["std"] >= 0.0
+    # A 4-step model is far from the data: real digits are closer to the held-out digits than any of its samples.
+    assert spread["max"] < min(r["frechet"] for r in guidance["rows"])
+
+
+def test_guidance_quality_names_the_winners_and_the_noise(guidance: dict) -> None:
+    rows = {r["arm"]: r for r in guidance["rows"]}
+    verdicts = guidance["verdicts"]
+    frechet = verdicts["frechet"]
+    assert frechet["best"] == min(rows, key=lambda k: rows[k]["frechet"])
+    runner_up = frechet["runner_up"]
+    assert runner_up["gap"] == pytest.approx(rows[runner_up["arm"]]["frechet"] - rows[frechet["best"]]["frechet"])
+    assert runner_up["gap"] >= 0.0 and runner_up["paired_bootstrap_std"] >= 0.0
+    assert runner_up["resolved_by_draw_spread"] == (runner_up["gap"] > 2 * guidance["floor"]["spread"]["std"])
+    accuracy = verdicts["accuracy"]
+    top = max(r["accuracy"] for r in rows.values())
+    assert rows[accuracy["best"]]["accuracy"] == top
+    assert sorted([accuracy["best"], *accuracy["ties"]]) == sorted(k for k, r in rows.items() if r["accuracy"] == top)
+    if accuracy["runner_up"] is not None:  # the most accurate arm below the best accuracy
+        runner_up = accuracy["runner_up"]
+        assert runner_up["value"] == max(r["accuracy"] for r in rows.values() if r["accuracy"] < top)
+        assert runner_up["gap"] == pytest.approx(top - runner_up["value"])
+        # The paired standard error of a difference of hit rates over n samples is at most 1 / sqrt(n).
+        assert 0.0 <= runner_up["paired_standard_error"] <= guidance_quality.QUICK.num_samples ** -0.5 + 1e-12
+    # The trade-off: the most accurate arm among those whose distance is within the paired noise of the best one.
+    trade = verdicts["trade_off"]
+    assert frechet["best"] in trade["candidates"] and trade["arm"] in trade["candidates"]
+    assert rows[trade["arm"]]["accuracy"] == max(rows[k]["accuracy"] for k in trade["candidates"])
+    assert (frechet["runner_up"]["arm"] in trade["candidates"]) == (not frechet["runner_up"]["resolved"])
+    # CFG w=2 runs with and without the interval: the comparison is reported, with fewer guided calls inside it.
+    (interval,) = verdicts["interval"]
+    assert interval["arm"] == "classifier-free w=2"
+    assert interval["frechet_with"] == rows["classifier-free w=2, interval"]["frechet"]
+    assert interval["guided_calls_with"] < interval["guided_calls_without"]
+    table = Path(guidance["files"]["markdown"]).read_text()
+    for name in ("unguided", "classifier-free w=2, interval", "autoguidance w=2", "classifier s=1", "real digits", "Verdicts"):
+        assert name in table
+
+
+def test_guidance_quality_writes_the_grid_and_the_plot(guidance: dict) -> None:
+    assert Path(guidance["files"]["grid"]).read_bytes()[:8] == PNG_MAGIC
+    assert Path(guidance["files"]["json"]).stat().st_size > 0
+    if HAS_MATPLOTLIB:
+        assert Path(guidance["files"]["png"]).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_guidance_quality_unconditional_arms_see_the_null_label() -> None:
+    # The unconditional model is CFG's null branch: with the hook, any requested label gives D(x; sigma, null).
+    from guidance_fixtures import NUM_CLASSES, conditional_denoiser
+
+    denoiser = conditional_denoiser()
+    x, sigma = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor(1.3)
+    labels = torch.tensor([0, 2, 4])
+    with torch.no_grad():
+        null = denoiser(x, sigma, torch.full((3,), NUM_CLASSES)).sample
+        conditional = denoiser(x, sigma, labels).sample
+        handle = guidance_quality.null_labels(denoiser)
+        try:
+            hooked = denoiser(x, sigma, labels).sample
+        finally:
+            handle.remove()
+        after = denoiser(x, sigma, labels).sample
+    assert not torch.allclose(null, conditional)
+    assert torch.equal(hooked, null) and torch.equal(after, conditional)
+
+
+def test_guidance_quality_weak_model_and_classifier_use_the_readme_data_and_training_command() -> None:
+    from diffusers_edm.training.arguments import parse_args
+
+    command = next(line for line in README.read_text().splitlines() if "diffusers-edm-train --output_dir runs/digits" in line)
+    main_model = vars(parse_args(command.split("diffusers-edm-train ", 1)[1].split()))
+    weak = vars(parse_args(low_budget_quality.training_arguments(Path("weak"), guidance_quality.WEAK_MODEL_OVERRIDES)))
+    changed = {key for key in main_model if main_model[key] != weak[key]}
+    # Only the size, the length and the bookkeeping differ from the main model: the same data, loss and recipe.
+    assert changed == {"output_dir", "model_size", "max_train_steps", "checkpointing_steps", "validation_steps", "report_to"}
+    assert (weak["model_size"], weak["max_train_steps"]) == ("xs", 300) and main_model["model_size"] == "tiny"
+    classifier = vars(parse_args(guidance_quality.classifier_arguments(Path("classifier"))))
+    assert (classifier["task"], classifier["label_column"], classifier["resolution"]) == ("classifier", "label", 16)
+    assert classifier["dataset_name"] is None and main_model["dataset_name"] is None  # both: the embedded digits
