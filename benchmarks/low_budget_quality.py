@@ -81,6 +81,7 @@ from benchmarks.sample_quality import accelerate_device, class_labels, in_batche
 from diffusers_edm import EDMHeunScheduler, EDMMultistepScheduler
 from diffusers_edm.pipelines import EDMPipeline
 from diffusers_edm.training import train as package_training
+from diffusers_edm.training.image_grid import image_grid
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = REPO_ROOT / "runs" / "digits"
@@ -432,7 +433,7 @@ def budget_grid(rows: list[tuple[str, torch.Tensor]], path: Path, columns: int, 
     """One row per (name, images): the first ``columns`` images in [-1, 1] of each, the name written on the left."""
     chosen = torch.cat([images[:columns] for _, images in rows])
     pixels = ((chosen.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
-    grid = package_training.image_grid(pixels, rows=len(rows), min_cell=min_cell)
+    grid = image_grid(pixels, rows=len(rows), min_cell=min_cell)
     draw = ImageDraw.Draw(grid)  # only to measure the names in PIL's default font
     margin = 8 + int(max(draw.textlength(name) for name, _ in rows))
     canvas = Image.new("L", (grid.width + margin, grid.height), color=255)

@@ -69,6 +69,7 @@ from benchmarks.reporting import (
 )
 from diffusers_edm.pipelines import EDMPipeline, LearnedVariancePipeline
 from diffusers_edm.training import train as package_training
+from diffusers_edm.training.image_grid import image_grid
 from diffusers_edm.training.data import ImageDataset, load_image_dataset
 from diffusers_edm.training.ema import EDMEMAModel
 from diffusers_edm.training.model_presets import make_backbone
@@ -258,7 +259,7 @@ def save_grid(images: torch.Tensor, path: Path, count: int = 50, min_cell: int =
     """The first ``count`` images as a PNG, one class per column (labels cycle 0..9), each cell at least ``min_cell`` px."""
     chosen = ((images[:count].clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
     # 16x16 digits are unreadable at their own size: image_grid enlarges the cells with visible pixels
-    grid = package_training.image_grid(chosen, rows=math.ceil(len(chosen) / NUM_CLASSES), min_cell=min_cell)
+    grid = image_grid(chosen, rows=math.ceil(len(chosen) / NUM_CLASSES), min_cell=min_cell)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path, optimize=True)
     return path

@@ -23,6 +23,7 @@ from diffusers import AutoencoderKL
 
 import diffusers_edm.training.recipes.hybrid as hybrid_recipe
 import diffusers_edm.training.train as train_module
+from diffusers_edm.training.image_grid import image_grid
 from diffusers_edm.models.backbones import call_backbone, drop_class_labels
 from diffusers_edm.training.arguments import parse_args
 from benchmarks.host_syncs import count_host_syncs
@@ -265,7 +266,7 @@ def test_label_dropout_replaces_each_label_where_its_uniform_draw_is_below_p():
 def test_sample_grid_leaves_a_background_gap_between_intact_cells():
     cells = np.stack([np.full((4, 4, 1), level, dtype=np.float32) for level in (0.0, 0.2, 0.4, 0.6, 0.8)])
     cells[:, 0, 0] = 0.1  # a marked corner shows each cell is placed whole and unflipped
-    grid = np.asarray(train_module.image_grid(cells, rows=2, min_cell=8, gap=2))
+    grid = np.asarray(image_grid(cells, rows=2, min_cell=8, gap=2))
     size, gap = 8, 2  # 4 px enlarged 2x
     assert grid.shape == (2 * size + gap, 3 * size + 2 * gap)
     for index, cell in enumerate(cells):

@@ -37,7 +37,6 @@ from .checkpoints import (
 )
 from .data import ImageDataset, held_out_split, image_channels, inspect_labels, load_image_dataset
 from .ema import EDMEMAModel, PowerFunctionEMA, make_ema
-from .image_grid import image_grid  # noqa: F401 (public here: the benchmarks tile their grids with it)
 from .posthoc_ema import EMASnapshotWriter
 from .recipes import Export, Recipe, RecipeData, select_recipe
 
