@@ -13,9 +13,12 @@ also reports the same distance for real training digits (the floor at that sampl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from benchmarks.digits_split import NUM_CLASSES, DigitsSplit, load_digits_split
 from benchmarks.distribution_distances import moment_frechet_distance
 
 FEATURE_DIM = 64
@@ -101,3 +104,29 @@ class FeatureFrechet:
         if labels is not None:
             result["accuracy"] = float((predictions == labels.cpu()).float().mean())
         return result
+
+
+@dataclass
+class DigitScorer:
+    """What every digits benchmark scores with: the data split, the feature classifier trained on its training part,
+    that classifier's held-out accuracy, and the Frechet distance to the held-out digits in its features."""
+
+    split: DigitsSplit
+    classifier: DigitClassifier
+    heldout_accuracy: float
+    frechet: FeatureFrechet
+
+    def real_in_label_order(self, count: int) -> torch.Tensor:
+        """Indices of ``count`` real training digits whose labels cycle 0, 1, ..., 9 like the samples' labels."""
+        labels = self.split.train_labels
+        per_class = [torch.nonzero(labels == c).flatten() for c in range(NUM_CLASSES)]
+        return torch.stack([per_class[i % NUM_CLASSES][i // NUM_CLASSES] for i in range(count)])
+
+
+def fit_digit_scorer(resolution: int, epochs: int, device: torch.device) -> DigitScorer:
+    """Load the digits split at ``resolution``, train the feature classifier for ``epochs`` and measure it."""
+    split = load_digits_split(resolution)
+    classifier = train_classifier(split.train_images, split.train_labels, resolution, epochs, device)
+    _, predictions = features_and_predictions(classifier, split.heldout_images)
+    accuracy = float((predictions == split.heldout_labels).float().mean())
+    return DigitScorer(split, classifier, accuracy, FeatureFrechet(classifier, split.heldout_images))

@@ -64,8 +64,7 @@ from typing import Any, Sequence
 import torch
 from diffusers.utils import logging as diffusers_logging
 
-from benchmarks.digit_classifier import FeatureFrechet, features_and_predictions, train_classifier
-from benchmarks.digits_split import NUM_CLASSES, load_digits_split
+from benchmarks.digit_classifier import FeatureFrechet, features_and_predictions, fit_digit_scorer
 from benchmarks.low_budget_quality import (
     NEVER,
     QUICK_TRAINING_OVERRIDES,
@@ -603,13 +602,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for each in pipelines.values():
         each.set_progress_bar_config(disable=True)
 
-    split = load_digits_split(resolution)
-    scorer = train_classifier(split.train_images, split.train_labels, resolution, settings.classifier_epochs, device)
-    _, heldout_predictions = features_and_predictions(scorer, split.heldout_images)
-    scorer_accuracy = float((heldout_predictions == split.heldout_labels).float().mean())
-    frechet = FeatureFrechet(scorer, split.heldout_images)
-    per_class = [torch.nonzero(split.train_labels == c).flatten() for c in range(NUM_CLASSES)]
-    real_index = torch.stack([per_class[i % NUM_CLASSES][i // NUM_CLASSES] for i in range(settings.num_samples)])
+    digit_scorer = fit_digit_scorer(resolution, settings.classifier_epochs, device)
+    split, scorer, scorer_accuracy, frechet = (digit_scorer.split, digit_scorer.classifier, digit_scorer.heldout_accuracy,
+                                               digit_scorer.frechet)
+    real_index = digit_scorer.real_in_label_order(settings.num_samples)
     floor = frechet.score(split.train_images[real_index], split.train_labels[real_index])
     spread = real_frechet_spread(frechet, split.train_images, split.train_labels, settings.num_samples)
     floor["spread"] = spread

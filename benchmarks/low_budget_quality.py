@@ -64,8 +64,7 @@ from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler, Schedul
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image, ImageDraw
 
-from benchmarks.digit_classifier import FeatureFrechet, features_and_predictions, train_classifier
-from benchmarks.digits_split import NUM_CLASSES, load_digits_split
+from benchmarks.digit_classifier import FeatureFrechet, features_and_predictions, fit_digit_scorer
 from benchmarks.distribution_distances import moment_frechet_distance
 from benchmarks.reporting import (
     common_arguments,
@@ -477,14 +476,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         "training_args": training_record.read_text() if training_record.exists() else None}
     resolution = pipeline.denoiser.sample_size[0]
 
-    split = load_digits_split(resolution)
-    classifier = train_classifier(split.train_images, split.train_labels, resolution, settings.classifier_epochs, device)
-    _, heldout_predictions = features_and_predictions(classifier, split.heldout_images)
-    classifier_accuracy = float((heldout_predictions == split.heldout_labels).float().mean())
-    frechet = FeatureFrechet(classifier, split.heldout_images)
+    scorer = fit_digit_scorer(resolution, settings.classifier_epochs, device)
+    split, classifier, classifier_accuracy, frechet = scorer.split, scorer.classifier, scorer.heldout_accuracy, scorer.frechet
     # Real digits in the samples' label order (0..9 cycling): the accuracy floor and the grids' last row.
-    per_class = [torch.nonzero(split.train_labels == c).flatten() for c in range(NUM_CLASSES)]
-    real_index = torch.stack([per_class[i % NUM_CLASSES][i // NUM_CLASSES] for i in range(settings.num_samples)])
+    real_index = scorer.real_in_label_order(settings.num_samples)
     floor = frechet.score(split.train_images[real_index], split.train_labels[real_index])
     floor["spread"] = real_frechet_spread(frechet, split.train_images, split.train_labels, settings.num_samples)
     spread = floor["spread"]

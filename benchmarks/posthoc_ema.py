@@ -35,8 +35,8 @@ from typing import Any, Sequence
 import torch
 from diffusers.utils import logging as diffusers_logging
 
-from benchmarks.digit_classifier import FeatureFrechet, features_and_predictions, train_classifier
-from benchmarks.digits_split import load_digits_split, write_image_folder
+from benchmarks.digit_classifier import FeatureFrechet, fit_digit_scorer
+from benchmarks.digits_split import write_image_folder
 from benchmarks.reporting import (
     common_arguments,
     machine_description,
@@ -132,11 +132,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    split = load_digits_split(training.resolution)
-    classifier = train_classifier(split.train_images, split.train_labels, training.resolution, training.classifier_epochs, device)
-    _, predictions = features_and_predictions(classifier, split.heldout_images)
-    classifier_accuracy = float((predictions == split.heldout_labels).float().mean())
-    frechet = FeatureFrechet(classifier, split.heldout_images)
+    scorer = fit_digit_scorer(training.resolution, training.classifier_epochs, device)
+    split, classifier_accuracy, frechet = scorer.split, scorer.heldout_accuracy, scorer.frechet
     # The floor and the noise of the distance: as many real training digits as samples, class-balanced random draws.
     floor = real_frechet_spread(frechet, split.train_images, split.train_labels, training.num_samples)
 

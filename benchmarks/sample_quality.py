@@ -55,8 +55,8 @@ import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
 from diffusers.utils import logging as diffusers_logging
 
-from benchmarks.digit_classifier import FeatureFrechet, features_and_predictions, train_classifier
-from benchmarks.digits_split import NUM_CLASSES, load_digits_split, write_image_folder
+from benchmarks.digit_classifier import FeatureFrechet, fit_digit_scorer
+from benchmarks.digits_split import NUM_CLASSES, write_image_folder
 from benchmarks.reporting import (
     restores_torch_threads,
     write_record,
@@ -393,14 +393,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    split = load_digits_split(settings.resolution)
-    classifier = train_classifier(split.train_images, split.train_labels, settings.resolution, settings.classifier_epochs, device)
-    _, heldout_predictions = features_and_predictions(classifier, split.heldout_images)
-    classifier_accuracy = float((heldout_predictions == split.heldout_labels).float().mean())
-    frechet = FeatureFrechet(classifier, split.heldout_images)
+    scorer = fit_digit_scorer(settings.resolution, settings.classifier_epochs, device)
+    split, classifier_accuracy, frechet = scorer.split, scorer.heldout_accuracy, scorer.frechet
     # The floor: as many real training digits as samples, in the same class proportions as the samples.
-    per_class = [torch.nonzero(split.train_labels == c).flatten() for c in range(NUM_CLASSES)]
-    floor_index = torch.stack([per_class[i % NUM_CLASSES][i // NUM_CLASSES] for i in range(settings.num_samples)])
+    floor_index = scorer.real_in_label_order(settings.num_samples)
     floor = frechet.score(split.train_images[floor_index], split.train_labels[floor_index])
     floor["spread"] = real_frechet_spread(frechet, split.train_images, split.train_labels, settings.num_samples)
     print(f"feature classifier: held-out accuracy {classifier_accuracy * 100:.1f}% ({len(split.heldout_labels)} real digits)")
