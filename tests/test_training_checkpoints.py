@@ -123,7 +123,7 @@ def test_checkpoint_files_hold_no_pickle_but_accelerates_weights_only_parts(fini
     names = {p.name for p in (run / "checkpoint-2").iterdir()}
     assert names == {
         "manifest.json", "model.safetensors", "optimizer.bin", "random_states_0.pkl",
-        "training_state.json", "training_state.safetensors",
+        "training_state.json", "training_state.safetensors", "run_arguments.json",
     }
 
 

@@ -7,10 +7,12 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 from .checkpoints import list_checkpoints
 from .data import EMBEDDED_DATASET
 from .ema import MAX_SIGMA_REL, sigma_rel_to_gamma
+from .option_types import integer, parse_or_raise, real, real_list
 from .posthoc_ema import snapshot_name
 from .recipes import resolve_recipe_args
 from .recipes.classifier import DEFAULT_NOISE_DRAWS, DEFAULT_SIGMA_EDGES, DEFAULT_SIGMA_RANGE, DEFAULT_VALIDATION_SPLIT, POOLINGS
@@ -25,6 +27,30 @@ LOSS_REDUCTIONS = ("sum", "mean")
 BACKBONES = ("unet", "dit")
 UNET_PRESETS = ("xs", "tiny", "small", "base")
 DIT_PRESETS = ("tiny", "S/2", "B/2")
+MAX_SEED = 2**32 - 1  # numpy's RandomState, seeded by accelerate's set_seed, takes no more
+
+# The arguments that determine the trained weights: every checkpoint records them (``run_arguments.json``) and a
+# resume with other values is refused. Not listed, so free to change on a resume: how long to train
+# (--max_train_steps), how often to checkpoint / validate / log and what validation does, where logs and uploads go
+# (--report_to, --push_to_hub, --hub_*), --dataloader_num_workers, --cache_dir, --compile and --overwrite.
+# The number of processes is recorded too (``num_processes``: the global batch).
+RESULT_ARGUMENTS = (
+    "task", "precond", "loss", "loss_reduction", "backbone", "model_size", "backbone_config", "sigma_data", "P_mean",
+    "P_std", "num_train_timesteps", "beta_schedule", "timestep_sampler", "vae", "vae_subfolder",
+    "validation_split", "classifier_sigma_min", "classifier_sigma_max", "classifier_pooling",
+    "dataset_name", "dataset_config_name", "train_data_dir", "image_column", "num_channels", "label_column",
+    "num_classes", "label_dropout", "resolution", "center_crop", "random_flip",
+    "train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_rampup_kimg", "adam_beta1", "adam_beta2",
+    "adam_epsilon", "weight_decay", "max_grad_norm", "mixed_precision", "seed",
+    "ema_type", "ema_halflife_kimg", "ema_rampup_ratio", "ema_stds", "ema_snapshot_kimg",
+)
+NON_FINITE_HELP = (
+    "Non-finite values: a numeric option that is not a finite number in its range is refused before any work. During "
+    "training, a loss that becomes NaN/inf at any step is remembered on the device (no wait per step) and checked at "
+    "the next logging, checkpointing, snapshot, validation or export step, together with the weights and their EMA: the "
+    "run then stops with an error naming that step and the last good checkpoint, writes no checkpoint, snapshot or "
+    "export of non-finite weights, and pushes nothing."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train an EDM / VP / VE / iDDPM-preconditioned denoiser, a learned-variance DDPM (hybrid loss), or a "
         "noise-conditional classifier for classifier guidance (--task classifier), with Accelerate. Run it with "
         "`accelerate launch` for several processes or machines.",
+        epilog=NON_FINITE_HELP,
+        exit_on_error=False,
     )
     model = parser.add_argument_group("model and loss")
     model.add_argument("--task", choices=TASKS, default="denoiser",
@@ -60,14 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--backbone_config", default=None,
                        help="JSON file with backbone config keys, applied over the preset (e.g. block_out_channels); with "
                        "--task classifier, NoiseConditionalClassifier config keys.")
-    model.add_argument("--sigma_data", type=float, default=0.5)
-    model.add_argument("--P_mean", type=float, default=None,
+    model.add_argument("--sigma_data", type=real(0, exclusive_minimum=True), default=0.5, help="Standard deviation of the data (> 0).")
+    model.add_argument("--P_mean", type=real(), default=None,
                        help="EDM / EDM2 loss (and --task classifier): mean of ln(sigma); default -1.2 (EDM), -0.4 with "
                        "--precond edm2 (EDM2). Lower it to train a classifier more at low noise.")
-    model.add_argument("--P_std", type=float, default=None,
+    model.add_argument("--P_std", type=real(0, exclusive_minimum=True), default=None,
                        help="EDM / EDM2 loss (and --task classifier): std of ln(sigma); default 1.2 (EDM), 1.0 with "
                        "--precond edm2.")
-    model.add_argument("--num_train_timesteps", type=int, default=1000, help="Hybrid loss: diffusion steps T.")
+    model.add_argument("--num_train_timesteps", type=integer(2), default=1000, help="Hybrid loss: diffusion steps T (>= 2).")
     model.add_argument("--beta_schedule", default="squaredcos_cap_v2", help="Hybrid loss: 'squaredcos_cap_v2' or 'linear'.")
     model.add_argument("--timestep_sampler", choices=TIMESTEP_SAMPLERS, default="uniform", help="Hybrid loss: t sampling.")
     model.add_argument("--vae", default=None, help="AutoencoderKL (local directory or Hub id): train in its latent space.")
@@ -81,17 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
         "at every --validation_steps and at the end (logged, printed, accuracy/step-N.json and accuracy.json). The EMA "
         "classifier is saved into --output_dir: NoiseConditionalClassifier.from_pretrained(output_dir).",
     )
-    classifier.add_argument("--validation_split", type=float, default=None,
+    classifier.add_argument("--validation_split", type=real(0, 1, exclusive_minimum=True, exclusive_maximum=True), default=None,
                             help=f"Held-out fraction, stratified by class and fixed by --seed (default {DEFAULT_VALIDATION_SPLIT}).")
-    classifier.add_argument("--classifier_sigma_min", type=float, default=None,
+    classifier.add_argument("--classifier_sigma_min", type=real(0, exclusive_minimum=True), default=None,
                             help=f"Smallest training noise level; smaller draws are clamped to it (default {DEFAULT_SIGMA_RANGE[0]}).")
-    classifier.add_argument("--classifier_sigma_max", type=float, default=None,
+    classifier.add_argument("--classifier_sigma_max", type=real(0, exclusive_minimum=True), default=None,
                             help=f"Largest training noise level; larger draws are clamped to it (default {DEFAULT_SIGMA_RANGE[1]}).")
     classifier.add_argument("--classifier_pooling", choices=POOLINGS, default=None,
                             help="Head: ADM's attention pooling (default) or global mean pooling.")
-    classifier.add_argument("--validation_sigma_edges", type=float, nargs="+", default=None,
+    classifier.add_argument("--validation_sigma_edges", type=real(0, exclusive_minimum=True), nargs="+", default=None,
                             help=f"Edges of the accuracy buckets on sigma (default {' '.join(f'{e:g}' for e in DEFAULT_SIGMA_EDGES)}).")
-    classifier.add_argument("--validation_noise_draws", type=int, default=None,
+    classifier.add_argument("--validation_noise_draws", type=integer(1), default=None,
                             help=f"Noise draws per held-out image and bucket (default {DEFAULT_NOISE_DRAWS}).")
 
     data = parser.add_argument_group("data")
@@ -100,33 +128,35 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--dataset_config_name", default=None)
     data.add_argument("--train_data_dir", default=None, help="An image folder (loaded with datasets' imagefolder).")
     data.add_argument("--image_column", default="image")
-    data.add_argument("--num_channels", type=int, choices=(1, 3), default=None,
+    data.add_argument("--num_channels", type=integer(1, 3), choices=(1, 3), default=None,
                       help="Convert every image to grayscale (1) or RGB (3). Default: RGB if any image is in colour, "
                       "else grayscale (read from the image headers).")
     data.add_argument("--label_column", default=None,
                       help="Class-label column: trains a class-conditional model (the classes of --task classifier).")
-    data.add_argument("--num_classes", type=int, default=None, help="Number of classes (default: read from the labels).")
-    data.add_argument("--label_dropout", type=float, default=0.0, help="Label dropout for classifier-free guidance (0.1).")
-    data.add_argument("--resolution", type=int, default=16, help="Image resolution in pixels.")
+    data.add_argument("--num_classes", type=integer(1), default=None, help="Number of classes (default: read from the labels).")
+    data.add_argument("--label_dropout", type=real(0, 1, exclusive_maximum=True), default=0.0,
+                      help="Label dropout for classifier-free guidance, in [0, 1) (e.g. 0.1).")
+    data.add_argument("--resolution", type=integer(1), default=16, help="Image resolution in pixels (>= 1).")
     data.add_argument("--center_crop", action=argparse.BooleanOptionalAction, default=True)
     data.add_argument("--random_flip", action="store_true", help="Random horizontal flips (not for digits!).")
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument("--dataloader_num_workers", type=integer(0), default=0)
     data.add_argument("--cache_dir", default=None)
 
     optim = parser.add_argument_group("optimization")
-    optim.add_argument("--train_batch_size", type=int, default=64, help="Batch size per process.")
-    optim.add_argument("--max_train_steps", type=int, default=2000, help="Optimizer steps.")
-    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    optim.add_argument("--learning_rate", type=float, default=1e-3)
-    optim.add_argument("--lr_rampup_kimg", type=float, default=10.0,
+    optim.add_argument("--train_batch_size", type=integer(1), default=64, help="Batch size per process (>= 1).")
+    optim.add_argument("--max_train_steps", type=integer(1), default=2000, help="Optimizer steps (>= 1).")
+    optim.add_argument("--gradient_accumulation_steps", type=integer(1), default=1)
+    optim.add_argument("--learning_rate", type=real(0, exclusive_minimum=True), default=1e-3, help="Peak learning rate (> 0).")
+    optim.add_argument("--lr_rampup_kimg", type=real(0), default=10.0,
                        help="EDM's linear learning-rate ramp: each step uses lr * min(n / (lr_rampup_kimg * 1000), 1), "
                        "n = images seen before the step, as in EDM (so the first step has lr 0, even with 0, which otherwise "
                        "means no ramp).")
-    optim.add_argument("--adam_beta1", type=float, default=0.9)
-    optim.add_argument("--adam_beta2", type=float, default=0.999)
-    optim.add_argument("--adam_epsilon", type=float, default=1e-8)
-    optim.add_argument("--weight_decay", type=float, default=0.0)
-    optim.add_argument("--max_grad_norm", type=float, default=None,
+    optim.add_argument("--adam_beta1", type=real(0, 1, exclusive_maximum=True), default=0.9, help="In [0, 1).")
+    optim.add_argument("--adam_beta2", type=real(0, 1, exclusive_maximum=True), default=0.999, help="In [0, 1).")
+    optim.add_argument("--adam_epsilon", type=real(0, exclusive_minimum=True), default=1e-8, help="> 0.")
+    optim.add_argument("--weight_decay", type=real(0), default=0.0, help=">= 0.")
+    optim.add_argument("--max_grad_norm", type=real(0, exclusive_minimum=True, allowed="> 0 and finite (or left out: no clipping)"),
+                       default=None,
                        help="Clip the global L2 norm of the gradient of the reduced loss to this (after NaN/inf "
                        "replacement); the norm before clipping is logged as grad_norm. Its scale follows "
                        "--loss_reduction: with 'sum' the gradient is C*H*W times the one of 'mean' (256 for 16x16 "
@@ -136,34 +166,40 @@ def build_parser() -> argparse.ArgumentParser:
                        "EDM2's power-function EMAs, one per --ema_stds, with snapshots every --ema_snapshot_kimg under "
                        "OUTPUT_DIR/ema_snapshots/ from which diffusers-edm-posthoc-ema reconstructs the EMA of any std after "
                        "training; validation grids and the exported pipeline use the first std's EMA.")
-    optim.add_argument("--ema_halflife_kimg", type=float, default=500.0, help="--ema_type edm: half-life in kimg.")
-    optim.add_argument("--ema_rampup_ratio", type=float, default=0.05, help="--ema_type edm: <= 0 disables the ramp.")
-    optim.add_argument("--ema_stds", type=_float_list, default=None,
+    optim.add_argument("--ema_halflife_kimg", type=real(0), default=500.0, help="--ema_type edm: half-life in kimg (>= 0).")
+    optim.add_argument("--ema_rampup_ratio", type=real(), default=0.05, help="--ema_type edm: <= 0 disables the ramp.")
+    optim.add_argument("--ema_stds", type=real_list(0, exclusive_minimum=True), default=None,
                        help=f"--ema_type power: relative stds of the tracked EMA profiles, comma-separated, each in "
                        f"(0, {MAX_SIGMA_REL:.4f}) (default {','.join(f'{s:.2f}' for s in DEFAULT_EMA_STDS)}, as EDM2).")
-    optim.add_argument("--ema_snapshot_kimg", type=float, default=None,
+    optim.add_argument("--ema_snapshot_kimg", type=real(0, exclusive_minimum=True), default=None,
                        help="--ema_type power: write a snapshot of every tracked EMA each time the images seen reach a "
                        "multiple of this many thousand images (fractions allowed; rounded to whole images). Default: "
                        "every --checkpointing_steps steps.")
     optim.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
                        help="Default: what `accelerate config` says (no).")
     optim.add_argument("--compile", action="store_true", help="torch.compile the model (Accelerate's dynamo backend).")
-    optim.add_argument("--seed", type=int, default=0)
+    optim.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
+                       help=f"Seed of every random number generator, in [0, {MAX_SEED}] (numpy's range).")
 
     output = parser.add_argument_group("output, checkpoints, logging")
     output.add_argument("--output_dir", required=True, help="Where the final pipeline, checkpoints, samples and logs go.")
-    output.add_argument("--overwrite", action="store_true", help="Allow an output directory that holds another run.")
-    output.add_argument("--checkpointing_steps", type=int, default=500)
-    output.add_argument("--checkpoints_total_limit", type=int, default=None)
+    output.add_argument("--overwrite", action="store_true",
+                        help="Replace the run that --output_dir holds: its checkpoints, EMA snapshots, logs, sample "
+                        "grids and exported pipeline are deleted (only these entries, when the folder holds a "
+                        "training_args.json of this script; other files are kept) before the new run writes anything. "
+                        "Cannot be combined with --resume_from_checkpoint of a checkpoint in --output_dir.")
+    output.add_argument("--checkpointing_steps", type=integer(1), default=500)
+    output.add_argument("--checkpoints_total_limit", type=integer(1), default=None, help="Keep the newest N checkpoints (>= 1).")
     output.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint directory.")
     output.add_argument("--report_to", default="tensorboard", help="Accelerate tracker(s), comma-separated, or 'none'.")
-    output.add_argument("--logging_steps", type=int, default=10)
-    output.add_argument("--validation_steps", type=int, default=500,
+    output.add_argument("--logging_steps", type=integer(1), default=10,
+                        help="Log the loss every N steps; the loss and weights are also checked for NaN/inf then (see --help's epilog).")
+    output.add_argument("--validation_steps", type=integer(1), default=500,
                         help="Every N steps, validate the EMA model: a sample grid (denoisers) or the held-out accuracy "
                         "per noise level (--task classifier).")
-    output.add_argument("--num_validation_images", type=int, default=16)
-    output.add_argument("--sample_steps", type=int, default=18, help="EDMHeunScheduler steps for validation/final grids.")
-    output.add_argument("--guidance_scale", type=float, default=1.0, help="Guidance for the sample grids.")
+    output.add_argument("--num_validation_images", type=integer(1), default=16)
+    output.add_argument("--sample_steps", type=integer(1), default=18, help="EDMHeunScheduler steps for validation/final grids.")
+    output.add_argument("--guidance_scale", type=real(), default=1.0, help="Guidance for the sample grids.")
     output.add_argument("--push_to_hub", action="store_true")
     output.add_argument("--hub_model_id", default=None)
     output.add_argument("--hub_token", default=None)
@@ -172,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    args = parse_or_raise(build_parser(), argv)
     validate_args(args)
     return args
 
@@ -180,11 +216,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def validate_args(args: argparse.Namespace) -> None:
     """Reject bad combinations with a clear message before any data, model or process work."""
     resolve_recipe_args(args)
-    if args.max_grad_norm is not None and not args.max_grad_norm > 0:
-        raise ValueError(f"--max_grad_norm must be > 0 (or left out: no clipping), got {args.max_grad_norm}.")
     validate_ema_args(args)
-    if not args.lr_rampup_kimg >= 0:
-        raise ValueError(f"--lr_rampup_kimg must be >= 0, got {args.lr_rampup_kimg}.")
     presets = UNET_PRESETS if args.backbone == "unet" else DIT_PRESETS
     if args.model_size not in presets:
         raise ValueError(f"--model_size {args.model_size!r} is not a {args.backbone} preset; choose one of {presets}.")
@@ -203,20 +235,10 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError("Pass at most one of --dataset_name and --train_data_dir.")
     if args.train_data_dir is not None and not Path(args.train_data_dir).is_dir():
         raise ValueError(f"--train_data_dir {args.train_data_dir!r} is not a directory.")
-    for name in ("resolution", "train_batch_size", "max_train_steps", "gradient_accumulation_steps",
-                 "checkpointing_steps", "logging_steps", "validation_steps", "num_validation_images", "sample_steps"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}.")
-    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
-        raise ValueError(f"--checkpoints_total_limit must be >= 1, got {args.checkpoints_total_limit}.")
-    if not 0.0 <= args.label_dropout < 1.0:
-        raise ValueError(f"--label_dropout must lie in [0, 1), got {args.label_dropout}.")
     if args.label_dropout > 0 and args.label_column is None:
         raise ValueError("--label_dropout needs --label_column (it drops class labels).")
     if args.guidance_scale != 1.0 and args.label_dropout == 0:
         raise ValueError("--guidance_scale != 1 needs a model trained with --label_dropout > 0 (a null label).")
-    if args.learning_rate <= 0:
-        raise ValueError(f"--learning_rate must be > 0, got {args.learning_rate}.")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. 'your-name/edm-digits').")
     if args.resume_from_checkpoint not in (None, "latest") and not Path(args.resume_from_checkpoint).is_dir():
@@ -234,6 +256,13 @@ def validate_args(args: argparse.Namespace) -> None:
         continues_run = args.resume_from_checkpoint is not None and (
             Path(args.resume_from_checkpoint).resolve().parent == output_dir.resolve()
         )
+    if args.overwrite and args.resume_from_checkpoint is not None and (
+        args.resume_from_checkpoint == "latest" or Path(args.resume_from_checkpoint).resolve().parent == output_dir.resolve()
+    ):
+        raise ValueError(
+            f"--overwrite deletes the run in --output_dir {str(output_dir)!r}, --resume_from_checkpoint "
+            f"{args.resume_from_checkpoint!r} continues it: pass only one of them."
+        )
     if holds_run and not args.overwrite and not continues_run:
         if args.resume_from_checkpoint is None:
             reason = ""
@@ -246,13 +275,6 @@ def validate_args(args: argparse.Namespace) -> None:
             "--resume_from_checkpoint latest to continue it from its last checkpoint."
         )
     args.report_to = None if args.report_to in ("none", "", None) else args.report_to.split(",")
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.05,0.10, got {text!r}") from None
 
 
 def validate_ema_args(args: argparse.Namespace) -> None:
@@ -279,6 +301,25 @@ def validate_ema_args(args: argparse.Namespace) -> None:
         math.isfinite(args.ema_snapshot_kimg) and round(args.ema_snapshot_kimg * 1000) >= 1
     ):
         raise ValueError(f"--ema_snapshot_kimg must be finite and at least 0.001 (one image), got {args.ema_snapshot_kimg}.")
+
+
+def result_arguments(args: argparse.Namespace, num_processes: int) -> dict[str, Any]:
+    """The values of :data:`RESULT_ARGUMENTS` (and ``num_processes``) as JSON values, recorded in every checkpoint.
+
+    ``--backbone_config`` is recorded by its content (the file may move); a local path (data, VAE) as its absolute
+    path, so that a resume from another working directory compares the same folder.
+    """
+    values: dict[str, Any] = {}
+    for name in RESULT_ARGUMENTS:
+        value = getattr(args, name, None)
+        if name == "backbone_config" and value is not None:
+            value = json.loads(Path(value).read_text())
+        elif name in ("dataset_name", "train_data_dir", "vae") and value is not None and Path(value).exists():
+            value = str(Path(value).resolve())
+        values[name] = value
+    values["num_processes"] = int(num_processes)
+    # A JSON round trip: what is compared on resume is what a checkpoint can hold (tuples become lists).
+    return json.loads(json.dumps(values))
 
 
 def save_args(args: argparse.Namespace, output_dir: str | os.PathLike) -> None:

@@ -6,6 +6,8 @@ A checkpoint directory ``checkpoint-N`` holds
   (and ``scaler.pt`` under fp16);
 - ``training_state.safetensors`` + ``training_state.json``: the package's own states (EMA, learning-rate schedule,
   step counter, timestep sampler), split into tensors and plain JSON, so that reading them cannot run code;
+- ``run_arguments.json``: the arguments that determine the result (``arguments.RESULT_ARGUMENTS``); a resume
+  with other values is refused, naming each one;
 - ``manifest.json``, written last: the name, size and sha256 of every other file.
 
 It is written to ``.checkpoint-N.incomplete`` and renamed to ``checkpoint-N`` only once every process has finished
@@ -56,6 +58,14 @@ INCOMPLETE_SUFFIX = ".incomplete"
 MANIFEST_NAME = "manifest.json"
 STATE_TENSORS_NAME = "training_state.safetensors"
 STATE_JSON_NAME = "training_state.json"
+RUN_ARGUMENTS_NAME = "run_arguments.json"
+# What --overwrite removes from --output_dir when it holds a run of this script (a training_args.json): these entries,
+# the folders of the exported pipeline's components (the keys of its model_index.json), checkpoint-N and
+# .checkpoint-N.incomplete. Anything else in the folder is not this script's and is left alone.
+RUN_ENTRIES = (
+    "training_args.json", "model_index.json", "README.md", "samples.png", "samples", "logs", "ema_snapshots",
+    "accuracy.json", "accuracy", "config.json", "diffusion_pytorch_model.safetensors",
+)
 # torch < 2.6 lets a crafted file run code even under weights_only=True (CVE-2025-32434).
 MIN_TORCH_FOR_RESUME = "2.6"
 _TENSOR_KEY, _TUPLE_KEY = "__tensor__", "__tuple__"
@@ -99,6 +109,32 @@ def resolve_resume_path(output_dir: str | os.PathLike, resume_from_checkpoint: s
     path = Path(resume_from_checkpoint)
     checkpoint_step(path)
     return path
+
+
+def remove_previous_run(output_dir: str | os.PathLike) -> list[Path]:
+    """``--overwrite``: delete the run ``output_dir`` holds (its :data:`RUN_ENTRIES`, pipeline component folders and
+    checkpoints) and return what was deleted; nothing when it holds no ``training_args.json`` of this script."""
+    directory = Path(output_dir)
+    if not (directory / "training_args.json").is_file():
+        return []
+    names = set(RUN_ENTRIES)
+    try:
+        index = json.loads((directory / "model_index.json").read_text())
+        names |= {key for key in index if not key.startswith("_")}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        pass  # no (readable) pipeline: nothing exported
+    removed = []
+    for path in sorted(directory.iterdir()):
+        incomplete = path.name.startswith(INCOMPLETE_PREFIX) and path.name.endswith(INCOMPLETE_SUFFIX)
+        if path.name in names or CHECKPOINT_PATTERN.match(path.name) or incomplete:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+    if removed:
+        logger.info("--overwrite: removed the previous run's %s from %s", [p.name for p in removed], directory)
+    return removed
 
 
 def remove_incomplete_checkpoints(output_dir: str | os.PathLike) -> None:
@@ -247,9 +283,42 @@ def verify_checkpoint(path: str | os.PathLike) -> None:
         raise ValueError(f"Checkpoint {str(path)!r} holds {unlisted}, which {MANIFEST_NAME} does not list; refusing to load it.")
 
 
-def check_checkpoint_matches(path: str | os.PathLike, model: torch.nn.Module) -> None:
-    """Verify the checkpoint's files (:func:`verify_checkpoint`), then compare its model weights' names and shapes
-    with ``model``; ``ValueError`` naming the first mismatch.
+def check_run_arguments(path: str | os.PathLike, arguments: Mapping[str, Any]) -> None:
+    """``ValueError`` naming every argument whose value in ``arguments`` differs from the checkpoint's record (both
+    values), or saying that the checkpoint has no record."""
+    path = Path(path)
+    record = path / RUN_ARGUMENTS_NAME
+    if not record.is_file():
+        raise ValueError(
+            f"Checkpoint {str(path)!r} has no {RUN_ARGUMENTS_NAME}: it does not record the arguments it was trained "
+            "with (written by an older diffusers-edm), so a resume cannot be checked to continue the same run."
+        )
+    try:
+        recorded = json.loads(record.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"Checkpoint {str(path)!r}: {RUN_ARGUMENTS_NAME} is unreadable ({error}).") from error
+    if not isinstance(recorded, dict):
+        raise ValueError(f"Checkpoint {str(path)!r}: {RUN_ARGUMENTS_NAME} is not a JSON object.")
+    missing = object()
+    differing = [
+        f"--{name}: {recorded.get(name, '(not recorded)')!r} in the checkpoint, {value!r} now"
+        for name, value in arguments.items()
+        if recorded.get(name, missing) != value
+    ]
+    if differing:
+        raise ValueError(
+            f"Checkpoint {str(path)!r} was trained with other arguments than this run; resuming would mix two runs. "
+            f"Differing: {'; '.join(differing)}. Resume with the checkpoint's values, or start a new run (another "
+            "--output_dir, or --overwrite)."
+        )
+
+
+def check_checkpoint_matches(
+    path: str | os.PathLike, model: torch.nn.Module, arguments: Mapping[str, Any] | None = None
+) -> None:
+    """Verify the checkpoint's files (:func:`verify_checkpoint`), compare its model weights' names and shapes with
+    ``model``, then its recorded run arguments with ``arguments`` when given (:func:`check_run_arguments`);
+    ``ValueError`` naming the first mismatch.
 
     Runs before any training work, so an incomplete checkpoint or one from another model configuration is refused
     up front.
@@ -275,14 +344,18 @@ def check_checkpoint_matches(path: str | os.PathLike, model: torch.nn.Module) ->
             raise ValueError(
                 f"Checkpoint {str(path)!r} does not match the model: {name} has shape {saved[name]} there, {shape} here."
             )
+    if arguments is not None:
+        check_run_arguments(path, arguments)
 
 
 # ---------------------------------------------------------------------------------------------- save / load
 def save_checkpoint(
-    accelerator: Accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None, states: Mapping[str, Stateful]
+    accelerator: Accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None,
+    states: Mapping[str, Stateful], arguments: Mapping[str, Any] | None = None,
 ) -> Path:
-    """``accelerator.save_state`` and ``states`` into a temporary directory, manifest it, rename it to
-    ``checkpoint-{step}`` and keep the newest ``total_limit`` checkpoints.
+    """``accelerator.save_state``, ``states`` and the run's ``arguments`` (``run_arguments.json``, when given) into a
+    temporary directory, manifest it, rename it to ``checkpoint-{step}`` and keep the newest ``total_limit``
+    checkpoints.
 
     Every process must call this (Accelerate saves each process's RNG state).
     """
@@ -295,6 +368,8 @@ def save_checkpoint(
     accelerator.save_state(str(temporary))
     if accelerator.is_main_process:
         save_training_state(states, temporary)
+        if arguments is not None:
+            (temporary / RUN_ARGUMENTS_NAME).write_text(json.dumps(dict(arguments), indent=1, sort_keys=True))
     accelerator.wait_for_everyone()  # every process's files are written
     if accelerator.is_main_process:
         write_manifest(temporary)

@@ -109,7 +109,10 @@ def sigma_rel_to_gamma(sigma_rel: float) -> float:
             f"A relative EMA std must lie in (0, {MAX_SIGMA_REL:.6f}) (the power-function profiles t^gamma, gamma > 0), "
             f"got {sigma_rel}."
         )
-    inverse_square = sigma_rel**-2
+    try:
+        inverse_square = sigma_rel**-2
+    except OverflowError:  # e.g. 1e-160: the exponent (about sigma_rel^-2) is no float
+        raise ValueError(f"A relative EMA std of {sigma_rel} is too small: its profile exponent overflows.") from None
     roots = np.roots([1.0, 7.0, 16.0 - inverse_square, 12.0 - inverse_square])
     return float(roots[np.abs(roots.imag) <= 1e-9 * np.abs(roots).max()].real.max())
 

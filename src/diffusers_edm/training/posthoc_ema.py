@@ -47,6 +47,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .ema import MAX_SIGMA_REL, PowerFunctionEMA, gamma_to_sigma_rel, sigma_rel_to_gamma
+from .option_types import parse_or_raise, real
 
 logger = logging.getLogger(__name__)
 
@@ -435,15 +436,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="diffusers-edm-posthoc-ema",
         description="Post-hoc EMA (Karras et al. 2024): reconstruct the EMA of any relative std from the snapshots a "
         "--ema_type power training run stored, and write one pipeline per std into OUTPUT_DIR/std-<std>.",
+        exit_on_error=False,
     )
     parser.add_argument("--run_dir", required=True, help="The training run's --output_dir (holds ema_snapshots/).")
-    parser.add_argument("--std", type=float, nargs="+", required=True,
+    parser.add_argument("--std", type=real(0, MAX_SIGMA_REL, exclusive_minimum=True, exclusive_maximum=True), nargs="+", required=True,
                         help=f"Relative EMA std(s) to reconstruct, each in (0, {MAX_SIGMA_REL:.4f}); e.g. 0.07, or 0.05 0.1 0.15.")
-    parser.add_argument("--at_kimg", type=float, default=None,
+    parser.add_argument("--at_kimg", type=real(0), default=None,
                         help="Reconstruct at the last snapshot at or before this many thousand images (default: the last "
                         "snapshot); only snapshots up to then are used.")
     parser.add_argument("--output_dir", required=True, help="Where the pipelines go (one subfolder std-<std> each).")
-    parser.add_argument("--max_profile_error", type=float, default=DEFAULT_MAX_PROFILE_ERROR,
+    parser.add_argument("--max_profile_error", type=real(0, exclusive_minimum=True), default=DEFAULT_MAX_PROFILE_ERROR,
                         help="Refuse a std whose reconstructed averaging profile misses the wanted one by more than this "
                         "(relative L2).")
     return parser
@@ -451,8 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    args = build_parser().parse_args(argv)
     try:
+        args = parse_or_raise(build_parser(), argv)
         written = reconstruct_pipelines(args.run_dir, args.std, args.output_dir, args.at_kimg, args.max_profile_error)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None

@@ -26,12 +26,14 @@ from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from ..models.latent_codec import LatentCodec
-from .arguments import parse_args, save_args
+from .arguments import parse_args, result_arguments, save_args
 from .checkpoints import (
     check_checkpoint_matches,
     checkpoint_step,
+    list_checkpoints,
     load_checkpoint,
     remove_incomplete_checkpoints,
+    remove_previous_run,
     resolve_resume_path,
     save_checkpoint,
 )
@@ -41,6 +43,10 @@ from .posthoc_ema import EMASnapshotWriter
 from .recipes import Export, Recipe, RecipeData, select_recipe
 
 logger = logging.getLogger(__name__)
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """The loss or the weights became NaN or infinite: the run stops without saving or exporting them."""
 
 
 @dataclass
@@ -175,9 +181,10 @@ class Trainer:
         dataloader = make_dataloader(self.train_dataset, args)
         self.global_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
 
+        self.run_arguments = result_arguments(args, accelerator.num_processes)
         resume_path = resolve_resume_path(self.output_dir, args.resume_from_checkpoint)
         if resume_path is not None:
-            check_checkpoint_matches(resume_path, self.model)
+            check_checkpoint_matches(resume_path, self.model, self.run_arguments)
 
         optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
@@ -200,7 +207,12 @@ class Trainer:
         # Saved as safetensors + JSON by save_checkpoint, not registered with Accelerate (which pickles them).
         self.checkpointed = {"ema": self.ema, "lr_scheduler": self.lr_scheduler, "progress": self.progress, **self.recipe.states()}
 
+        # Whether any loss since the last check was NaN/inf: updated on the device every step, read only at checks.
+        self.non_finite_loss = torch.zeros((), dtype=torch.bool, device=accelerator.device)
+        self.last_checked_step = 0
         if accelerator.is_main_process:
+            if args.overwrite:
+                remove_previous_run(self.output_dir)
             self.output_dir.mkdir(parents=True, exist_ok=True)
             remove_incomplete_checkpoints(self.output_dir)
             save_args(args, self.output_dir)
@@ -214,6 +226,7 @@ class Trainer:
             if self.progress.global_step != checkpoint_step(resume_path):
                 raise ValueError(f"Checkpoint {str(resume_path)!r} records step {self.progress.global_step}, not its name's.")
             logger.info("Resumed from %s at step %d", resume_path, self.progress.global_step)
+            self.last_checked_step = self.progress.global_step
         if args.report_to:
             tracked = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
             accelerator.init_trackers("diffusers-edm", config=tracked)
@@ -244,6 +257,7 @@ class Trainer:
         with accelerator.accumulate(self.model):
             images, labels = self._batch_inputs(batch)
             loss, stats = self._loss(images, labels)
+            torch.logical_or(self.non_finite_loss, ~torch.isfinite(loss.detach()), out=self.non_finite_loss)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 for param in self.model.parameters():
@@ -285,9 +299,15 @@ class Trainer:
                 self.progress.global_step += 1
                 step = self.progress.global_step
                 progress_bar.update(1)
+                logging_due = step % args.logging_steps == 0 or step == args.max_train_steps
+                if (
+                    logging_due or step % args.checkpointing_steps == 0 or step % args.validation_steps == 0
+                    or (self.snapshots is not None and self.snapshots.is_due(step))
+                ):
+                    self._check_finite(step)
                 if self.snapshots is not None:
                     self.snapshots.after_step(step)
-                if step % args.logging_steps == 0 or step == args.max_train_steps:
+                if logging_due:
                     mean_loss = accelerator.gather(loss.reshape(1)).mean().item()
                     losses.append(mean_loss)
                     logs = {"loss": mean_loss, "lr": self.lr_scheduler.get_last_lr()[0], "ema_decay": self.ema.cur_decay_value,
@@ -296,7 +316,10 @@ class Trainer:
                     progress_bar.set_postfix(loss=f"{mean_loss:.4f}")
                     accelerator.log(logs, step=step)
                 if step % args.checkpointing_steps == 0:
-                    save_checkpoint(accelerator, self.output_dir, step, args.checkpoints_total_limit, self.checkpointed)
+                    save_checkpoint(
+                        accelerator, self.output_dir, step, args.checkpoints_total_limit, self.checkpointed,
+                        self.run_arguments,
+                    )
                 if step % args.validation_steps == 0 and step != args.max_train_steps:
                     self._validate(step)
                 if step >= args.max_train_steps:
@@ -309,6 +332,31 @@ class Trainer:
             model=self.unwrapped_model(), ema=self.ema, global_step=self.progress.global_step,
             output_dir=self.output_dir, artefacts=exported.artefacts, metrics=exported.metrics,
             summary=exported.summary, losses=losses,
+        )
+
+    # ---------------------------------------------------------------------------------------------- non-finite values
+    def _ema_tensors(self) -> list[torch.Tensor]:
+        averages = getattr(self.ema, "averages", [self.ema])  # PowerFunctionEMA tracks several
+        return [tensor for average in averages for tensor in average.shadow_params]
+
+    def _check_finite(self, step: int) -> None:
+        """Stop with :class:`NonFiniteTrainingError` if a loss since the last check, or a weight or EMA weight now,
+        is NaN/inf on any process. One host synchronisation; called only before what logs, checkpoints, snapshots,
+        validates or exports (not per step), so it names the first such step at or after the one that went wrong."""
+        tensors = [*self.model.parameters(), *self._ema_tensors()]
+        weights_finite = torch.stack([torch.isfinite(tensor).all() for tensor in tensors]).all()
+        flags = torch.stack([self.non_finite_loss, ~weights_finite]).to(torch.int32).reshape(1, 2)
+        loss_bad, weights_bad = (bool(flag) for flag in self.accelerator.gather(flags).amax(dim=0).tolist())
+        if not (loss_bad or weights_bad):
+            self.last_checked_step = step
+            return
+        what = " and ".join(name for name, bad in (("the loss", loss_bad), ("the weights", weights_bad)) if bad)
+        checkpoints = list_checkpoints(self.output_dir)
+        good = f"the last good checkpoint is {str(checkpoints[-1])!r}" if checkpoints else "there is no checkpoint yet"
+        raise NonFiniteTrainingError(
+            f"Training stopped at step {step}: {what} became NaN or infinite after step {self.last_checked_step} (the "
+            f"last check that passed; checks run at logging, checkpointing, snapshot, validation and export steps). "
+            f"Nothing was checkpointed, exported or pushed from step {step}; {good}."
         )
 
     # ---------------------------------------------------------------------------------------------- validation, export
@@ -332,6 +380,7 @@ class Trainer:
     def _export(self) -> Export:
         """The recipe's export of the EMA model, its model card and, with ``--push_to_hub``, the upload."""
         step = self.progress.global_step
+        self._check_finite(step)  # also after a resume at the last step, which runs no training step
         exported = self._with_ema_weights(lambda model: self.recipe.export(model, self.output_dir, step))
         if self.accelerator.is_main_process:
             self.recipe.write_model_card(self.output_dir, exported, step)
@@ -362,7 +411,10 @@ def main(argv: list[str] | None = None) -> TrainingResult:
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
     started = time.perf_counter()
-    result = train(args)
+    try:
+        result = train(args)
+    except NonFiniteTrainingError as error:
+        raise SystemExit(f"error: {error}") from None
     if result.summary:  # the main process
         minutes = (time.perf_counter() - started) / 60
         print(f"Trained {result.global_step} steps in {minutes:.1f} min. {result.summary[0]}")
