@@ -43,7 +43,8 @@ TRAIN_OPTIONS = {
     "adam_epsilon": real(0, lo_open=True), "weight_decay": real(0), "max_grad_norm": real(0, lo_open=True),
     "ema_halflife_kimg": real(0), "ema_rampup_ratio": real(), "ema_stds": real(0, MAX_EMA_STD, True, True),
     "ema_snapshot_kimg": real(0, lo_open=True), "seed": integer(0, 2**32 - 1), "checkpointing_steps": integer(1),
-    "checkpoints_total_limit": integer(1), "logging_steps": integer(1), "validation_steps": integer(1),
+    "checkpoints_total_limit": integer(1), "preemption_check_steps": integer(1), "logging_steps": integer(1),
+    "validation_steps": integer(1),
     "num_validation_images": integer(1), "sample_steps": integer(1), "guidance_scale": real(),
 }
 POSTHOC_OPTIONS = {"std": real(0, MAX_EMA_STD, True, True), "at_kimg": real(0), "max_profile_error": real(0, lo_open=True)}

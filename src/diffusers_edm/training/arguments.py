@@ -191,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--checkpointing_steps", type=integer(1), default=500)
     output.add_argument("--checkpoints_total_limit", type=integer(1), default=None, help="Keep the newest N checkpoints (>= 1).")
     output.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint directory.")
+    output.add_argument("--preemption_check_steps", type=integer(1), default=10,
+                        help="On SIGTERM / SIGUSR1 the run checkpoints and exits with 128 + the signal's number. With "
+                             "several processes they agree on the step every N optimizer steps (a host "
+                             "synchronisation), so up to N steps may pass between the signal and the checkpoint; one "
+                             "process stops after the current step.")
     output.add_argument("--report_to", default="tensorboard", help="Accelerate tracker(s), comma-separated, or 'none'.")
     output.add_argument("--logging_steps", type=integer(1), default=10,
                         help="Log the loss every N steps; the loss and weights are also checked for NaN/inf then (see --help's epilog).")

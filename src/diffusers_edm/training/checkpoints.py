@@ -12,7 +12,15 @@ A checkpoint directory ``checkpoint-N`` holds
 
 It is written to ``.checkpoint-N.incomplete`` and renamed to ``checkpoint-N`` only once every process has finished
 writing, so a run killed while saving never leaves a directory that looks complete but is not; leftovers are removed
-at the next start. A resume refuses a checkpoint whose manifest is missing or does not match its files.
+at the next start. A resume refuses a checkpoint whose manifest is missing or does not match its files. A write that
+fails (``OSError``: a full disk, a quota, a lost mount) on any process removes the incomplete directory and stops the
+run on every process with :class:`OutputWriteError`, naming the path and the cause; the previous checkpoints are not
+touched (the oldest is rotated out only after the new one is complete).
+
+The export (the pipeline or classifier, its sample grid and model card; :func:`write_export`) is staged the same way:
+written to ``.export.incomplete`` inside the output directory, then each of its entries renamed into place, the
+replaced entries kept in ``.export.previous`` until the model card (which names the final folder) is written too. A
+failure puts the previous export back as it was, so a failed export never replaces a good one.
 
 Why not Accelerate's ``ProjectConfiguration(automatic_checkpoint_naming=True, total_limit=...)``: with it
 ``save_state`` ignores its ``output_dir`` and writes straight into ``project_dir/checkpoints/checkpoint_<i>``, so
@@ -32,6 +40,7 @@ covered: FSDP sharded and DeepSpeed checkpoints, which Accelerate hands to torch
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -41,7 +50,7 @@ import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol, TypeVar
 
 import torch
 from accelerate import Accelerator
@@ -59,16 +68,24 @@ MANIFEST_NAME = "manifest.json"
 STATE_TENSORS_NAME = "training_state.safetensors"
 STATE_JSON_NAME = "training_state.json"
 RUN_ARGUMENTS_NAME = "run_arguments.json"
+EXPORT_STAGING_NAME = ".export.incomplete"
+EXPORT_PREVIOUS_NAME = ".export.previous"
 # What --overwrite removes from --output_dir when it holds a run of this script (a training_args.json): these entries,
 # the folders of the exported pipeline's components (the keys of its model_index.json), checkpoint-N and
 # .checkpoint-N.incomplete. Anything else in the folder is not this script's and is left alone.
 RUN_ENTRIES = (
     "training_args.json", "model_index.json", "README.md", "samples.png", "samples", "logs", "ema_snapshots",
-    "accuracy.json", "accuracy", "config.json", "diffusion_pytorch_model.safetensors",
+    "accuracy.json", "accuracy", "config.json", "diffusion_pytorch_model.safetensors", EXPORT_STAGING_NAME,
+    EXPORT_PREVIOUS_NAME,
 )
 # torch < 2.6 lets a crafted file run code even under weights_only=True (CVE-2025-32434).
 MIN_TORCH_FOR_RESUME = "2.6"
 _TENSOR_KEY, _TUPLE_KEY = "__tensor__", "__tuple__"
+
+
+class OutputWriteError(OSError):
+    """Writing a checkpoint or the export failed part way (e.g. ``ENOSPC``, the disk is full); what it had written
+    was removed and what was there before is intact. ``errno`` is the cause's."""
 
 
 class Stateful(Protocol):
@@ -365,14 +382,29 @@ def save_checkpoint(
     if accelerator.is_main_process and temporary.exists():
         shutil.rmtree(temporary)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
+    what = f"checkpoint {str(final)!r}"
+
+    def kept() -> str:
+        checkpoints = list_checkpoints(output_dir)
+        return f"the newest complete checkpoint, {str(checkpoints[-1])!r}, is untouched" if checkpoints else "there is no earlier checkpoint"
+
+    failure = None
+    try:
+        accelerator.save_state(str(temporary))
+        if accelerator.is_main_process:
+            save_training_state(states, temporary)
+            if arguments is not None:
+                (temporary / RUN_ARGUMENTS_NAME).write_text(json.dumps(dict(arguments), indent=1, sort_keys=True))
+    except OSError as error:
+        failure = error
+    _stop_if_any_write_failed(accelerator, failure, what, temporary, kept)  # also the barrier: all have written
     if accelerator.is_main_process:
-        save_training_state(states, temporary)
-        if arguments is not None:
-            (temporary / RUN_ARGUMENTS_NAME).write_text(json.dumps(dict(arguments), indent=1, sort_keys=True))
-    accelerator.wait_for_everyone()  # every process's files are written
+        try:
+            write_manifest(temporary)
+        except OSError as error:
+            failure = error
+    _stop_if_any_write_failed(accelerator, failure, what, temporary, kept)
     if accelerator.is_main_process:
-        write_manifest(temporary)
         if final.exists():
             shutil.rmtree(final)
         os.replace(temporary, final)
@@ -381,6 +413,126 @@ def save_checkpoint(
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _failed_on_any_process(accelerator: Accelerator, failed: bool) -> bool:
+    """Whether ``failed`` is true on any process. With several processes a collective, so also a barrier; called at
+    checkpoint and export time only."""
+    if accelerator.num_processes == 1:
+        return failed
+    flags = accelerator.gather(torch.tensor([int(failed)], device=accelerator.device))
+    return bool(flags.max().item())
+
+
+def _describe_os_error(error: OSError) -> str:
+    """``ENOSPC (No space left on device) writing '/path/file'``: the symbolic code, its text and the file."""
+    code = errno.errorcode.get(error.errno, "") if error.errno is not None else ""
+    reason = error.strerror or str(error)
+    where = f" writing {str(error.filename)!r}" if error.filename else ""
+    return f"{code} ({reason}){where}" if code else f"{reason}{where}"
+
+
+def _stop_if_any_write_failed(
+    accelerator: Accelerator, failure: OSError | None, what: str, partial: Path, kept: Callable[[], str]
+) -> None:
+    """Every process calls this after writing its part of ``what``: if a write failed on any process, remove the
+    ``partial`` directory (main process) and raise :class:`OutputWriteError` on every process, naming ``what``, the
+    cause and what is ``kept``; otherwise return (all processes have written their part)."""
+    if not _failed_on_any_process(accelerator, failure is not None):
+        return
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    cause = _describe_os_error(failure) if failure is not None else "a write failed on another process (see its log)"
+    message = f"Could not write {what}: {cause}. Removed the partial {str(partial)!r}; {kept()}."
+    if failure is not None and failure.errno is not None:
+        raise OutputWriteError(failure.errno, message) from failure
+    raise OutputWriteError(message) from failure
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _publish(staging: Path, output_dir: Path, write_in_place: Callable[[], Any], written_in_place: tuple[str, ...]) -> None:
+    """Rename every entry of ``staging`` into ``output_dir``, then call ``write_in_place`` (which writes the files
+    ``written_in_place`` there). The entries this replaces wait in ``.export.previous`` and are put back if anything
+    fails, so ``output_dir`` then holds the previous export as it was."""
+    previous = output_dir / EXPORT_PREVIOUS_NAME
+    _remove(previous)
+    previous.mkdir()
+    staged = sorted(entry.name for entry in staging.iterdir())
+    moved_aside: list[str] = []
+    placed: list[str] = []
+    try:
+        for name in [*staged, *(name for name in written_in_place if name not in staged)]:
+            target = output_dir / name
+            if target.exists() or target.is_symlink():
+                os.replace(target, previous / name)
+                moved_aside.append(name)
+            placed.append(name)
+            if name in staged:
+                os.replace(staging / name, target)
+        write_in_place()
+    except BaseException:
+        for name in placed:
+            _remove(output_dir / name)
+        for name in moved_aside:
+            os.replace(previous / name, output_dir / name)
+        shutil.rmtree(previous, ignore_errors=True)
+        raise
+    shutil.rmtree(previous)
+    staging.rmdir()
+
+
+_Exported = TypeVar("_Exported")
+
+
+def write_export(
+    accelerator: Accelerator, output_dir: str | os.PathLike, export: Callable[[Path], _Exported],
+    write_card: Callable[[_Exported], Any], card_name: str = "README.md",
+) -> _Exported:
+    """Write the export whole or not at all; every process calls this.
+
+    ``export(folder)`` (on every process: a recipe's export may run collectives; the main process writes) writes into
+    ``output_dir/.export.incomplete``; the main process renames its entries into ``output_dir`` and calls
+    ``write_card(result)``, which writes ``card_name`` in ``output_dir`` (the card names the final folder). On an
+    ``OSError`` on any process the staged files are removed, the previous export is put back as it was, and every
+    process raises :class:`OutputWriteError` naming the folder and the cause.
+    """
+    output_dir = Path(output_dir)
+    staging = output_dir / EXPORT_STAGING_NAME
+    if accelerator.is_main_process:
+        _remove(staging)
+    failure, result = None, None
+    try:
+        result = export(staging)
+        if accelerator.is_main_process:
+            _publish(staging, output_dir, lambda: write_card(result), (card_name,))
+    except OSError as error:
+        failure = error
+    _stop_if_any_write_failed(
+        accelerator, failure, f"the export into {str(output_dir)!r}", staging,
+        lambda: "the previous export there, if any, is as it was",
+    )
+    return result
+
+
+def recover_interrupted_export(output_dir: str | os.PathLike) -> None:
+    """At start: remove a staged export left by a killed run, and put back the entries a run killed while renaming
+    its export into place had moved aside (``.export.previous``)."""
+    output_dir = Path(output_dir)
+    _remove(output_dir / EXPORT_STAGING_NAME)
+    previous = output_dir / EXPORT_PREVIOUS_NAME
+    if previous.is_dir():
+        restored = sorted(entry.name for entry in previous.iterdir())
+        for name in restored:
+            _remove(output_dir / name)
+            os.replace(previous / name, output_dir / name)
+        previous.rmdir()
+        logger.warning("A previous run was stopped while replacing its export; put back its earlier %s.", restored)
 
 
 def _refuse_code_in_pickles(path: Path) -> None:

@@ -28,18 +28,22 @@ from tqdm.auto import tqdm
 from ..models.latent_codec import LatentCodec
 from .arguments import parse_args, result_arguments, save_args
 from .checkpoints import (
+    OutputWriteError,
     check_checkpoint_matches,
     checkpoint_step,
     list_checkpoints,
     load_checkpoint,
+    recover_interrupted_export,
     remove_incomplete_checkpoints,
     remove_previous_run,
     resolve_resume_path,
     save_checkpoint,
+    write_export,
 )
 from .data import ImageDataset, held_out_split, image_channels, inspect_labels, load_image_dataset
 from .ema import EDMEMAModel, PowerFunctionEMA, make_ema
 from .posthoc_ema import EMASnapshotWriter
+from .preemption import PreemptionWatch, TrainingPreempted
 from .recipes import Export, Recipe, RecipeData, select_recipe
 
 logger = logging.getLogger(__name__)
@@ -133,6 +137,7 @@ class Trainer:
         )
         set_seed(args.seed)
         self.progress = TrainingProgress()
+        self.preemption = PreemptionWatch(self.accelerator, args.preemption_check_steps)
 
     def unwrapped_model(self) -> torch.nn.Module:
         """The model without DDP / mixed-precision / ``torch.compile`` wrappers (the module that is saved)."""
@@ -215,6 +220,7 @@ class Trainer:
                 remove_previous_run(self.output_dir)
             self.output_dir.mkdir(parents=True, exist_ok=True)
             remove_incomplete_checkpoints(self.output_dir)
+            recover_interrupted_export(self.output_dir)
             save_args(args, self.output_dir)
             if self.snapshots is not None:
                 # Snapshots after the resumed step (or all, from scratch) are rewritten by this run: none may be stale.
@@ -320,6 +326,8 @@ class Trainer:
                         accelerator, self.output_dir, step, args.checkpoints_total_limit, self.checkpointed,
                         self.run_arguments,
                     )
+                if self.preemption.requested(step):
+                    self._stop_preempted(step, checkpointed=step % args.checkpointing_steps == 0)
                 if step % args.validation_steps == 0 and step != args.max_train_steps:
                     self._validate(step)
                 if step >= args.max_train_steps:
@@ -333,6 +341,21 @@ class Trainer:
             output_dir=self.output_dir, artefacts=exported.artefacts, metrics=exported.metrics,
             summary=exported.summary, losses=losses,
         )
+
+    def _stop_preempted(self, step: int, checkpointed: bool) -> None:
+        """After a preemption signal: checkpoint ``step`` (unless done already), as every regular checkpoint, and
+        raise :class:`TrainingPreempted`. Every process calls this at the same step (``PreemptionWatch.requested``)."""
+        signum = self.preemption.agreed_signal()
+        if not checkpointed:
+            self._check_finite(step)
+            save_checkpoint(
+                self.accelerator, self.output_dir, step, self.args.checkpoints_total_limit, self.checkpointed,
+                self.run_arguments,
+            )
+        stop = TrainingPreempted(signum, step, self.output_dir / f"checkpoint-{step}")
+        logger.warning("%s", stop)
+        self.accelerator.end_training()
+        raise stop
 
     # ---------------------------------------------------------------------------------------------- non-finite values
     def _ema_tensors(self) -> list[torch.Tensor]:
@@ -377,13 +400,22 @@ class Trainer:
         self._with_ema_weights(lambda model: self.recipe.validate(model, step, self.output_dir))
         self.accelerator.wait_for_everyone()
 
+    def _export_into(self, folder: Path, step: int) -> Export:
+        """The recipe's export of the EMA model into ``folder``, its paths stated where ``write_export`` moves them."""
+        exported = self._with_ema_weights(lambda model: self.recipe.export(model, folder, step))
+        exported.artefacts = {name: self.output_dir / path.relative_to(folder) for name, path in exported.artefacts.items()}
+        exported.summary = [line.replace(str(folder), str(self.output_dir)) for line in exported.summary]
+        return exported
+
     def _export(self) -> Export:
         """The recipe's export of the EMA model, its model card and, with ``--push_to_hub``, the upload."""
         step = self.progress.global_step
         self._check_finite(step)  # also after a resume at the last step, which runs no training step
-        exported = self._with_ema_weights(lambda model: self.recipe.export(model, self.output_dir, step))
+        exported = write_export(  # staged and renamed into place: a failed export leaves the previous one intact
+            self.accelerator, self.output_dir, lambda folder: self._export_into(folder, step),
+            lambda exported: self.recipe.write_model_card(self.output_dir, exported, step),
+        )
         if self.accelerator.is_main_process:
-            self.recipe.write_model_card(self.output_dir, exported, step)
             if self.args.push_to_hub:
                 from huggingface_hub import create_repo, upload_folder
 
@@ -392,7 +424,7 @@ class Trainer:
                 upload_folder(
                     repo_id=repo_id, folder_path=str(self.output_dir), token=args.hub_token,
                     commit_message=f"diffusers-edm training, step {step}",
-                    ignore_patterns=["checkpoint-*", ".checkpoint-*", "logs/*", "samples/*", "accuracy/*"],
+                    ignore_patterns=["checkpoint-*", ".checkpoint-*", ".export.*", "logs/*", "samples/*", "accuracy/*"],
                 )
         self.accelerator.wait_for_everyone()
         return exported
@@ -400,8 +432,9 @@ class Trainer:
 
 def train(args: argparse.Namespace) -> TrainingResult:
     trainer = Trainer(args)
-    trainer.setup()
-    return trainer.train()
+    with trainer.preemption.signals_caught():
+        trainer.setup()
+        return trainer.train()
 
 
 def main(argv: list[str] | None = None) -> TrainingResult:
@@ -413,8 +446,10 @@ def main(argv: list[str] | None = None) -> TrainingResult:
     started = time.perf_counter()
     try:
         result = train(args)
-    except NonFiniteTrainingError as error:
+    except (NonFiniteTrainingError, OutputWriteError) as error:
         raise SystemExit(f"error: {error}") from None
+    except TrainingPreempted as stop:
+        raise SystemExit(stop.exit_status) from None  # logged where it stopped
     if result.summary:  # the main process
         minutes = (time.perf_counter() - started) / 60
         print(f"Trained {result.global_step} steps in {minutes:.1f} min. {result.summary[0]}")
