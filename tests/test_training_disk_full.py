@@ -13,7 +13,7 @@ import safetensors.torch
 import torch
 
 from diffusers_edm.training import checkpoints
-from diffusers_edm.training.checkpoints import verify_checkpoint
+from diffusers_edm.training.checkpoints import recover_interrupted_export, remove_previous_run, verify_checkpoint
 from diffusers_edm.training.recipes import sampling
 from diffusers_edm.training.train import main
 from tiny_training import reset_accelerate_state, tiny_args
@@ -119,3 +119,31 @@ def test_an_export_that_runs_out_of_space_keeps_the_previous_export(tmp_path, ti
     assert renewed.keys() == good.keys() and hidden_entries(out) == []
     name = "denoiser/diffusion_pytorch_model.safetensors"
     assert renewed[name] != good[name]  # a successful export does replace the previous one
+
+
+def test_an_export_killed_while_renamed_into_place_is_put_back_at_the_next_start(tmp_path):
+    """A run killed between moving the previous export aside and finishing the new one: the next start restores the
+    previous entries over the half-placed ones and drops the staged rest."""
+    out = tmp_path / "run"
+    (out / ".export.previous" / "denoiser").mkdir(parents=True)
+    (out / ".export.previous" / "denoiser" / "weights").write_bytes(b"previous")
+    (out / ".export.previous" / "model_index.json").write_text("previous index")
+    (out / "denoiser").mkdir()
+    (out / "denoiser" / "weights").write_bytes(b"new, placed")
+    (out / ".export.incomplete" / "scheduler").mkdir(parents=True)
+    (out / "scheduler").mkdir()
+    (out / "scheduler" / "config").write_text("not moved aside: unchanged")
+    recover_interrupted_export(out)
+    assert files_under(out) == {
+        "denoiser/weights": b"previous", "model_index.json": b"previous index", "scheduler/config": b"not moved aside: unchanged",
+    }
+    assert hidden_entries(out) == []
+
+
+def test_overwrite_removes_a_staged_or_set_aside_export(tmp_path):
+    out = tmp_path / "run"
+    for name in (".export.previous", ".export.incomplete"):
+        (out / name / "denoiser").mkdir(parents=True)
+    (out / "training_args.json").write_text("{}")
+    remove_previous_run(out)
+    assert list(out.iterdir()) == []

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from diffusers_edm.training import train as train_module
 from diffusers_edm.training.checkpoints import verify_checkpoint
+from diffusers_edm.training.preemption import PreemptionWatch
 from diffusers_edm.training.train import main
 from tiny_training import reset_accelerate_state, tiny_args
 
@@ -118,6 +119,37 @@ def test_sigusr1_on_a_checkpoint_step_exits_138_with_that_checkpoint(
     assert caught.value.code == EXPECTED_STATUS[signal.SIGUSR1]
     assert sorted(p.name for p in out.glob("*checkpoint-*")) == ["checkpoint-2"]
     verify_checkpoint(out / "checkpoint-2")
+    assert all(signal.getsignal(sig) is test_signal_handlers for sig in EXPECTED_STATUS)
+
+
+class CountingAccelerator:
+    """Stands in for Accelerate's trigger pair: counts the collectives and reports a trigger set on any process."""
+
+    def __init__(self, num_processes: int):
+        self.num_processes, self.checks, self.flag = num_processes, [], False
+
+    def set_trigger(self):
+        self.flag = True
+
+    def check_trigger(self):
+        self.checks.append(True)
+        fired, self.flag = self.flag, False
+        return fired
+
+
+@pytest.mark.parametrize("num_processes", [1, 2])
+def test_processes_synchronise_only_every_check_steps_and_one_process_never(num_processes, test_signal_handlers):
+    accelerator = CountingAccelerator(num_processes)
+    watch = PreemptionWatch(accelerator, check_steps=4)
+    with watch.signals_caught():
+        assert not any(watch.requested(step) for step in range(1, 10))
+        signal.raise_signal(signal.SIGTERM)  # recorded only: nothing raised here
+        stops = [step for step in range(10, 17) if watch.requested(step)]
+    assert watch.received == signal.SIGTERM
+    if num_processes == 1:  # its own flag, read after the very next step; no collective at all
+        assert stops == list(range(10, 17)) and accelerator.checks == []
+    else:  # check_trigger at steps 4, 8, 12 and 16 only: the first agreement after the signal is step 12
+        assert stops[0] == 12 and len(accelerator.checks) == 4
     assert all(signal.getsignal(sig) is test_signal_handlers for sig in EXPECTED_STATUS)
 
 
