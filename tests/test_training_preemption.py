@@ -5,6 +5,7 @@ checkpoint ends with weights, EMA and optimizer state bit-identical to a run tha
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -79,7 +80,7 @@ def assert_same_checkpoint(a: Path, b: Path) -> None:
 
 
 def test_sigterm_checkpoints_the_step_exits_143_and_resumes_bit_identically(
-    tmp_path, tiny_config, monkeypatch, test_signal_handlers
+    tmp_path, tiny_config, monkeypatch, test_signal_handlers, caplog
 ):
     straight = tmp_path / "straight"
     main(tiny_args(straight, tiny_config, *RUN))
@@ -91,6 +92,10 @@ def test_sigterm_checkpoints_the_step_exits_143_and_resumes_bit_identically(
         with pytest.raises(SystemExit) as caught:
             main(tiny_args(out, tiny_config, *RUN))
     assert caught.value.code == EXPECTED_STATUS[signal.SIGTERM] == 143
+    assert any(  # what happened, and how to go on, is logged
+        "SIGTERM" in r.getMessage() and f"checkpoint-{SIGNAL_STEP}" in r.getMessage() and "resume" in r.getMessage()
+        for r in caplog.records if r.levelno == logging.WARNING
+    )
     # the handlers in place before the run are back (a second SIGTERM would now reach the test's handler)
     assert all(signal.getsignal(sig) is test_signal_handlers for sig in EXPECTED_STATUS)
     # the current step was finished and checkpointed, as a regular checkpoint; nothing was exported
