@@ -1,14 +1,17 @@
 """``diffusers-edm-generate``: one image per seed, split over the processes of ``accelerate launch``.
 
-Sample quality is measured as Karras et al. 2022 do (their Table 2 and Section 5): FID over 50,000 generated images,
-each image drawn from its own seed, so that a set of seeds names one set of images. This module keeps that contract:
+Karras et al. 2022 ("Elucidating the Design Space of Diffusion-Based Generative Models") measure sample quality as FID
+over 50,000 generated images, each drawn from its own seed, so that a set of seeds names one set of images (the best
+of three such sets is reported). This module keeps that contract:
 
 - **Seed-exact.** Each image gets its own CPU ``torch.Generator`` seeded with its seed, and the pipelines draw every
   random number of a sample from it: the initial noise and each step's noise (EDM's churn in ``EDMHeunScheduler``,
   diffusers' SDE solvers, the learned-variance ancestral steps) go through diffusers' ``randn_tensor``, which with a
   list of generators draws sample ``i`` from generator ``i``. The image of seed ``k`` is therefore the same whatever
-  batch it is in and whichever process draws it (up to the model's float reductions, which may differ with the batch
-  size in the last bits; the written 8-bit images agree).
+  batch it is in and whichever process draws it, up to the model's float reductions: on CPU a convolution's may
+  differ with the batch size in the last bits (about 1e-5 after a tiny model's sampling), which can flip a rounded
+  8-bit value only when it lies that close to a rounding edge (the tests' PNGs agree byte for byte). The generators
+  live on the CPU, so the noise is also the same on every device.
 - **Class labels** per seed: ``fixed:K``, ``cyclic`` (``seed % num_classes``) or ``random``
   (``numpy.random.default_rng(seed).integers(num_classes)``: a PCG64 stream, independent of the Mersenne-Twister
   noise torch draws from the same seed, and of the batching). ``random`` is the default for a class-conditional
@@ -23,8 +26,8 @@ each image drawn from its own seed, so that a set of seeds names one set of imag
 Usage::
 
     diffusers-edm-generate --pipeline runs/digits --seeds 0-999 --batch 64 --outdir runs/digits-samples
-    accelerate launch --num_processes 2 -m diffusers_edm.evaluation.generate --pipeline runs/digits --seeds 0-49999 \\
-        --outdir runs/digits-50k
+    accelerate launch --multi_gpu --num_processes 2 -m diffusers_edm.evaluation.generate --pipeline runs/digits \\
+        --seeds 0-49999 --outdir runs/digits-50k
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ CALL_OPTIONS = ("num_inference_steps", "guidance_scale", "classifier_scale", "gu
 #: the call arguments this module sets itself
 RESERVED_CALL_ARGUMENTS = ("batch_size", "generator", "output_type", "class_labels", "return_dict")
 PARTS_SUFFIX = ".parts"
-#: offered whatever the pipeline's scheduler (diffusers' own list only the diffusers schedulers as compatible)
+#: offered whatever the pipeline's scheduler (diffusers' schedulers list only diffusers' ones as compatible)
 PACKAGE_SCHEDULERS = (
     EDMHeunScheduler, EDMMultistepScheduler, EDMHeunDiscreteScheduler, EDMMultistepDiscreteScheduler,
     LearnedVarianceDDPMScheduler,
