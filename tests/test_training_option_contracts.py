@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from diffusers_edm.training import arguments, posthoc_ema
-from diffusers_edm.training.option_types import parse_or_raise
+from diffusers_edm.option_types import parse_or_raise
 from diffusers_edm.training.train import main
 from tiny_training import tiny_args
 

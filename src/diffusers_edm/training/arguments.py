@@ -12,7 +12,7 @@ from typing import Any
 from .checkpoints import list_checkpoints
 from .data import EMBEDDED_DATASET
 from .ema import MAX_SIGMA_REL, sigma_rel_to_gamma
-from .option_types import integer, parse_or_raise, real, real_list
+from ..option_types import integer, parse_or_raise, real, real_list
 from .posthoc_ema import snapshot_name
 from .recipes import resolve_recipe_args
 from .recipes.classifier import DEFAULT_NOISE_DRAWS, DEFAULT_SIGMA_EDGES, DEFAULT_SIGMA_RANGE, DEFAULT_VALIDATION_SPLIT, POOLINGS

@@ -47,7 +47,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .ema import MAX_SIGMA_REL, PowerFunctionEMA, gamma_to_sigma_rel, sigma_rel_to_gamma
-from .option_types import parse_or_raise, real
+from ..option_types import parse_or_raise, real
 
 logger = logging.getLogger(__name__)
 
