@@ -229,6 +229,18 @@ def check_prompt_embeds(name: str, embeds: object, width: int, target: str = "th
     return embeds
 
 
+def check_pooled_embeds(name: str, pooled: object, rows: tuple[int, ...]) -> None:
+    """``ValueError`` naming ``name`` unless ``pooled`` is ``None`` or a floating-point ``(N, C')`` tensor with ``N``
+    in ``rows``."""
+    if pooled is None:
+        return
+    if not isinstance(pooled, torch.Tensor) or not pooled.is_floating_point() or pooled.ndim != 2:
+        got = f"shape {tuple(pooled.shape)}, {pooled.dtype}" if isinstance(pooled, torch.Tensor) else type(pooled).__name__
+        raise ValueError(f"{name} must be a floating-point tensor (prompts, width), got {got}.")
+    if pooled.shape[0] not in rows:
+        raise ValueError(f"{name} has {pooled.shape[0]} rows but the call needs {' or '.join(map(str, rows))}.")
+
+
 class TextPromptsMixin:
     """The prompt arguments of the text pipelines (diffusers' ``StableDiffusionPipeline`` conventions: ``prompt``,
     ``negative_prompt``, ``prompt_embeds``, ``negative_prompt_embeds``, ``num_images_per_prompt``). The pipeline has
@@ -265,7 +277,7 @@ class TextPromptsMixin:
         """The conditional embeddings of the prompts (one row per prompt) and, for classifier-free guidance, the
         unconditional ones (negative prompt, else the empty prompt by the ``empty_prompt`` convention), on ``device``
         in ``dtype``, checked against the model's text ``width``. Every check names the argument and both sides."""
-        encoder = self.prompt_encoder
+        # Every argument is checked before anything is encoded (also the negative ones when w = 1).
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError(
                 "Give exactly one of prompt or prompt_embeds, got "
@@ -275,13 +287,12 @@ class TextPromptsMixin:
             raise ValueError("Give at most one of negative_prompt or negative_prompt_embeds, got both.")
         if prompt is not None:
             prompts = check_prompts(prompt)
-            conditional = encoder.encode(prompts, device=device, dtype=dtype)
+            count = len(prompts)
         else:
-            embeds = check_prompt_embeds("prompt_embeds", prompt_embeds, width, model)
-            conditional = PromptEmbeddings(embeds, pooled_prompt_embeds).to(device=device, dtype=dtype)
-        count = len(conditional)
-        if not classifier_free:
-            return conditional, None
+            prompt_embeds = check_prompt_embeds("prompt_embeds", prompt_embeds, width, model)
+            count = prompt_embeds.shape[0]
+        check_pooled_embeds("pooled_prompt_embeds", pooled_prompt_embeds, (count,))
+        negatives = None
         if negative_prompt is not None:
             negatives = check_prompts(negative_prompt, "negative_prompt")
             if len(negatives) not in (1, count):
@@ -289,16 +300,28 @@ class TextPromptsMixin:
                     f"negative_prompt has {len(negatives)} prompts but prompt has {count}; give one negative prompt or "
                     f"one per prompt."
                 )
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = check_prompt_embeds("negative_prompt_embeds", negative_prompt_embeds, width, model)
+            if negative_prompt_embeds.shape[0] not in (1, count):
+                raise ValueError(
+                    f"negative_prompt_embeds has {negative_prompt_embeds.shape[0]} rows but there are {count} prompts; "
+                    f"give 1 or {count}."
+                )
+        check_pooled_embeds("negative_pooled_prompt_embeds", negative_pooled_prompt_embeds, (1, count))
+
+        encoder = self.prompt_encoder
+        if prompt is not None:
+            conditional = encoder.encode(prompts, device=device, dtype=dtype)
+        else:
+            conditional = PromptEmbeddings(prompt_embeds, pooled_prompt_embeds).to(device=device, dtype=dtype)
+        if not classifier_free:
+            return conditional, None
+        if negatives is not None:
             unconditional = encoder.encode(negatives * (count if len(negatives) == 1 else 1), device=device, dtype=dtype)
         elif negative_prompt_embeds is not None:
-            embeds = check_prompt_embeds("negative_prompt_embeds", negative_prompt_embeds, width, model)
-            if embeds.shape[0] not in (1, count):
-                raise ValueError(
-                    f"negative_prompt_embeds has {embeds.shape[0]} rows but there are {count} prompts; give 1 or {count}."
-                )
             pooled = negative_pooled_prompt_embeds
             unconditional = PromptEmbeddings(
-                embeds.expand(count, *embeds.shape[1:]),
+                negative_prompt_embeds.expand(count, *negative_prompt_embeds.shape[1:]),
                 None if pooled is None else pooled.expand(count, *pooled.shape[1:]),
             ).to(device=device, dtype=dtype)
         else:
