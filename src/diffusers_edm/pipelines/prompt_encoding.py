@@ -113,6 +113,11 @@ class PromptEmbeddings:
         with ``replacement = encoder.empty(B, ...)``, decided on the device (no host synchronisation)."""
         if (self.pooled is None) != (replacement.pooled is None):
             raise ValueError("Cannot mix prompt embeddings with a pooled vector and ones without.")
+        if replace.numel() != len(self) or len(replacement) != len(self):
+            raise ValueError(
+                f"Caption dropout needs one decision and one replacement row per caption: {len(self)} captions, "
+                f"{replace.numel()} decisions and {len(replacement)} replacement rows."
+            )
         mask = replace.reshape(-1, 1, 1)
         embeds = torch.where(mask, replacement.embeds, self.embeds)
         pooled = None if self.pooled is None else torch.where(mask[:, :, 0], replacement.pooled, self.pooled)
