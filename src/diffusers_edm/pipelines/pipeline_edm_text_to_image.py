@@ -132,15 +132,16 @@ class EDMTextToImagePipeline(TextPromptsMixin, EDMSamplingPipeline):
     # ------------------------------------------------------------------------------------------ guidance
     def _guided_denoiser(
         self,
+        model: ConditionalDenoiser,
         conditional: PromptEmbeddings,
         unconditional: PromptEmbeddings | None,
         guidance_scale: float,
         guidance_interval: GuidanceInterval | None,
         corrections: Sequence[GuidanceTerm] = (),
     ) -> GuidedDenoiser:
-        """The guided denoiser of one call: classifier-free guidance against ``unconditional``, or autoguidance with
-        the ``guidance_denoiser``, plus additive ``corrections``; chosen once per call."""
-        model = ConditionalDenoiser(self.denoiser, None, conditional.embeds, conditional.pooled)
+        """The guided denoiser of one call: ``model`` (the denoiser with the prompts), classifier-free guidance
+        against ``unconditional`` or autoguidance with the ``guidance_denoiser``, plus additive ``corrections`` (terms
+        built on ``model``, as classifier guidance is); chosen once per call."""
         guidance = None
         if guidance_scale != 1.0 and self.guidance_denoiser is not None:
             weak = self.guidance_denoiser
@@ -227,7 +228,11 @@ class EDMTextToImagePipeline(TextPromptsMixin, EDMSamplingPipeline):
             conditional, unconditional, num_images_per_prompt, self.denoiser.pooled_text_width,
             f"The denoiser's {self.denoiser.config.backbone_class}",
         )
-        guided_denoiser = self._guided_denoiser(conditional, unconditional, guidance_scale, guidance_interval)
+        model = ConditionalDenoiser(self.denoiser, None, conditional.embeds, conditional.pooled)
+        corrections: list[GuidanceTerm] = []  # additive terms of D built on `model` (e.g. CLIP guidance)
+        guided_denoiser = self._guided_denoiser(
+            model, conditional, unconditional, guidance_scale, guidance_interval, corrections
+        )
         latents = self._sample(
             guided_denoiser, shape, num_inference_steps, generator, latents, callback_on_step_end,
             callback_on_step_end_tensor_inputs, device,
