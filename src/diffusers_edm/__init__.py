@@ -34,7 +34,13 @@ from .models import (
     VEPrecond,
     VPPrecond,
 )
-from .pipelines import EDMPipeline, LearnedVariancePipeline
+from .pipelines import (
+    EDMPipeline,
+    EDMTextToImagePipeline,
+    LearnedVariancePipeline,
+    LearnedVarianceTextToImagePipeline,
+    PromptEncoder,
+)
 from .schedulers import (
     EDMHeunDiscreteScheduler,
     EDMHeunScheduler,
@@ -64,18 +70,21 @@ __all__ = [
     "EDMLoss",
     "EDMPipeline",
     "EDMPrecond",
+    "EDMTextToImagePipeline",
     "HybridLossOutput",
     "IDDPMLoss",
     "IDDPMPrecond",
     "LearnedVarianceDDPMScheduler",
     "LatentCodec",
     "LearnedVariancePipeline",
+    "LearnedVarianceTextToImagePipeline",
     "LossSecondMomentTimestepSampler",
     "ModelMixin",
     "NoiseConditionalClassifier",
     "NoiseConditionalClassifierOutput",
     "PreconditionedDenoiser",
     "PreconditionedDenoiserOutput",
+    "PromptEncoder",
     "Preconditioning",
     "SchedulerMixin",
     "TimestepSampler",
