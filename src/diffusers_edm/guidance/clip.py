@@ -242,6 +242,45 @@ class ClipGuidance:
         text_embeds = clip_text_embeddings(clip_model, clip_tokenizer, prompt, batch_size, device)
         return cls(conditional, clip_model, text_embeds, scale, codec=codec, image_mean=mean, image_std=std)
 
+    @classmethod
+    def for_pipeline(
+        cls,
+        pipeline: Any,
+        conditional: GuidanceTerm,
+        prompt: str | Sequence[str] | None,
+        batch_size: int,
+        device: torch.device | str,
+        clip_model: object = None,
+        clip_tokenizer: object = None,
+        clip_guidance_scale: object = None,
+        clip_image_processor: object = None,
+    ) -> "ClipGuidance | None":
+        """The term of one call of an EDM pipeline from its CLIP call arguments (all checked here, once per call), or
+        ``None`` for ``clip_guidance_scale = 0``. A latent pipeline's ``vae`` decodes ``D`` for a ``CLIPModel``
+        (``pipeline.config.latent_space``, ``pipeline.vae``, ``pipeline.denoiser`` are read)."""
+        scale = check_clip_guidance_scale(clip_guidance_scale, clip_model is not None)
+        if clip_model is None:
+            return None
+        noise_aware = isinstance(clip_model, NoiseAwareCLIPModel)
+        latent = bool(pipeline.config.latent_space) and not noise_aware
+        if latent and pipeline.vae is None:
+            raise ValueError(
+                "CLIP guidance with a CLIPModel embeds decoded images, but this latent pipeline has no vae; load it "
+                "with its vae (or use a NoiseAwareCLIPModel that reads latents)."
+            )
+        channels = pipeline.vae.config.out_channels if latent else pipeline.denoiser.image_channels
+        check_clip_guidance(clip_model, clip_tokenizer, clip_image_processor, None if noise_aware else channels)
+        if scale == 0:
+            return None
+        if prompt is None:
+            raise ValueError(
+                "CLIP guidance embeds the prompt's text with the clip_model: pass prompt (prompt_embeds carry no text)."
+            )
+        codec = LatentCodec(pipeline.vae) if latent else None
+        return cls.from_prompt(
+            conditional, clip_model, clip_tokenizer, prompt, scale, batch_size, device, codec, clip_image_processor
+        )
+
     def clip_pixels(self, images: torch.Tensor) -> torch.Tensor:
         """CLIP's ``pixel_values`` of images in [-1, 1]: to [0, 1], RGB, resized to ``image_size`` square (bicubic,
         antialiased), normalised by ``(image - mean) / std``; differentiable."""
