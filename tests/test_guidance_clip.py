@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextModel
 
 from benchmarks.host_syncs import count_host_syncs
+from diffusers_edm import EDMHeunScheduler, EDMTextToImagePipeline
 from diffusers_edm.guidance import (
     MAX_CLIP_GUIDANCE_SCALE,
     ClipGuidance,
@@ -36,8 +38,10 @@ from diffusers_edm.guidance import (
 )
 from diffusers_edm.models import EDMPrecond, LatentCodec
 from test_latent_codec import MEAN, STD, tiny_vae
+from test_prompt_encoding import reference_encoding
 from tiny_backbones import tiny_unet
 from tiny_stable_diffusion import make_clip_tokenizer
+from tiny_text_encoders import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_text_unet
 
 CLIP_IMAGE_SIZE = 12  # samples are 8x8 pixels (upsampled for CLIP) or 8x8 latents decoded to 16x16 (downsampled)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's image normalisation (its preprocessing)
@@ -358,3 +362,83 @@ def test_clip_guidance_refuses_wrong_models_tokenizers_and_processors(tokenizer)
     assert clip_normalization(CLIPImageProcessor()) == (OPENAI_MEAN, OPENAI_STD)
     with pytest.raises(ValueError, match="2 channels"):
         clean_term(SmoothDenoiser(2), clip.double(), tokenizer, "a", 1.0, 1)(torch.zeros(1, 2, 8, 8, dtype=torch.float64), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------- the text pipeline
+SIGMA = 3.0  # one Euler step from sigma = 3 to 0 returns the guided D(x_0; 3) itself (EDM Algorithm 1)
+
+
+def latent_text_pipeline(tmp_path) -> EDMTextToImagePipeline:
+    """A latent text-to-image pipeline: a tiny text UNet over 4-channel 8x8 latents, a tiny CLIP text encoder (its own
+    16-token tokenizer) and a VAE decoding to 16x16 RGB."""
+    denoiser = EDMPrecond.from_backbone(tiny_text_unet(channels=4, context_width=8)).eval()
+    pipe = EDMTextToImagePipeline(
+        denoiser, EDMHeunScheduler(solver="euler", sigma_max=SIGMA), tiny_clip_tokenizer(tmp_path / "text"),
+        tiny_clip_text_encoder(), vae=tiny_vae(latents_mean=MEAN, latents_std=STD),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_text_to_image_pipeline_clip_guided_denoiser_equals_the_formula(tokenizer, tmp_path):
+    """pipe(prompt, clip_model=..., clip_tokenizer=..., clip_guidance_scale=s): one Euler step returns
+    D(x_0; 3, c) + s 3^2 grad sim, with sim from the prompt's CLIP text embedding and the VAE-decoded D."""
+    pipe, clip = latent_text_pipeline(tmp_path), tiny_clip().double()
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(8))
+    scale = 40.0
+    guided = pipe(PROMPTS, latents=noise, num_inference_steps=1, output_type="latent", clip_model=clip,
+                  clip_tokenizer=tokenizer, clip_guidance_scale=scale).images
+    context, _ = reference_encoding(pipe.tokenizer, pipe.text_encoder, PROMPTS)
+    vae, mean, std = pipe.vae, *(torch.tensor(v).reshape(1, 4, 1, 1) for v in (MEAN, STD))
+    x = noise * SIGMA
+
+    def denoise(y):
+        with torch.no_grad():
+            return pipe.denoiser(y, torch.tensor(SIGMA), None, context).sample
+
+    def similarity(y):
+        with torch.no_grad():  # the VAE's latents z std / scaling_factor + mean, decoded to 16x16 RGB
+            images = vae.decode(denoise(y) * std / vae.config.scaling_factor + mean).sample
+        return reference_similarity(clip, tokenizer, PROMPTS, images.double())
+
+    coordinates = some_coordinates(x)
+    gradient = finite_differences(similarity, x, coordinates, step=1e-2)
+    expected = picked(denoise(x), coordinates).double() + scale * SIGMA**2 * gradient
+    assert gradient.abs().max() > 1e-4
+    change = (expected - picked(denoise(x), coordinates).double()).abs().max()
+    torch.testing.assert_close(picked(guided, coordinates).double(), expected, rtol=0, atol=2e-2 * change)
+
+
+def test_text_to_image_pipeline_zero_clip_scale_and_an_empty_interval_are_the_unguided_images(tokenizer, tmp_path):
+    pipe, clip = latent_text_pipeline(tmp_path), tiny_clip()
+    pipe.scheduler = EDMHeunScheduler()  # Heun, churn-free, sigma 80 -> 0.002
+
+    def sample(**clip_arguments):
+        return pipe("the digit seven", num_images_per_prompt=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                    output_type="np", **clip_arguments).images
+
+    plain = sample()
+    assert np.array_equal(sample(clip_model=clip, clip_tokenizer=tokenizer, clip_guidance_scale=0.0), plain)
+    guided = sample(clip_model=clip, clip_tokenizer=tokenizer, clip_guidance_scale=100.0)
+    assert np.isfinite(guided).all() and not np.array_equal(guided, plain)
+    outside = sample(clip_model=clip, clip_tokenizer=tokenizer, clip_guidance_scale=100.0, guidance_interval=(100.0, 200.0))
+    assert np.array_equal(outside, plain)
+
+
+def test_text_to_image_pipeline_refuses_bad_clip_arguments(tokenizer, tmp_path):
+    pipe, clip = latent_text_pipeline(tmp_path), tiny_clip()
+    call = dict(num_inference_steps=1, output_type="latent")
+    with pytest.raises(ValueError, match="clip_tokenizer"):
+        pipe("seven", clip_model=clip, clip_guidance_scale=1.0, **call)
+    with pytest.raises(ValueError, match="clip_guidance_scale=2.0 needs a clip_model"):
+        pipe("seven", clip_guidance_scale=2.0, **call)
+    with pytest.raises(ValueError, match="clip_guidance_scale must be .*got -1"):
+        pipe("seven", clip_model=clip, clip_tokenizer=tokenizer, clip_guidance_scale=-1, **call)
+    with pytest.raises(ValueError, match="got CLIPTextModel"):
+        pipe("seven", clip_model=pipe.text_encoder, clip_tokenizer=tokenizer, clip_guidance_scale=1.0, **call)
+    embeds, _ = reference_encoding(pipe.tokenizer, pipe.text_encoder, ["seven"])
+    with pytest.raises(ValueError, match="pass prompt"):
+        pipe(prompt_embeds=embeds, clip_model=clip, clip_tokenizer=tokenizer, clip_guidance_scale=1.0, **call)
+    pipe.vae = None
+    with pytest.raises(ValueError, match="no vae"):
+        pipe("seven", clip_model=clip, clip_tokenizer=tokenizer, clip_guidance_scale=1.0, **call)

@@ -28,6 +28,7 @@ from huggingface_hub import ModelCard
 from ..guidance import (
     Autoguidance,
     ClassifierFreeGuidance,
+    ClipGuidance,
     ConditionalDenoiser,
     GuidanceInterval,
     GuidedDenoiser,
@@ -273,6 +274,10 @@ class EDMTextToImagePipeline(EDMSamplingPipeline):
         guidance_interval: tuple[float, float] | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        clip_model: torch.nn.Module | None = None,
+        clip_tokenizer: Any = None,
+        clip_guidance_scale: float | None = None,
+        clip_image_processor: Any = None,
     ) -> ImagePipelineOutput | tuple:
         """Generate images from prompts (the call conventions of diffusers' ``StableDiffusionPipeline``).
 
@@ -297,6 +302,11 @@ class EDMTextToImagePipeline(EDMSamplingPipeline):
                 sigma_hi``; ``None``: every call.
             pooled_prompt_embeds, negative_pooled_prompt_embeds: pooled vectors with ``prompt_embeds`` /
                 ``negative_prompt_embeds`` for a denoiser that takes one.
+            clip_model, clip_tokenizer, clip_guidance_scale, clip_image_processor: CLIP guidance (GLIDE,
+                :class:`~diffusers_edm.guidance.ClipGuidance`): a transformers ``CLIPModel`` (or a
+                ``NoiseAwareCLIPModel``), its tokenizer, ``s`` in ``[0, 1000]`` (0: off, exactly the unguided images)
+                and optionally its ``CLIPImageProcessor`` (mean and std); adds ``s sigma^2 grad_x cos(E_img(D(x;
+                sigma)), E_txt(prompt))`` at guided calls, with ``D`` decoded by the vae for latents.
 
         Every argument is checked here, once per call; the sampling loop never waits for the device.
         """
@@ -329,7 +339,13 @@ class EDMTextToImagePipeline(EDMSamplingPipeline):
         if unconditional is not None:
             unconditional = self._pooled_for_denoiser(unconditional, "the unconditional input")
             unconditional = unconditional.repeat_interleave(num_images_per_prompt)
-        guided_denoiser = self._guided_denoiser(conditional, unconditional, guidance_scale, guidance_interval)
+        clip = ClipGuidance.for_pipeline(
+            self, ConditionalDenoiser(self.denoiser, None, conditional.embeds, conditional.pooled), prompt, batch_size,
+            device, clip_model, clip_tokenizer, clip_guidance_scale, clip_image_processor,
+        )
+        guided_denoiser = self._guided_denoiser(
+            conditional, unconditional, guidance_scale, guidance_interval, [clip] if clip is not None else []
+        )
         latents = self._sample(
             guided_denoiser, shape, num_inference_steps, generator, latents, callback_on_step_end,
             callback_on_step_end_tensor_inputs, device,
