@@ -1,4 +1,4 @@
-"""CLIP guidance (GLIDE, Nichol et al. 2021, section 2.3) in sigma form, stated here independently of the package:
+"""CLIP guidance (GLIDE, Nichol et al. 2021, section 2.4) in sigma form, stated here independently of the package:
 
     D'(x; sigma) = D(x; sigma) + s sigma^2 grad_x sim(x),   sim = cos(E_img(image), E_txt(prompt))
 
@@ -82,7 +82,8 @@ class SmoothDenoiser:
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
         self.calls += 1
         sigma = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1, 1, 1)
-        c_skip, c_out, c_in = 0.25 / (sigma**2 + 0.25), sigma * 0.5 / (sigma**2 + 0.25).sqrt(), 1 / (sigma**2 + 0.25).sqrt()
+        total = sigma**2 + 0.25  # sigma^2 + sigma_data^2
+        c_skip, c_out, c_in = 0.25 / total, sigma * 0.5 / total.sqrt(), 1 / total.sqrt()
         return c_skip * x + c_out * torch.tanh(self.conv(c_in * x))
 
 
@@ -175,7 +176,9 @@ def test_clean_clip_guidance_through_the_real_denoiser_single_channel_and_a_scal
     gradient = finite_differences(similarity, x, coordinates, step=1e-2)
     expected = scale * 1.3**2 * gradient
     assert gradient.abs().max() > 1e-4
-    torch.testing.assert_close(picked(change, coordinates).double(), expected, rtol=2e-2, atol=2e-2 * expected.abs().max())
+    torch.testing.assert_close(
+        picked(change, coordinates).double(), expected, rtol=2e-2, atol=2e-2 * expected.abs().max()
+    )
 
 
 def test_latent_clip_guidance_decodes_through_the_codec(tokenizer):
@@ -192,7 +195,8 @@ def test_latent_clip_guidance_decodes_through_the_codec(tokenizer):
     def similarity(y):
         with torch.no_grad():  # the VAE's latents E = z std / scaling_factor + mean, then its decoder (16x16 images)
             z = denoise(y, sigma)
-            images = codec.vae.decode(z * scale_std_mean[0] / codec.vae.config.scaling_factor + scale_std_mean[1]).sample
+            vae_latents = z * scale_std_mean[0] / codec.vae.config.scaling_factor + scale_std_mean[1]
+            images = codec.vae.decode(vae_latents).sample
         assert images.shape[-1] == 16
         return reference_similarity(clip, tokenizer, PROMPTS, images)
 
@@ -294,7 +298,8 @@ def test_guidance_interval_applies_to_clip_guidance(tokenizer):
             assert len(clip_calls) == 1 and not torch.allclose(value, plain)
             similarity = lambda y: reference_similarity(clip, tokenizer, PROMPTS, denoise(y, sigma))  # noqa: E731
             coordinates = some_coordinates(x, per_sample=1)
-            expected = picked(plain, coordinates) + 4.0 * sigma**2 * finite_differences(similarity, x, coordinates, 1e-5)
+            gradient = finite_differences(similarity, x, coordinates, 1e-5)
+            expected = picked(plain, coordinates) + 4.0 * sigma**2 * gradient
             torch.testing.assert_close(picked(value, coordinates), expected, rtol=1e-6, atol=1e-9)
         else:
             assert clip_calls == [] and torch.equal(value, plain)
@@ -361,7 +366,8 @@ def test_clip_guidance_refuses_wrong_models_tokenizers_and_processors(tokenizer)
     assert clip_normalization(None) == (OPENAI_MEAN, OPENAI_STD)
     assert clip_normalization(CLIPImageProcessor()) == (OPENAI_MEAN, OPENAI_STD)
     with pytest.raises(ValueError, match="2 channels"):
-        clean_term(SmoothDenoiser(2), clip.double(), tokenizer, "a", 1.0, 1)(torch.zeros(1, 2, 8, 8, dtype=torch.float64), 1.0)
+        two_channels = torch.zeros(1, 2, 8, 8, dtype=torch.float64)
+        clean_term(SmoothDenoiser(2), clip.double(), tokenizer, "a", 1.0, 1)(two_channels, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------- the text pipeline
@@ -414,14 +420,15 @@ def test_text_to_image_pipeline_zero_clip_scale_and_an_empty_interval_are_the_un
     pipe.scheduler = EDMHeunScheduler()  # Heun, churn-free, sigma 80 -> 0.002
 
     def sample(**clip_arguments):
-        return pipe("the digit seven", num_images_per_prompt=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
-                    output_type="np", **clip_arguments).images
+        return pipe("the digit seven", num_images_per_prompt=2, num_inference_steps=3, output_type="np",
+                    generator=torch.Generator().manual_seed(0), **clip_arguments).images
 
     plain = sample()
     assert np.array_equal(sample(clip_model=clip, clip_tokenizer=tokenizer, clip_guidance_scale=0.0), plain)
     guided = sample(clip_model=clip, clip_tokenizer=tokenizer, clip_guidance_scale=100.0)
     assert np.isfinite(guided).all() and not np.array_equal(guided, plain)
-    outside = sample(clip_model=clip, clip_tokenizer=tokenizer, clip_guidance_scale=100.0, guidance_interval=(100.0, 200.0))
+    outside = sample(clip_model=clip, clip_tokenizer=tokenizer, clip_guidance_scale=100.0,
+                     guidance_interval=(100.0, 200.0))  # above every noise level of the run
     assert np.array_equal(outside, plain)
 
 

@@ -1,18 +1,19 @@
 """CLIP guidance (Nichol et al. 2021, "GLIDE: Towards Photorealistic Image Generation and Editing with Text-Guided
-Diffusion Models", section 2.3).
+Diffusion Models", section 2.4).
 
 GLIDE replaces the classifier of classifier guidance (Dhariwal & Nichol 2021, Algorithm 2) by a CLIP model: the
 log-probability of the caption ``c`` given the image is taken as the similarity of CLIP's image and text embeddings,
-``log p(c | x) ~ s cos(E_img(x), E_txt(c))`` (both embeddings L2-normalised; the dot product of GLIDE's eq. 3).
-GLIDE moves the DDPM mean by ``s Sigma grad_{x_t} (E_img(x_t, t) . E_txt(c))`` with a noise-aware CLIP; in sigma space,
-exactly as for a classifier (see :mod:`.classifier`), the denoiser becomes::
+``log p(c | x) ~ s cos(E_img(x), E_txt(c))`` (both embeddings L2-normalised, so GLIDE's dot product ``f(x) . g(c)``
+is their cosine). GLIDE moves the DDPM mean by ``s Sigma grad_{x_t} (f(x_t, t) . g(c))`` with a noise-aware CLIP;
+in sigma space, exactly as for a classifier (see :mod:`.classifier`), the denoiser becomes::
 
     D'(x; sigma) = D(x; sigma) + s sigma^2 grad_x sim(x; sigma),   sim = cos(E_img(image(x; sigma)), E_txt(c))
 
 and the sampler is unchanged. Two image encoders are accepted:
 
 - an ordinary transformers ``CLIPModel`` (the "clean" variant): CLIP never saw noisy images, so it embeds the
-  denoiser's current estimate of the clean image, ``image = D(x; sigma)`` (decoded by the pipeline's
+  denoiser's current estimate of the clean image, ``image = D(x; sigma)`` (the plain conditional model, not the
+  classifier-free-guided one, so the term costs one forward and one backward of the denoiser; decoded by the pipeline's
   :class:`~diffusers_edm.models.LatentCodec` when the denoiser works on latents), and the gradient is taken through
   the denoiser (and the VAE decoder). CLIP's own input is prepared here, differentiably: the image is mapped from
   [-1, 1] to [0, 1], a single channel is repeated to RGB, the image is resized (bicubic, antialiased) to CLIP's
@@ -306,7 +307,9 @@ class ClipGuidance:
             images = self.codec.decode(images)
         pixels = self.clip_pixels(images.to(x.dtype)).to(self.clip_model.dtype)
         return embedding(
-            self.clip_model.get_image_features(pixel_values=pixels, interpolate_pos_encoding=self.interpolate_pos_encoding)
+            self.clip_model.get_image_features(
+                pixel_values=pixels, interpolate_pos_encoding=self.interpolate_pos_encoding
+            )
         )
 
     def similarity(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
