@@ -423,8 +423,13 @@ def test_text_to_image_pipeline_zero_clip_scale_and_an_empty_interval_are_the_un
         return pipe("the digit seven", num_images_per_prompt=2, num_inference_steps=3, output_type="np",
                     generator=torch.Generator().manual_seed(0), **clip_arguments).images
 
+    clip_calls = []
+    clip.register_forward_pre_hook(lambda module, args: clip_calls.append(1))
+    for tower in (clip.text_model, clip.vision_model):
+        tower.register_forward_pre_hook(lambda module, args: clip_calls.append(1))
     plain = sample()
     assert np.array_equal(sample(clip_model=clip, clip_tokenizer=tokenizer, clip_guidance_scale=0.0), plain)
+    assert clip_calls == []  # s = 0: no term built, CLIP never runs
     guided = sample(clip_model=clip, clip_tokenizer=tokenizer, clip_guidance_scale=100.0)
     assert np.isfinite(guided).all() and not np.array_equal(guided, plain)
     outside = sample(clip_model=clip, clip_tokenizer=tokenizer, clip_guidance_scale=100.0,
