@@ -49,8 +49,8 @@ from .guided_denoiser import GuidanceTerm
 
 #: The largest CLIP guidance scale accepted. The similarity is a cosine, so ``s cos`` is a log-likelihood surrogate in
 #: ``[-s, s]``: at ``s = 1000`` the implied ratio of ``p(c | x)`` between a matching and an opposite image is
-#: ``e^2000``, far beyond any useful sharpening, and at the top of EDM's range (sigma = 80) the term
-#: ``s sigma^2 grad sim`` is already ``6.4e9`` times the gradient, past float32 sample values.
+#: ``e^2000``, far beyond any useful sharpening; at the top of EDM's range (sigma = 80) the term ``s sigma^2 grad sim``
+#: is then ``6.4e6`` times the gradient, so any gradient above ``1e-6`` already swamps an image in [-1, 1].
 MAX_CLIP_GUIDANCE_SCALE = 1000.0
 
 
