@@ -13,7 +13,7 @@ import torch
 from diffusers import DiffusionPipeline, EDMDPMSolverMultistepScheduler, EDMEulerScheduler
 
 from diffusers_edm import EDMHeunScheduler, EDMMultistepScheduler, EDMPipeline, EDMTextToImagePipeline
-from diffusers_edm.models import EDMPrecond, VPPrecond
+from diffusers_edm.models import EDMPrecond
 from test_prompt_encoding import reference_encoding
 from tiny_text_encoders import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_pixart, tiny_t5_encoder, tiny_text_unet
 

@@ -28,6 +28,7 @@ from huggingface_hub import ModelCard
 from ..guidance import (
     Autoguidance,
     ClassifierFreeGuidance,
+    ClipGuidance,
     ConditionalDenoiser,
     GuidanceInterval,
     GuidedDenoiser,
@@ -176,6 +177,10 @@ class EDMTextToImagePipeline(TextPromptsMixin, EDMSamplingPipeline):
         guidance_interval: tuple[float, float] | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        clip_model: torch.nn.Module | None = None,
+        clip_tokenizer: Any = None,
+        clip_guidance_scale: float | None = None,
+        clip_image_processor: Any = None,
     ) -> ImagePipelineOutput | tuple:
         """Generate images from prompts (the call conventions of diffusers' ``StableDiffusionPipeline``).
 
@@ -200,6 +205,11 @@ class EDMTextToImagePipeline(TextPromptsMixin, EDMSamplingPipeline):
                 sigma_hi``; ``None``: every call.
             pooled_prompt_embeds, negative_pooled_prompt_embeds: pooled vectors with ``prompt_embeds`` /
                 ``negative_prompt_embeds`` for a denoiser that takes one.
+            clip_model, clip_tokenizer, clip_guidance_scale, clip_image_processor: CLIP guidance (GLIDE,
+                :class:`~diffusers_edm.guidance.ClipGuidance`): a transformers ``CLIPModel`` (or a
+                ``NoiseAwareCLIPModel``), its tokenizer, ``s`` in ``[0, 1000]`` (0: off, exactly the unguided images)
+                and optionally its ``CLIPImageProcessor`` (mean and std); adds ``s sigma^2 grad_x cos(E_img(D(x;
+                sigma)), E_txt(prompt))`` at guided calls, with ``D`` decoded by the vae for latents.
 
         Every argument is checked here, once per call; the sampling loop never waits for the device.
         """
@@ -229,7 +239,11 @@ class EDMTextToImagePipeline(TextPromptsMixin, EDMSamplingPipeline):
             f"The denoiser's {self.denoiser.config.backbone_class}",
         )
         model = ConditionalDenoiser(self.denoiser, None, conditional.embeds, conditional.pooled)
-        corrections: list[GuidanceTerm] = []  # additive terms of D built on `model` (e.g. CLIP guidance)
+        clip = ClipGuidance.for_pipeline(
+            self, model, prompt, batch_size, device, clip_model, clip_tokenizer, clip_guidance_scale,
+            clip_image_processor,
+        )
+        corrections: list[GuidanceTerm] = [clip] if clip is not None else []  # additive terms of D built on `model`
         guided_denoiser = self._guided_denoiser(
             model, conditional, unconditional, guidance_scale, guidance_interval, corrections
         )
