@@ -1,5 +1,9 @@
 """Evaluation metrics."""
 
 from .bits_per_dim import BitsPerDimOutput, bits_per_dim
+from .feature_networks import DINOv2Features, InceptionFeatures, load_feature_network
+from .fid import FeatureStatistics, ImageSource, compute_statistics, frechet_distance, open_images
 
 __all__ = ["BitsPerDimOutput", "bits_per_dim"]
+__all__ += ["DINOv2Features", "FeatureStatistics", "ImageSource", "InceptionFeatures", "compute_statistics"]
+__all__ += ["frechet_distance", "load_feature_network", "open_images"]
