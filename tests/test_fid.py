@@ -324,6 +324,8 @@ def test_missing_files_are_refused_by_name(tmp_path, tiny_inception):
         run("calc", "--images", tmp_path / "data", "--ref", tmp_path / "nope.npz", "--feature_model", tiny_inception)
     with pytest.raises(ValueError, match="no such folder"):
         run("ref", "--data", tmp_path / "missing", "--dest", tmp_path / "r.npz", "--feature_model", tiny_inception)
+    with pytest.raises(ValueError, match="someone/no-such-data.*not a folder here.*load_dataset cannot read it"):
+        run("ref", "--data", "someone/no-such-data", "--dest", tmp_path / "r.npz", "--feature_model", tiny_inception)
     with pytest.raises(ValueError, match="absent.pt.*not a file"):
         run("ref", "--data", tmp_path / "data", "--dest", tmp_path / "r.npz", "--feature_model", tmp_path / "absent.pt")
     with pytest.raises(ValueError, match="absent.*not a folder"):

@@ -31,6 +31,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURES = ("inception", "dinov2")
 
 
+def process_state() -> PartialState:
+    """Accelerate's process state; a multi-process launch on a machine without CUDA uses the multi-CPU (gloo)
+    backend, which Accelerate picks only when asked for the CPU (so `accelerate launch --multi_gpu` works there too)."""
+    return PartialState(cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
+
+
 def inception_cache_path() -> Path:
     """Where the Inception TorchScript file is kept: ``<torch hub dir>/checkpoints/inception-2015-12-05.pt``
     (``$TORCH_HOME/hub``, by default ``~/.cache/torch/hub``), the folder ``torch.hub`` downloads weights to."""
@@ -59,10 +65,10 @@ class InceptionFeatures(torch.nn.Module):
         source = str(path) if path is not None else INCEPTION_URL
         if path is None:
             path = inception_cache_path()
-            with PartialState().main_process_first():
+            with process_state().main_process_first():
                 if not path.is_file():
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    torch.hub.download_url_to_file(INCEPTION_URL, str(path), progress=PartialState().is_main_process)
+                    torch.hub.download_url_to_file(INCEPTION_URL, str(path), progress=process_state().is_main_process)
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"--feature_model {str(path)!r} is not a file; for Inception it must be the TorchScript file inception-2015-12-05.pt.")
@@ -106,7 +112,7 @@ class DINOv2Features(torch.nn.Module):
         if path is not None and not Path(path).is_dir():
             raise ValueError(f"--feature_model {str(path)!r} is not a folder; for DINOv2 it must be a saved transformers Dinov2Model.")
         source = str(path) if path is not None else DINOV2_MODEL_ID
-        with PartialState().main_process_first():
+        with process_state().main_process_first():
             model = AutoModel.from_pretrained(source)
         return cls(model.eval(), source)
 

@@ -24,14 +24,13 @@ import datasets
 import numpy as np
 import scipy.linalg
 import torch
-from accelerate import PartialState
 from accelerate.utils import gather_object
 from PIL import Image
 from tqdm.auto import tqdm
 
 from ..image_modes import eight_bit_rgb
 from ..value_checks import check_integer
-from .feature_networks import DINOV2_NAME, FEATURES, INCEPTION_NAME, load_feature_network
+from .feature_networks import DINOV2_NAME, FEATURES, INCEPTION_NAME, load_feature_network, process_state
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 FEATURE_NAMES = {"inception": INCEPTION_NAME, "dinov2": DINOV2_NAME}
@@ -284,13 +283,14 @@ def compute_statistics(
     The images are cut into batches of ``batch_size`` in order, and process ``r`` of ``W`` computes batches
     ``r, r + W, ...``; the features are gathered to every process and put back in image order, so each image meets
     the network in the same batch whatever the number of processes and the statistics equal a single process's.
-    Features stay on the device until the end (one transfer). Every process returns the statistics.
+    Features stay on the device until the end (one transfer). Every process returns the statistics, recorded as
+    computed by ``network.name`` (any module mapping uint8 (N, 3, H, W) to (N, D) features may be passed).
     """
     check_integer("batch_size", batch_size, minimum=1)
     if len(source) < 2:
         raise ValueError(f"{source.description} holds {len(source)} image(s); statistics need at least 2.")
     source.check_one_size()
-    state = PartialState()
+    state = process_state()
     batches = [list(range(start, min(start + batch_size, len(source)))) for start in range(0, len(source), batch_size)]
     mine = batches[state.process_index :: state.num_processes]
     network = network.to(state.device)
@@ -308,9 +308,8 @@ def compute_statistics(
         rank = index % state.num_processes
         ordered.append(by_rank[rank][offsets[rank] : offsets[rank] + len(batch)])
         offsets[rank] += len(batch)
-    return FeatureStatistics.from_features(
-        np.concatenate(ordered), network.name, getattr(network, "source", "")
-    )
+    name = getattr(network, "name", type(network).__name__)
+    return FeatureStatistics.from_features(np.concatenate(ordered), name, getattr(network, "source", ""))
 
 
 # ------------------------------------------------------------------------------------------------ command line
@@ -364,7 +363,7 @@ def _statistics_of(data: str, args: argparse.Namespace) -> FeatureStatistics:
 def main(argv: Sequence[str] | None = None) -> float | None:
     """Runs ``ref`` (returns None) or ``calc`` (returns the distance)."""
     args = build_parser().parse_args(argv)
-    state = PartialState()
+    state = process_state()
     if args.command == "ref":
         stats = _statistics_of(args.data, args)
         if state.is_main_process:
