@@ -18,9 +18,8 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import datasets
 import numpy as np
 import scipy.linalg
 import torch
@@ -31,6 +30,9 @@ from tqdm.auto import tqdm
 from ..image_modes import eight_bit_rgb
 from ..value_checks import check_integer
 from .feature_networks import DINOV2_NAME, FEATURES, INCEPTION_NAME, load_feature_network, process_state
+
+if TYPE_CHECKING:
+    import datasets
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 FEATURE_NAMES = {"inception": INCEPTION_NAME, "dinov2": DINOV2_NAME}
@@ -159,6 +161,8 @@ class ImageSource(torch.utils.data.Dataset):
 
     def __init__(self, files: Sequence[Path] | None = None, dataset: datasets.Dataset | None = None,
                  image_column: str | None = None, description: str = "") -> None:
+        import datasets  # imported when used: `import diffusers_edm` stays light
+
         if (files is None) == (dataset is None):
             raise ValueError("an ImageSource needs either files or a dataset.")
         self.files = list(files) if files is not None else None
@@ -230,6 +234,8 @@ class ImageSource(torch.utils.data.Dataset):
 
 
 def _default_image_column(dataset: datasets.Dataset) -> str:
+    import datasets
+
     image_columns = [name for name, feature in dataset.features.items() if isinstance(feature, datasets.Image)]
     for name in ("image", "img"):
         if name in image_columns:
@@ -242,6 +248,8 @@ def _default_image_column(dataset: datasets.Dataset) -> str:
 def open_images(data: str, split: str = "train", image_column: str | None = None) -> ImageSource:
     """A folder of images (searched recursively for .png, .jpg, .jpeg, .webp, .bmp), a data set saved with
     ``save_to_disk``, a folder ``datasets.load_dataset`` reads, or a Hub data set id (``split``, ``image_column``)."""
+    import datasets
+
     path = Path(data).expanduser()
     if path.is_dir():
         files = image_files(path)
