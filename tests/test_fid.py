@@ -331,6 +331,14 @@ def test_missing_files_are_refused_by_name(tmp_path, tiny_inception):
     with pytest.raises(ValueError, match="absent.*not a folder"):
         run("ref", "--data", tmp_path / "data", "--dest", tmp_path / "r.npz", "--features", "dinov2",
             "--feature_model", tmp_path / "absent")
+    with pytest.raises(ValueError, match="000000.png.*not a TorchScript file"):
+        run("ref", "--data", tmp_path / "data", "--dest", tmp_path / "r.npz", "--feature_model", tmp_path / "data" / "000000" / "000000.png")
+    from transformers import ViTConfig, ViTModel
+
+    ViTModel(ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, image_size=8,
+                       patch_size=4)).save_pretrained(tmp_path / "vit")
+    with pytest.raises(ValueError, match="vit.*'vit' model, not DINOv2"):
+        run("ref", "--data", tmp_path / "data", "--dest", tmp_path / "r.npz", "--features", "dinov2", "--feature_model", tmp_path / "vit")
     np.savez(tmp_path / "bad.npz", mean=np.zeros(3))
     with pytest.raises(ValueError, match=r"\['mean'\].*'mu' and 'sigma'"):
         run("calc", "--images", tmp_path / "data", "--ref", tmp_path / "bad.npz", "--feature_model", tiny_inception)
@@ -393,3 +401,32 @@ def test_dest_must_name_an_npz_file(dest):
 def test_unknown_features_are_refused(features):
     args, error = parse("calc", "--images", "i", "--ref", "r.npz", f"--features={features}")
     assert args is None and "--features" in error and "inception" in error and "dinov2" in error
+
+
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("small")
+    write_images(folder, 3)
+    return folder
+
+
+PATH_TEXT = st.one_of(st.text(max_size=10), st.sampled_from(["", ".", "..", "/", "~", "nope.npz", "a/b/c.npz", " ", "-x"]))
+
+
+@seed(13)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(text=PATH_TEXT)
+def test_a_ref_path_that_is_no_statistics_file_is_refused_by_name(text, small_folder, tiny_inception):
+    with pytest.raises(ValueError, match="reference statistics") as caught:
+        run("calc", "--images", small_folder, f"--ref={text}", "--feature_model", tiny_inception)
+    assert repr(str(Path(text))) in str(caught.value)
+
+
+@seed(13)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(text=PATH_TEXT, features=st.sampled_from(["inception", "dinov2"]))
+def test_a_feature_model_path_that_is_no_network_is_refused_by_name(text, features, small_folder, tmp_path_factory):
+    dest = tmp_path_factory.getbasetemp() / "never-written.npz"
+    with pytest.raises(ValueError, match="--feature_model") as caught:
+        run("ref", "--data", small_folder, "--dest", dest, "--features", features, f"--feature_model={text}")
+    assert repr(str(Path(text))) in str(caught.value) and not dest.exists()

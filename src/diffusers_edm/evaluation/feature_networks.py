@@ -74,7 +74,10 @@ class InceptionFeatures(torch.nn.Module):
             raise ValueError(f"--feature_model {str(path)!r} is not a file; for Inception it must be the TorchScript file inception-2015-12-05.pt.")
         with warnings.catch_warnings():  # NVIDIA publishes this network only as TorchScript, which torch deprecates
             warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=DeprecationWarning)
-            detector = torch.jit.load(str(path), map_location="cpu")
+            try:
+                detector = torch.jit.load(str(path), map_location="cpu")
+            except (RuntimeError, ValueError) as error:
+                raise ValueError(f"--feature_model {str(path)!r} is not a TorchScript file (inception-2015-12-05.pt): {error}") from None
         return cls(detector.eval(), source)
 
     @torch.no_grad()
@@ -109,11 +112,19 @@ class DINOv2Features(torch.nn.Module):
         from the Hub (downloaded to the Hugging Face cache by the main process first)."""
         from transformers import AutoModel
 
-        if path is not None and not Path(path).is_dir():
-            raise ValueError(f"--feature_model {str(path)!r} is not a folder; for DINOv2 it must be a saved transformers Dinov2Model.")
-        source = str(path) if path is not None else DINOV2_MODEL_ID
-        with process_state().main_process_first():
-            model = AutoModel.from_pretrained(source)
+        if path is not None and not (Path(path) / "config.json").is_file():
+            raise ValueError(
+                f"--feature_model {str(Path(path))!r} is not a folder holding a saved transformers Dinov2Model "
+                f"(config.json and weights, as save_pretrained writes them)."
+            )
+        source = str(Path(path)) if path is not None else DINOV2_MODEL_ID
+        try:
+            with process_state().main_process_first():
+                model = AutoModel.from_pretrained(source)
+        except (OSError, ValueError) as error:  # no weights, an unknown config, or (default model) no connection
+            raise ValueError(f"--feature_model {source!r}: transformers cannot load a DINOv2 model from it: {error}") from None
+        if getattr(model.config, "model_type", None) != "dinov2":
+            raise ValueError(f"--feature_model {source!r} holds a {model.config.model_type!r} model, not DINOv2 (model_type 'dinov2').")
         return cls(model.eval(), source)
 
     @torch.no_grad()
