@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..image_modes import CHANNEL_MODES, HIGH_RANGE_MODES, eight_bit_image, image_intensities
+
 logger = logging.getLogger(__name__)
 
 EMBEDDED_DATASET = "sklearn-digits"
@@ -53,7 +55,6 @@ def load_image_dataset(
 
 
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
-CHANNEL_MODES = {1: "L", 3: "RGB"}  # what every training image is converted to
 
 
 def _image_feature(dataset: datasets.Dataset, image_column: str) -> datasets.Image:
@@ -161,44 +162,6 @@ def held_out_split(
             f"{len(held)} held out; both must be non-empty."
         )
     return dataset.select(training), dataset.select(held)
-
-
-SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
-#: Modes whose values do not fit 8 bits: read as float intensities in [0, 1] by :func:`image_intensities`.
-HIGH_RANGE_MODES = SIXTEEN_BIT_MODES | {"I", "F"}
-SIXTEEN_BIT_MAX = 65535
-
-
-def image_intensities(image: Image.Image) -> np.ndarray:
-    """The float32 intensities (H, W) of a grayscale image whose values do not fit 8 bits, in [0, 1]:
-
-    - ``I;16``, ``I;16L``, ``I;16B``, ``I;16N`` (16-bit): ``value / 65535``;
-    - ``I`` (32-bit signed integers): PIL opens 16-bit PNG and TIFF files in this mode, so the values are taken as
-      16-bit, ``value / 65535``; an image with values outside 0..65535 is a ``ValueError`` (its range is unknown);
-    - ``F`` (32-bit float): the values as given, assumed to be intensities in [0, 1] (not rescaled or clipped);
-      a NaN or infinite value is a ``ValueError``.
-    """
-    array = np.asarray(image)
-    if image.mode == "F":
-        if not np.isfinite(array).all():
-            raise ValueError(f"the float ('F') image holds {int((~np.isfinite(array)).sum())} non-finite value(s).")
-        return array.astype(np.float32)
-    if image.mode == "I" and array.size and (array.min() < 0 or array.max() > SIXTEEN_BIT_MAX):
-        raise ValueError(
-            f"the 32-bit integer ('I') image holds values in [{int(array.min())}, {int(array.max())}]; only 16-bit "
-            f"content (0..{SIXTEEN_BIT_MAX}) is read from this mode: convert it to 16 bits, or to 'F' in [0, 1]."
-        )
-    return array.astype(np.float32) / SIXTEEN_BIT_MAX
-
-
-def eight_bit_image(image: Image.Image, channels: int) -> Image.Image:
-    """An 8-bit image (any mode but :data:`HIGH_RANGE_MODES`) as ``L`` or ``RGB``, as diffusers' training scripts and
-    ``datasets`` convert: a palette image through its palette, alpha (``LA``, ``RGBA``, ``PA``, transparent palette
-    entries) dropped, ``1`` as 0 / 255, ``CMYK`` / ``YCbCr`` / ``LAB`` / ``HSV`` by PIL's conversion to RGB, colour to
-    grayscale by PIL's ITU-R 601-2 luma ``L = 0.299 R + 0.587 G + 0.114 B``."""
-    if image.mode in ("P", "PA"):
-        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
-    return image.convert(CHANNEL_MODES[channels])
 
 
 def image_to_tensor(image: Image.Image, resolution: int, center_crop: bool, channels: int, rng: random.Random | None = None) -> torch.Tensor:
