@@ -18,7 +18,8 @@ import warnings
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
+
+from ..process_state import process_state
 
 #: Where stylegan2-ada-pytorch (and the projects built on it) download the TorchScript Inception-v3.
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -31,10 +32,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURES = ("inception", "dinov2")
 
 
-def process_state() -> PartialState:
-    """Accelerate's process state; a multi-process launch on a machine without CUDA uses the multi-CPU (gloo)
-    backend, which Accelerate picks only when asked for the CPU (so `accelerate launch --multi_gpu` works there too)."""
-    return PartialState(cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
 
 
 def inception_cache_path() -> Path:

@@ -46,7 +46,6 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import PIL.Image
 import torch
-from accelerate import PartialState
 from diffusers import DiffusionPipeline, SchedulerMixin
 from diffusers.utils import logging as diffusers_logging
 from tqdm.auto import tqdm
@@ -55,6 +54,7 @@ from ..guidance.classifier import MAX_CLASSIFIER_SCALE
 from ..option_types import integer, parse_or_raise, real
 from ..pipelines import EDMPipeline, LearnedVariancePipeline
 from ..pipelines.pipeline_edm import takes_raw_network_output, takes_sigma_timesteps
+from ..process_state import process_state
 from ..schedulers.compatibles import PackageCompatiblesMixin
 from ..schedulers import (
     EDMHeunDiscreteScheduler,
@@ -297,11 +297,6 @@ def assemble_npz(folder: Path, seeds: Sequence[int], destination: Path) -> tuple
 
 
 # ------------------------------------------------------------------------------------------------ generation
-def process_state() -> PartialState:
-    """Accelerate's ``PartialState`` of this process. Accelerate takes its multi-CPU (gloo) backend only when asked
-    for the CPU: it is, for a multi-process launch on a machine without CUDA, so that ``accelerate launch --multi_gpu``
-    / torchrun split the seeds on CPU-only machines too (as the training script does)."""
-    return PartialState(cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from ..models.latent_codec import LatentCodec
+from ..process_state import multi_process_cpu
 from .arguments import parse_args, result_arguments, save_args
 from .checkpoints import (
     OutputWriteError,
@@ -123,11 +123,8 @@ class Trainer:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.output_dir = Path(args.output_dir)
-        # Accelerate uses its multi-CPU (gloo) backend only when asked for the CPU: do so for a multi-process launch
-        # on a machine without CUDA, so `accelerate launch --multi_gpu` / torchrun work on CPU-only machines too.
-        multi_process_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
         self.accelerator = Accelerator(
-            cpu=multi_process_cpu,
+            cpu=multi_process_cpu(),
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             mixed_precision=args.mixed_precision,
             log_with=args.report_to,
