@@ -41,32 +41,36 @@ END_OF_WORD = "</w>"
 
 
 # ---------------------------------------------------------------------------------------------- the caption column
-def check_caption_column(dataset: datasets.Dataset, column: str, batch_size: int = 1024) -> None:
-    """Refuse a caption column that is missing or holds anything but strings or non-empty lists of strings.
+def check_caption_column(dataset: datasets.Dataset, column: str, batch_size: int = 1024) -> tuple[list[str], list[str]]:
+    """Refuse a caption column that is missing or holds anything but strings or non-empty lists of strings; return
+    ``(captions, first_captions)``: every distinct caption, and each row's first caption, distinct (both in data-set
+    order).
 
     Read once per data set (Arrow batches; no image is decoded). ``ValueError`` naming the column, the first bad
     row and the type found there.
     """
     if column not in dataset.column_names:
         raise ValueError(f"Caption column {column!r} not in the data set; its columns are {dataset.column_names}.")
+    captions: dict[str, None] = {}
+    first_captions: dict[str, None] = {}
     row = 0
     for batch in dataset.select_columns([column]).iter(batch_size=batch_size):
         for value in batch[column]:
-            if isinstance(value, str):
-                row += 1
-                continue
-            if isinstance(value, (list, tuple)) and value and all(isinstance(item, str) for item in value):
-                row += 1
-                continue
-            if isinstance(value, (list, tuple)):
-                bad = [type(item).__name__ for item in value if not isinstance(item, str)]
-                found = "an empty list" if not value else f"a list holding {bad[0]}"
-            else:
-                found = type(value).__name__
-            raise ValueError(
-                f"Caption column {column!r}, row {row}: expected a string or a non-empty list of strings, got {found} "
-                f"({value!r:.80})."
-            )
+            options = [value] if isinstance(value, str) else value
+            if not isinstance(options, (list, tuple)) or not options or not all(isinstance(o, str) for o in options):
+                if isinstance(value, (list, tuple)):
+                    bad = [type(item).__name__ for item in value if not isinstance(item, str)]
+                    found = f"a list holding {bad[0]}" if bad else "an empty list"
+                else:
+                    found = type(value).__name__
+                raise ValueError(
+                    f"Caption column {column!r}, row {row}: expected a string or a non-empty list of strings, got "
+                    f"{found} ({value!r:.80})."
+                )
+            captions.update(dict.fromkeys(options))
+            first_captions[options[0]] = None
+            row += 1
+    return list(captions), list(first_captions)
 
 
 def collate_with_captions(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -85,19 +89,6 @@ def draw_captions(captions: Sequence[Sequence[str]]) -> list[str]:
     """
     uniforms = torch.rand(len(captions)).tolist()  # a CPU tensor: no device is waited for
     return [options[min(int(u * len(options)), len(options) - 1)] for u, options in zip(uniforms, captions)]
-
-
-def distinct_captions(dataset: datasets.Dataset, column: str, limit: int) -> list[str]:
-    """The first caption of each row, distinct, in data-set order, at most ``limit``: the default validation prompts."""
-    found: list[str] = []
-    for batch in dataset.select_columns([column]).iter(batch_size=256):
-        for value in batch[column]:
-            first = value if isinstance(value, str) else value[0]
-            if first not in found:
-                found.append(first)
-                if len(found) == limit:
-                    return found
-    return found
 
 
 # ---------------------------------------------------------------------------------------------- conditioning per step
@@ -119,15 +110,6 @@ class CaptionConditioner:
             raise ValueError(f"proportion_empty_prompts must lie in [0, 1], got {proportion_empty_prompts!r}.")
         self.prompt_encoder, self.p, self.dtype = prompt_encoder, float(proportion_empty_prompts), dtype
         self.cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = {} if cache else None
-        self._empty: dict[torch.device, PromptEmbeddings] = {}
-
-    def empty(self, device: torch.device) -> PromptEmbeddings:
-        """The empty prompt's embeddings (batch 1), computed once per device: the text encoder is frozen."""
-        device = torch.device(device)
-        if device not in self._empty:
-            with torch.no_grad():
-                self._empty[device] = self.prompt_encoder.empty(1, device, self.dtype)
-        return self._empty[device]
 
     def encode(self, prompts: list[str], device: torch.device) -> PromptEmbeddings:
         """The embeddings of ``prompts`` (no dropout), through the cache when there is one."""
@@ -155,16 +137,12 @@ class CaptionConditioner:
 
     def __call__(self, captions: Sequence[Sequence[str]], device: torch.device) -> PromptEmbeddings:
         """The conditioning of a batch: :func:`draw_captions`, :meth:`encode`, then the rows of :meth:`dropout_mask`
-        replaced by the empty prompt's embeddings."""
+        replaced by the empty prompt's embeddings (``PromptEncoder.empty``, by the run's convention)."""
         chosen = draw_captions(captions)
         encoded = self.encode(chosen, device)
         dropped = self.dropout_mask(len(chosen), device)
-        empty = self.empty(device)
-        embeds = torch.where(dropped[:, None, None], empty.embeds.to(encoded.embeds.dtype), encoded.embeds)
-        pooled = encoded.pooled
-        if pooled is not None and empty.pooled is not None:
-            pooled = torch.where(dropped[:, None], empty.pooled.to(pooled.dtype), pooled)
-        return PromptEmbeddings(embeds=embeds, pooled=pooled)
+        # The empty prompt's row is encoded once by the PromptEncoder and only expanded here.
+        return encoded.where(dropped, self.prompt_encoder.empty(len(chosen), device, self.dtype))
 
 
 # ---------------------------------------------------------------------------------------------- text encoders
@@ -262,22 +240,3 @@ def load_text_encoder(name_or_path: str, tokenizer_name_or_path: str | None, dty
     text_encoder = model_class.from_pretrained(name_or_path, dtype=dtype).eval().requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_name_or_path or name_or_path)
     return tokenizer, text_encoder
-
-
-def text_hidden_size(text_encoder: Any) -> int:
-    """The width of the text encoder's hidden states (``hidden_size``, or T5's ``d_model``)."""
-    config = text_encoder.config
-    return int(getattr(config, "hidden_size", None) or config.d_model)
-
-
-def check_cross_attention_width(text_hidden: int, backbone: torch.nn.Module) -> None:
-    """``ValueError`` naming both widths when the backbone's cross-attention does not read ``text_hidden`` features
-    (``UNet2DConditionModel.cross_attention_dim``, ``PixArtTransformer2DModel.caption_channels``)."""
-    config = backbone.config
-    name = "caption_channels" if "caption_channels" in config else "cross_attention_dim"
-    width = config[name]
-    if width != text_hidden:
-        raise ValueError(
-            f"The text encoder's hidden size is {text_hidden}, but the {type(backbone).__name__} backbone's {name} is "
-            f"{width}: they must be equal (leave {name} out of --backbone_config to take the text encoder's)."
-        )

@@ -1,0 +1,200 @@
+"""Text-conditional training (``--caption_column``, issue 16): captions drawn per example and step, caption dropout
+drawn anew every step (Ho & Salimans 2022, Algorithm 1: one Bernoulli(p) decision per example and step), the caption
+column's contract, the embedding cache, the local tokenizer and text encoder, both cross-attention backbones under the
+four preconditionings (Karras et al. 2022, Table 1), latent training through a VAE with ``latents_mean`` /
+``latents_std``, the exported ``EDMTextToImagePipeline`` with its card, and an exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from diffusers_edm.pipelines.prompt_encoding import PromptEncoder
+from diffusers_edm.training.captions import (
+    CaptionConditioner,
+    build_local_text_encoder,
+    build_local_tokenizer,
+    check_caption_column,
+    load_text_encoder,
+)
+from diffusers_edm.training.data import DIGIT_WORDS, embedded_digits_dataset
+from diffusers_edm.training.train import main
+from tiny_training import reset_accelerate_state
+
+CAPTIONS = ["a handwritten 7", "the digit seven", "seven", "a 3", "number three", "zero"]
+
+
+def prompt_encoder(empty_prompt: str = "encode", seed: int = 0) -> PromptEncoder:
+    tokenizer = build_local_tokenizer(CAPTIONS)
+    return PromptEncoder(tokenizer, build_local_text_encoder(tokenizer, seed), empty_prompt)
+
+
+def binomial_bound(n: int, p: float) -> float:
+    """Four standard deviations of a Binomial(n, p) count: a fair draw leaves it with probability < 1e-4."""
+    return 4.0 * math.sqrt(n * p * (1.0 - p))
+
+
+def rows_equal(embeds: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+    """Which of ``embeds``' rows (B, L, C) equal ``row`` (L, C) exactly."""
+    return (embeds == row).flatten(1).all(dim=1)
+
+
+# ------------------------------------------------------------------------------------------------ embedded text task
+def test_embedded_digits_carry_several_captions_naming_their_label():
+    dataset = embedded_digits_dataset()
+    assert "text" in dataset.column_names
+    rows = dataset.select(range(30))
+    for label, captions in zip(rows["label"], rows["text"]):
+        assert len(captions) >= 5 and len(set(captions)) == len(captions)
+        # every caption names the digit, as a numeral or a word, and no other digit
+        for caption in captions:
+            words = caption.split()
+            assert str(label) in words or DIGIT_WORDS[label] in words, caption
+            others = {str(d) for d in range(10) if d != label} | {w for d, w in enumerate(DIGIT_WORDS) if d != label}
+            assert not others & set(words), caption
+    assert rows["text"] == embedded_digits_dataset().select(range(30))["text"]  # deterministic
+
+
+# ------------------------------------------------------------------------------------------------ local text encoder
+def test_local_tokenizer_and_text_encoder_are_deterministic_and_keep_caption_words_whole():
+    first, second = build_local_tokenizer(CAPTIONS), build_local_tokenizer(list(CAPTIONS))
+    assert first.get_vocab() == second.get_vocab()
+    ids = first("the digit seven").input_ids
+    # <|startoftext|> the digit seven <|endoftext|>: each caption word is a single token
+    assert first.convert_ids_to_tokens(ids) == ["<|startoftext|>", "the</w>", "digit</w>", "seven</w>", "<|endoftext|>"]
+    assert len(first("an unseen word").input_ids) > 2  # other text still tokenizes (by bytes)
+    a, b, c = (build_local_text_encoder(first, seed) for seed in (3, 3, 4))
+    for (name, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+    assert not any(p.requires_grad for p in a.parameters()) and not a.training
+    before = torch.random.get_rng_state()
+    build_local_text_encoder(first, 5)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the run's RNG is not advanced
+
+
+def test_text_encoder_is_loaded_as_clip_or_t5_by_its_config_frozen_in_the_training_dtype(tmp_path):
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = build_local_tokenizer(CAPTIONS)
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    build_local_text_encoder(tokenizer, 0).save_pretrained(tmp_path / "clip")
+    T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)).save_pretrained(
+        tmp_path / "t5"
+    )
+    _, clip = load_text_encoder(str(tmp_path / "clip"), str(tmp_path / "tokenizer"), torch.bfloat16)
+    loaded_tokenizer, t5 = load_text_encoder(str(tmp_path / "t5"), str(tmp_path / "tokenizer"), torch.float32)
+    assert type(clip).__name__ == "CLIPTextModel" and clip.dtype == torch.bfloat16
+    assert type(t5).__name__ == "T5EncoderModel" and t5.dtype == torch.float32
+    assert not any(p.requires_grad for p in [*clip.parameters(), *t5.parameters()]) and not t5.training
+    assert loaded_tokenizer("seven").input_ids == tokenizer("seven").input_ids
+    T5Config().save_pretrained(tmp_path / "t5")  # still a T5; now a BERT config is refused, naming it
+    from transformers import BertConfig
+
+    BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(
+        tmp_path / "bert"
+    )
+    with pytest.raises(ValueError, match="'bert'.*CLIP text model or a T5 encoder"):
+        load_text_encoder(str(tmp_path / "bert"), None, torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------ caption column
+def test_a_column_of_strings_or_lists_of_strings_is_accepted():
+    dataset = datasets.Dataset.from_dict({"text": ["one", "two", "one"]})
+    assert check_caption_column(dataset, "text") == (["one", "two"], ["one", "two"])
+    dataset = datasets.Dataset.from_dict({"text": [["b", "a"], ["a"], ["c", "b"]]})
+    assert check_caption_column(dataset, "text") == (["b", "a", "c"], ["b", "a", "c"])
+
+
+NOT_A_STRING = st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans(), st.none())
+
+
+@settings(max_examples=30, deadline=None)
+@given(good=st.lists(st.text(max_size=5), max_size=4), bad=NOT_A_STRING, in_list=st.booleans())
+def test_a_caption_column_holding_a_non_string_is_refused_naming_column_row_and_type(good, bad, in_list):
+    if bad is None:  # a null among strings (Arrow allows it in a string column): the first bad row is the last
+        values = [*good, None] if not in_list else [*([text] for text in good), ["fine", None]]
+        bad_row = len(good)
+    else:  # Arrow types a column by its values: a column of numbers, bad from row 0
+        values = [bad if not in_list else [bad]] * (len(good) + 1)
+        bad_row = 0
+    dataset = datasets.Dataset.from_dict({"caption": values})
+    with pytest.raises(ValueError) as error:
+        check_caption_column(dataset, "caption")
+    message = str(error.value)
+    assert "'caption'" in message and f"row {bad_row}:" in message and type(bad).__name__ in message, message
+
+
+def test_a_missing_or_empty_caption_is_refused():
+    with pytest.raises(ValueError, match="'text' not in the data set"):
+        check_caption_column(datasets.Dataset.from_dict({"caption": ["a"]}), "text")
+    with pytest.raises(ValueError, match="row 1: .*an empty list"):
+        check_caption_column(datasets.Dataset.from_dict({"text": [["a"], []]}), "text")
+
+
+# ------------------------------------------------------------------------------------------------ draws and dropout
+def test_each_example_draws_one_of_its_own_captions_uniformly_at_every_step():
+    encoder = prompt_encoder()
+    conditioner = CaptionConditioner(encoder, 0.0, torch.float32)
+    options = [CAPTIONS[:3], CAPTIONS[3:5], CAPTIONS[5:]]
+    reference = {caption: encoder.encode([caption]).embeds[0] for caption in CAPTIONS}
+    counts = {caption: 0 for caption in CAPTIONS}
+    steps = 300
+    torch.manual_seed(0)
+    for _ in range(steps):
+        embeds = conditioner(options, "cpu").embeds
+        for row, own in zip(embeds, options):
+            matches = [caption for caption in CAPTIONS if torch.allclose(row, reference[caption], atol=1e-5)]
+            assert len(matches) == 1 and matches[0] in own  # one of its own captions, never another example's
+            counts[matches[0]] += 1
+    for own in options:
+        for caption in own:  # uniform over the example's captions: Binomial(steps, 1/n)
+            assert abs(counts[caption] - steps / len(own)) <= binomial_bound(steps, 1 / len(own)), (caption, counts)
+
+
+@pytest.mark.parametrize("empty_prompt", ["encode", "zeros"])
+def test_caption_dropout_is_drawn_anew_every_step_at_rate_p(empty_prompt):
+    p, batch, steps = 0.3, 16, 150
+    encoder = prompt_encoder(empty_prompt)
+    conditioner = CaptionConditioner(encoder, p, torch.float32)
+    # the empty prompt by the convention: "" through the text encoder, or zeros (written here, not taken from the code)
+    empty = encoder.encode([""]).embeds[0] if empty_prompt == "encode" else torch.zeros(16, 64)
+    torch.manual_seed(1)
+    dropped = torch.stack([rows_equal(conditioner([["seven"]] * batch, "cpu").embeds, empty) for _ in range(steps)])
+    total = batch * steps
+    assert abs(int(dropped.sum()) - total * p) <= binomial_bound(total, p)
+    # The same caption (and the same example slot) is dropped at some steps and kept at others: a decision per step,
+    # not one fixed per caption (as precomputed embeddings would have it).
+    per_slot = dropped.float().mean(dim=0)
+    assert bool(((per_slot > 0) & (per_slot < 1)).all())
+    # Consecutive "epochs" (steps) of one slot agree about as often as two independent draws: p^2 + (1-p)^2.
+    agreement = (dropped[1:] == dropped[:-1]).float().mean()
+    expected = p**2 + (1 - p) ** 2
+    assert abs(float(agreement) - expected) <= 4 * math.sqrt(expected * (1 - expected) / (total - batch))
+
+
+def test_cached_embeddings_equal_the_uncached_ones_and_encode_each_caption_once():
+    encoder = prompt_encoder()
+    calls = []
+    encode = encoder.encode
+    encoder.encode = lambda prompts, *args, **kwargs: calls.append(list(prompts)) or encode(prompts, *args, **kwargs)
+    cached = CaptionConditioner(encoder, 0.25, torch.float32, cache=True)
+    uncached = CaptionConditioner(prompt_encoder(), 0.25, torch.float32, cache=False)
+    options = [CAPTIONS[:3], CAPTIONS[3:], CAPTIONS[:1], CAPTIONS[2:4]]
+    for step in range(12):
+        torch.manual_seed(step)
+        with_cache = cached(options, "cpu")
+        torch.manual_seed(step)
+        without = uncached(options, "cpu")
+        torch.testing.assert_close(with_cache.embeds, without.embeds, rtol=0, atol=1e-6)
+        torch.testing.assert_close(with_cache.pooled, without.pooled, rtol=0, atol=1e-6)
+    encoded = [caption for call in calls for caption in call if caption != ""]
+    assert sorted(encoded) == sorted(set(encoded))  # every caption encoded at most once
