@@ -1,4 +1,5 @@
-"""Tiny text encoders (CLIPTextModel, T5EncoderModel) and a CLIP tokenizer whose vocabulary is written here, offline.
+"""Tiny text encoders (CLIPTextModel, T5EncoderModel), a CLIP tokenizer whose vocabulary is written here, and tiny
+text-conditional backbones (UNet2DConditionModel, PixArtTransformer2DModel), all offline.
 
 The tokenizer is :func:`tiny_stable_diffusion.make_clip_tokenizer`'s (every byte-level character a token, no merges)
 with a short ``model_max_length`` so that the tests' sequences stay small.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
 
 from tiny_stable_diffusion import make_clip_tokenizer
@@ -36,3 +38,33 @@ def tiny_clip_text_encoder(hidden_size: int = 8, seed: int = 0, sequence_length:
 def tiny_t5_encoder(d_model: int = 8, seed: int = 0) -> T5EncoderModel:
     torch.manual_seed(seed)
     return T5EncoderModel(T5Config(vocab_size=1000, d_model=d_model, d_kv=4, d_ff=2 * d_model, num_layers=1, num_heads=2)).eval()
+
+
+def tiny_text_unet(
+    channels: int = 4, context_width: int = 8, out_channels: int | None = None, pooled_width: int | None = None,
+    seed: int = 0,
+) -> UNet2DConditionModel:
+    """A UNet2DConditionModel reading ``context_width``-wide text; with ``pooled_width``, a projection class
+    embedding of the pooled text vector (GLIDE's final-token projection added to the time embedding)."""
+    torch.manual_seed(seed)
+    pooled = {} if pooled_width is None else {"class_embed_type": "projection", "projection_class_embeddings_input_dim": pooled_width}
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=channels, out_channels=out_channels or channels, block_out_channels=(8, 16),
+        layers_per_block=1, norm_num_groups=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=context_width, attention_head_dim=4,
+        **pooled,
+    )
+
+
+def tiny_pixart(
+    channels: int = 4, caption_channels: int = 8, learned_variance: bool = True, additional_conditions: bool = False,
+    seed: int = 0,
+) -> PixArtTransformer2DModel:
+    """A PixArtTransformer2DModel (inner width 24, divisible by 3 for its resolution / aspect-ratio embeddings)."""
+    torch.manual_seed(seed)
+    return PixArtTransformer2DModel(
+        num_attention_heads=3, attention_head_dim=8, in_channels=channels,
+        out_channels=2 * channels if learned_variance else channels, num_layers=1, sample_size=8, patch_size=2,
+        cross_attention_dim=24, caption_channels=caption_channels, num_embeds_ada_norm=1000,
+        use_additional_conditions=additional_conditions,
+    )

@@ -2,8 +2,16 @@
 
 A wrapper's config holds its backbone as plain data (class name + config dict) because a module cannot be a
 config value; :func:`backbone_spec` writes that data and :func:`build_backbone` reads it.
-The three supported classes take the noise label and class labels under different argument names;
+The supported classes take the noise label, class labels and text conditioning under different argument names;
 :func:`backbone_caller` is the one place that knows them.
+
+Text conditioning: ``UNet2DConditionModel`` (Latent Diffusion, Rombach et al. 2022, section 3.3) and
+``PixArtTransformer2DModel`` (PixArt-alpha, Chen et al. 2023: a DiT whose blocks add cross-attention) read a sequence
+of text embeddings (``encoder_hidden_states``). A pooled text vector is added to the time embedding where the backbone
+has an input for it (GLIDE, Nichol et al. 2022, section 2.3, projects the final token's state): a
+``UNet2DConditionModel`` with ``class_embed_type="projection"`` or ``"simple_projection"`` takes it in place of class
+labels. A UNet with ``addition_embed_type="text"`` pools the sequence itself (its ``TextTimeEmbedding`` reads
+``encoder_hidden_states``), so it needs nothing more.
 """
 
 from __future__ import annotations
@@ -13,14 +21,18 @@ from typing import Any, Callable
 
 import torch
 from accelerate.utils import extract_model_from_parallel
-from diffusers import DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
+from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel, UNet2DConditionModel, UNet2DModel
 from diffusers.models.embeddings import LabelEmbedding
 
 SUPPORTED_BACKBONES: dict[str, type[torch.nn.Module]] = {
     "UNet2DModel": UNet2DModel,
     "UNet2DConditionModel": UNet2DConditionModel,
     "DiTTransformer2DModel": DiTTransformer2DModel,
+    "PixArtTransformer2DModel": PixArtTransformer2DModel,
 }
+
+#: UNet2DConditionModel class-embedding types that project a vector (here: the pooled text embedding), not label ids.
+POOLED_EMBED_TYPES = ("projection", "simple_projection")
 
 
 def backbone_class(name: str) -> type[torch.nn.Module]:
@@ -82,7 +94,7 @@ def image_channels(backbone: torch.nn.Module) -> int:
 
 def output_channels(backbone: torch.nn.Module) -> int:
     """Channels of the backbone's output: C, or 2C for a learned-variance backbone."""
-    if isinstance(backbone, DiTTransformer2DModel):
+    if isinstance(backbone, (DiTTransformer2DModel, PixArtTransformer2DModel)):
         return int(backbone.out_channels)
     return int(backbone.config.out_channels)
 
@@ -104,6 +116,10 @@ def class_table_size(backbone: torch.nn.Module) -> int:
     """
     if isinstance(backbone, DiTTransformer2DModel):
         return int(backbone.config.num_embeds_ada_norm) + 1
+    if isinstance(backbone, PixArtTransformer2DModel):
+        return 0  # its num_embeds_ada_norm sizes the timestep embedding, there is no class table
+    if pooled_text_width(backbone) is not None:
+        return 0
     if backbone.config.class_embed_type is not None:
         raise ValueError(
             f"{type(backbone).__name__} with class_embed_type={backbone.config.class_embed_type!r} is not supported; "
@@ -114,12 +130,45 @@ def class_table_size(backbone: torch.nn.Module) -> int:
 
 def uses_cross_attention(backbone: torch.nn.Module) -> bool:
     """Whether the backbone takes ``encoder_hidden_states``."""
-    return isinstance(backbone, UNet2DConditionModel)
+    return isinstance(backbone, (UNet2DConditionModel, PixArtTransformer2DModel))
 
 
-BackboneCall = Callable[
-    [torch.nn.Module, torch.Tensor, torch.Tensor, "torch.LongTensor | None", "torch.Tensor | None"], torch.Tensor
-]
+def context_width(backbone: torch.nn.Module) -> int | None:
+    """Width of the text embeddings the backbone reads (``None``: no cross-attention).
+
+    ``UNet2DConditionModel``: ``encoder_hid_dim`` where it projects its input, else ``cross_attention_dim`` (one
+    width for all blocks); ``PixArtTransformer2DModel``: ``caption_channels`` (its caption projection's input), else
+    ``cross_attention_dim``.
+    """
+    if not uses_cross_attention(backbone):
+        return None
+    config = backbone.config
+    if isinstance(backbone, PixArtTransformer2DModel):
+        return int(config.caption_channels if config.caption_channels is not None else config.cross_attention_dim)
+    if config.encoder_hid_dim is not None:
+        return int(config.encoder_hid_dim)
+    width = config.cross_attention_dim
+    if isinstance(width, (list, tuple)):
+        if len(set(width)) != 1:
+            raise ValueError(
+                f"UNet2DConditionModel with per-block cross_attention_dim={list(width)} is not supported: one text "
+                "sequence feeds every block, so all blocks need the same width."
+            )
+        width = width[0]
+    return int(width)
+
+
+def pooled_text_width(backbone: torch.nn.Module) -> int | None:
+    """Width of the pooled text vector the backbone adds to its time embedding (``None``: it takes none): a
+    ``UNet2DConditionModel`` with ``class_embed_type`` in :data:`POOLED_EMBED_TYPES` reads
+    ``projection_class_embeddings_input_dim`` channels."""
+    if isinstance(backbone, UNet2DConditionModel) and backbone.config.class_embed_type in POOLED_EMBED_TYPES:
+        return int(backbone.config.projection_class_embeddings_input_dim)
+    return None
+
+
+#: ``call(module, sample, noise_label, class_labels, encoder_hidden_states, pooled_text_embeds=None)``.
+BackboneCall = Callable[..., torch.Tensor]
 
 
 def _call_unet_condition(
@@ -128,9 +177,40 @@ def _call_unet_condition(
     noise_label: torch.Tensor,
     class_labels: torch.LongTensor | None,
     encoder_hidden_states: torch.Tensor | None,
+    pooled_text_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    # A UNet with a projection class embedding reads the pooled text vector where others read label ids.
+    if pooled_text_embeds is not None:
+        class_labels = pooled_text_embeds
     return module(
         sample, timestep=noise_label, encoder_hidden_states=encoder_hidden_states, class_labels=class_labels,
+        return_dict=False,
+    )[0]
+
+
+def _call_pixart(
+    module: torch.nn.Module,
+    sample: torch.Tensor,
+    noise_label: torch.Tensor,
+    class_labels: torch.LongTensor | None,
+    encoder_hidden_states: torch.Tensor | None,
+    pooled_text_embeds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``PixArtTransformer2DModel``: text through cross-attention; its micro-conditions (resolution and aspect
+    ratio, PixArt-alpha's 1024-px models) only where ``use_additional_conditions``, given as the sample's own
+    height and width, the same in training and sampling. No class labels, no pooled vector."""
+    added_cond_kwargs = {"resolution": None, "aspect_ratio": None}
+    if module.use_additional_conditions:
+        batch, (height, width) = sample.shape[0], sample.shape[-2:]
+        # Filled on the device (no host-to-device copy per call).
+        added_cond_kwargs = {
+            "resolution": torch.stack(
+                [sample.new_full((batch,), float(height)), sample.new_full((batch,), float(width))], dim=1
+            ),
+            "aspect_ratio": sample.new_full((batch, 1), height / width),
+        }
+    return module(
+        sample, encoder_hidden_states=encoder_hidden_states, timestep=noise_label, added_cond_kwargs=added_cond_kwargs,
         return_dict=False,
     )[0]
 
@@ -141,6 +221,7 @@ def _call_with_class_labels(
     noise_label: torch.Tensor,
     class_labels: torch.LongTensor | None,
     encoder_hidden_states: torch.Tensor | None,
+    pooled_text_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``UNet2DModel`` and ``DiTTransformer2DModel``: the same keywords, no cross-attention."""
     return module(sample, timestep=noise_label, class_labels=class_labels, return_dict=False)[0]
@@ -148,6 +229,7 @@ def _call_with_class_labels(
 
 _CALLS: tuple[tuple[type[torch.nn.Module], BackboneCall], ...] = (
     (DiTTransformer2DModel, _call_with_class_labels),
+    (PixArtTransformer2DModel, _call_pixart),
     (UNet2DConditionModel, _call_unet_condition),
     (UNet2DModel, _call_with_class_labels),
 )
@@ -155,7 +237,8 @@ SUPPORTED_CLASSES = tuple(cls for cls, _ in _CALLS)
 
 
 def backbone_caller(backbone: torch.nn.Module) -> BackboneCall:
-    """The calling convention of ``backbone``'s class: ``call(module, sample, noise_label, class_labels, encoder_hidden_states)``.
+    """The calling convention of ``backbone``'s class:
+    ``call(module, sample, noise_label, class_labels, encoder_hidden_states, pooled_text_embeds=None)``.
 
     The class is read from the unwrapped module (DDP, FSDP, DeepSpeed and ``torch.compile`` wrappers are looked
     through, with Accelerate's ``extract_model_from_parallel``), while the returned function calls whatever module
@@ -179,10 +262,13 @@ def call_backbone(
     noise_label: torch.Tensor,
     class_labels: torch.LongTensor | None,
     encoder_hidden_states: torch.Tensor | None,
+    pooled_text_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``F(sample; noise_label)``: the raw network output, whatever the backbone's argument names (and wrappers).
 
     Looks the convention up on every call; a loop that calls the same model many times takes
     :func:`backbone_caller` once instead.
     """
-    return backbone_caller(backbone)(backbone, sample, noise_label, class_labels, encoder_hidden_states)
+    return backbone_caller(backbone)(
+        backbone, sample, noise_label, class_labels, encoder_hidden_states, pooled_text_embeds
+    )

@@ -24,10 +24,12 @@ from .backbones import (
     build_backbone,
     call_backbone,
     class_table_size,
+    context_width,
     disable_internal_label_dropout,
     drop_class_labels,
     image_channels,
     output_channels,
+    pooled_text_width,
     sample_size,
     uses_cross_attention,
 )
@@ -199,8 +201,20 @@ class PreconditionedDenoiser(ModelMixin, ConfigMixin):
 
     @property
     def uses_cross_attention(self) -> bool:
-        """Whether ``forward`` needs ``encoder_hidden_states`` (a ``UNet2DConditionModel`` backbone)."""
+        """Whether ``forward`` needs ``encoder_hidden_states`` (a ``UNet2DConditionModel`` or
+        ``PixArtTransformer2DModel`` backbone)."""
         return uses_cross_attention(self.backbone)
+
+    @property
+    def context_width(self) -> int | None:
+        """Width of the text embeddings (``encoder_hidden_states``) the backbone reads; ``None`` without
+        cross-attention."""
+        return context_width(self.backbone)
+
+    @property
+    def pooled_text_width(self) -> int | None:
+        """Width of the pooled text vector ``forward`` needs (``pooled_text_embeds``); ``None``: it takes none."""
+        return pooled_text_width(self.backbone)
 
     # ---------------------------------------------------------------------------------------- forward
     @staticmethod
@@ -287,6 +301,7 @@ class PreconditionedDenoiser(ModelMixin, ConfigMixin):
         class_labels: torch.Tensor | int | list[int] | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         return_dict: bool = True,
+        pooled_text_embeds: torch.Tensor | None = None,
     ) -> PreconditionedDenoiserOutput | tuple:
         """``D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)[:, :C]``.
 
@@ -296,8 +311,11 @@ class PreconditionedDenoiser(ModelMixin, ConfigMixin):
                 :meth:`check_sigma`, which callers run once per pipeline call or data set, not here).
             class_labels: label ids for a class-conditional model (one, or one per sample); ``None`` uses the
                 null label where the model has one. Their range is checked by :meth:`check_class_labels`, not here.
-            encoder_hidden_states: the cross-attention context of a ``UNet2DConditionModel`` backbone.
+            encoder_hidden_states: the cross-attention context ``(B, L, context_width)`` of a
+                ``UNet2DConditionModel`` or ``PixArtTransformer2DModel`` backbone (text embeddings).
             return_dict: return a :class:`PreconditionedDenoiserOutput` rather than a tuple.
+            pooled_text_embeds: ``(B, pooled_text_width)``, the pooled text vector for a backbone that adds one to
+                its time embedding (a ``UNet2DConditionModel`` with a projection class embedding); else ``None``.
 
         The coefficients and ``D`` are float32 whatever the backbone's dtype; the backbone gets ``c_in x`` in its
         own dtype and ``c_noise`` as a float32 tensor of shape ``(B,)``. Nothing here synchronises with the device.
@@ -312,6 +330,27 @@ class PreconditionedDenoiser(ModelMixin, ConfigMixin):
             need = "needs" if self.uses_cross_attention else "does not take"
             raise ValueError(f"This denoiser's {type(self.backbone).__name__} backbone {need} encoder_hidden_states.")
         batch = sample.shape[0]
+        if encoder_hidden_states is not None and (
+            encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[0] != batch
+            or encoder_hidden_states.shape[-1] != self.context_width
+        ):
+            raise ValueError(
+                f"encoder_hidden_states must have shape ({batch}, L, {self.context_width}) for this denoiser's "
+                f"{type(self.backbone).__name__} (batch {batch}, width {self.context_width}), got "
+                f"{tuple(encoder_hidden_states.shape)}."
+            )
+        pooled_width = self.pooled_text_width
+        if (pooled_width is None) != (pooled_text_embeds is None):
+            need = "does not take" if pooled_width is None else f"needs (width {pooled_width})"
+            raise ValueError(
+                f"This denoiser's {type(self.backbone).__name__} backbone {need} pooled_text_embeds"
+                + ("" if pooled_text_embeds is None else f"; got shape {tuple(pooled_text_embeds.shape)}") + "."
+            )
+        if pooled_text_embeds is not None and tuple(pooled_text_embeds.shape) != (batch, pooled_width):
+            raise ValueError(
+                f"pooled_text_embeds must have shape ({batch}, {pooled_width}) for this denoiser, got "
+                f"{tuple(pooled_text_embeds.shape)}."
+            )
         sigma = self._noise_levels(sigma, batch, sample.device)
         labels = self._label_ids(class_labels, batch, sample.device)
         if labels is not None and self.training and self.config.label_dropout > 0:
@@ -320,8 +359,12 @@ class PreconditionedDenoiser(ModelMixin, ConfigMixin):
         c_skip, c_out, c_in, c_noise = self.preconditioning(sigma)
         c_skip, c_out, c_in = (c.reshape(batch, 1, 1, 1) for c in (c_skip, c_out, c_in))
         x = sample.to(torch.float32)
+        if encoder_hidden_states is not None:
+            encoder_hidden_states = encoder_hidden_states.to(self.backbone.dtype)
+        if pooled_text_embeds is not None:
+            pooled_text_embeds = pooled_text_embeds.to(self.backbone.dtype)
         output = call_backbone(
-            self.backbone, (c_in * x).to(self.backbone.dtype), c_noise, labels, encoder_hidden_states
+            self.backbone, (c_in * x).to(self.backbone.dtype), c_noise, labels, encoder_hidden_states, pooled_text_embeds
         ).to(torch.float32)
         channels = self.image_channels
         denoised = c_skip * x + c_out * output[:, :channels]
@@ -336,7 +379,8 @@ class EDMPrecond(PreconditionedDenoiser):
     ``c_in = 1/sqrt(sigma^2+sd^2)``, ``c_noise = log(sigma)/4`` with ``sd = sigma_data``.
 
     Args:
-        backbone_class: ``"UNet2DModel"``, ``"UNet2DConditionModel"`` or ``"DiTTransformer2DModel"``.
+        backbone_class: ``"UNet2DModel"``, ``"UNet2DConditionModel"``, ``"DiTTransformer2DModel"`` or
+            ``"PixArtTransformer2DModel"``.
         backbone_config: the backbone's config as a plain dict.
         sigma_data: standard deviation of the data (0.5 for images in [-1, 1]).
         sigma_min, sigma_max: the range of noise levels the model supports (EDM: 0 and infinity).
