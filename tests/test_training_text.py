@@ -198,3 +198,141 @@ def test_cached_embeddings_equal_the_uncached_ones_and_encode_each_caption_once(
         torch.testing.assert_close(with_cache.pooled, without.pooled, rtol=0, atol=1e-6)
     encoded = [caption for call in calls for caption in call if caption != ""]
     assert sorted(encoded) == sorted(set(encoded))  # every caption encoded at most once
+
+
+# ------------------------------------------------------------------------------------------------ options
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--caption_column", "text", "--label_column", "label"], "pass one of them"),
+        (["--text_encoder", "somewhere"], "--text_encoder applies to --caption_column"),
+        (["--proportion_empty_prompts", "0.2"], "--proportion_empty_prompts applies to --caption_column"),
+        (["--caption_column", "text", "--tokenizer", "somewhere"], "--tokenizer 'somewhere' needs --text_encoder"),
+        (["--caption_column", "text", "--precond", "edm2"], "--precond 'edm2'"),
+        (["--caption_column", "text", "--loss", "hybrid"], "--caption_column applies to --caption_column"),
+        (["--caption_column", "text", "--task", "classifier", "--label_column", "label"], "pass one of them|--caption_column applies"),
+        (["--caption_column", "text", "--guidance_scale", "2", "--proportion_empty_prompts", "0"], "--proportion_empty_prompts > 0"),
+    ],
+)
+def test_text_options_are_refused_where_they_do_not_apply(extra, message):
+    from diffusers_edm.training.arguments import parse_args
+
+    with pytest.raises(ValueError, match=message):
+        parse_args(["--output_dir", "unused", *extra])
+
+
+def test_text_defaults_are_resolved():
+    from diffusers_edm.training.arguments import parse_args
+
+    args = parse_args(["--output_dir", "unused", "--caption_column", "text"])
+    assert (args.proportion_empty_prompts, args.empty_prompt, args.cache_text_embeddings) == (0.1, "encode", False)
+
+
+# ------------------------------------------------------------------------------------------------ training runs
+TEXT_UNET = {
+    "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 4,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+}
+TEXT_PIXART = {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 8}
+LATENTS_MEAN, LATENTS_STD = [0.1, -0.2, 0.3, 0.0], [0.5, 1.5, 1.0, 2.0]
+PROMPTS = ["a handwritten 7", "zero"]
+
+
+@pytest.fixture(scope="module")
+def text_files(tmp_path_factory) -> dict[str, Path]:
+    """Backbone configs and a grayscale AutoencoderKL whose config has latents_mean / latents_std (SDXL-style)."""
+    from diffusers import AutoencoderKL
+
+    root = tmp_path_factory.mktemp("text")
+    (root / "unet.json").write_text(json.dumps(TEXT_UNET))
+    (root / "pixart.json").write_text(json.dumps(TEXT_PIXART))
+    torch.manual_seed(0)
+    AutoencoderKL(
+        in_channels=1, out_channels=1, latent_channels=4, block_out_channels=(8, 8), norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        latents_mean=LATENTS_MEAN, latents_std=LATENTS_STD,
+    ).save_pretrained(root / "vae")
+    return {"unet": root / "unet.json", "dit": root / "pixart.json", "vae": root / "vae"}
+
+
+def text_args(output_dir: Path, files: dict[str, Path], backbone: str, precond: str, *extra: str) -> list[str]:
+    """Two steps at batch 4 (8x8 pixels for the UNet; 8x8 images -> 4x4 latents for PixArt), no validation grids."""
+    args = [
+        "--output_dir", str(output_dir), "--caption_column", "text", "--precond", precond, "--backbone", backbone,
+        "--backbone_config", str(files[backbone]), "--resolution", "8", "--train_batch_size", "4",
+        "--max_train_steps", "2", "--checkpointing_steps", "1000", "--logging_steps", "1", "--validation_steps", "1000",
+        "--num_validation_images", "2", "--sample_steps", "2", "--report_to", "none", "--validation_prompts", *PROMPTS,
+    ]
+    if backbone == "dit":
+        args += ["--vae", str(files["vae"])]
+    return [*args, *extra]
+
+
+PRECOND_CLASS_NAMES = {"edm": "EDMPrecond", "vp": "VPPrecond", "ve": "VEPrecond", "iddpm": "IDDPMPrecond"}
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+@pytest.mark.parametrize("precond", sorted(PRECOND_CLASS_NAMES))
+@pytest.mark.parametrize("backbone", ["unet", "dit"])
+def test_both_backbones_train_under_every_preconditioning_and_export_a_text_to_image_pipeline(
+    tmp_path, text_files, backbone, precond
+):
+    from diffusers import DiffusionPipeline
+    from PIL import Image
+
+    out = tmp_path / "run"
+    result = main(text_args(out, text_files, backbone, precond))
+    model = result.model
+    assert type(model).__name__ == PRECOND_CLASS_NAMES[precond]
+    expected_backbone = "UNet2DConditionModel" if backbone == "unet" else "PixArtTransformer2DModel"
+    assert type(model.backbone).__name__ == expected_backbone
+    assert result.global_step == 2 and all(math.isfinite(loss) for loss in result.losses)
+    if backbone == "dit":  # latent space of the VAE: 4 channels at half the resolution
+        assert model.config.backbone_config["in_channels"] == 4 and model.config.backbone_config["sample_size"] == 4
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert type(pipe).__name__ == "EDMTextToImagePipeline" and pipe.config.empty_prompt == "encode"
+    assert type(pipe.text_encoder).__name__ == "CLIPTextModel" and pipe.tokenizer("seven").input_ids
+    if backbone == "dit":
+        assert list(pipe.vae.config.latents_mean) == LATENTS_MEAN and list(pipe.vae.config.latents_std) == LATENTS_STD
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(prompt=["seven"], num_inference_steps=2, output_type="np").images
+    assert images.shape == (1, 8, 8, 1) and np.isfinite(images).all()
+    # the grid: one row per validation prompt, one column per seed (2 images / 2 prompts = 1 seed), 8 px cells x8
+    assert Image.open(out / "samples.png").size == (64, 2 * 64 + 2)
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_the_exported_card_example_runs_with_the_runs_prompts(tmp_path, text_files):
+    from test_model_cards import run_usage_example
+
+    out = tmp_path / "run"
+    main(text_args(out, text_files, "unet", "edm", "--hub_model_id", "someone/digits-text", "--guidance_scale", "2"))
+    card = (out / "README.md").read_text()
+    assert "pipeline_tag: text-to-image" in card and "- diffusers-edm" in card
+    code, images = run_usage_example(card, "someone/digits-text", out)
+    assert f"prompt={PROMPTS!r}" in code and "guidance_scale=2.0" in code and "num_inference_steps=2" in code
+    assert len(images) == len(PROMPTS)
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_a_text_encoder_narrower_than_the_cross_attention_is_refused_naming_both(tmp_path, text_files):
+    config = tmp_path / "wide.json"
+    config.write_text(json.dumps({**TEXT_UNET, "cross_attention_dim": 16}))
+    args = text_args(tmp_path / "run", text_files, "unet", "edm", "--backbone_config", str(config))
+    with pytest.raises(ValueError, match=r"width 64.*width 16"):
+        main(args)
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_a_resumed_text_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, text_files):
+    """Checkpoint at step 2 of 4, resume: the caption draws (CPU RNG) and the dropout (device RNG) continue as in
+    the uninterrupted run, so every weight is equal."""
+    common = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--proportion_empty_prompts", "0.5"]
+    whole = main(text_args(tmp_path / "whole", text_files, "unet", "edm", *common))
+    reset_accelerate_state()
+    main(text_args(tmp_path / "parts", text_files, "unet", "edm", *common, "--max_train_steps", "2"))
+    reset_accelerate_state()
+    resumed = main(text_args(tmp_path / "parts", text_files, "unet", "edm", *common, "--resume_from_checkpoint", "latest"))
+    assert resumed.global_step == whole.global_step == 4
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ...models.backbones import context_width, pooled_text_width
 from ...pipelines.prompt_encoding import PromptEncoder
 from ...schedulers import EDMHeunScheduler
 from ..captions import CaptionConditioner, build_local_text_encoder, build_local_tokenizer, load_text_encoder
@@ -100,9 +101,9 @@ class TextDenoisingRecipe(DenoisingRecipe):
             backbone_overrides(args),
         )
         width_key = "caption_channels" if args.backbone == "dit" else "cross_attention_dim"
-        self.prompt_encoder.check_fits(
-            backbone.config[width_key], f"the {type(backbone).__name__} backbone ({width_key})"
-        )
+        self.prompt_encoder.check_fits(context_width(backbone), f"the {type(backbone).__name__} backbone ({width_key})")
+        # A backbone configured to add the pooled text vector to its time embedding gets it (GLIDE's final token).
+        self.pooled_width = pooled_text_width(backbone)
         precond_config = {"sigma_data": args.sigma_data} if precond == "edm" else {}
         return PRECOND_CLASSES[precond].from_backbone(backbone, num_classes=0, **precond_config)
 
@@ -121,7 +122,10 @@ class TextDenoisingRecipe(DenoisingRecipe):
     def conditioning(self, batch: dict) -> dict[str, torch.Tensor]:
         """``{"encoder_hidden_states": ...}`` of the batch's captions: one drawn per example, dropped to the empty
         prompt with probability ``--proportion_empty_prompts`` (both drawn now, from the run's seeded RNGs)."""
-        return {"encoder_hidden_states": self.conditioner(batch["captions"], self.accelerator.device).embeds}
+        embeddings = self.conditioner(batch["captions"], self.accelerator.device)
+        if self.pooled_width is None:
+            return {"encoder_hidden_states": embeddings.embeds}
+        return {"encoder_hidden_states": embeddings.embeds, "pooled_text_embeds": embeddings.pooled}
 
     def loss(self, model: torch.nn.Module, images: torch.Tensor, conditioning: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         return self.denoising_loss(model, images, conditioning)
