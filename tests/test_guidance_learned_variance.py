@@ -99,7 +99,10 @@ def test_guidance_interval_on_the_steps_sigma_t():
     classifier = tiny_classifier(num_classes=2)
     pipe = pipeline(True, classifier)
     unet_calls, classifier_calls = [], []
-    pipe.unet.register_forward_pre_hook(lambda m, args: unet_calls.append((int(args[1][0]), args[0].shape[0])))
+    pipe.unet.register_forward_pre_hook(  # the timestep by name or by position
+        lambda m, args, kwargs: unet_calls.append((int(kwargs.get("timestep", args[1:2] and args[1])[0]), args[0].shape[0])),
+        with_kwargs=True,
+    )
     classifier.register_forward_pre_hook(lambda m, args: classifier_calls.append(float(args[1])))
     sigmas = [sigma_of(t) for t in reversed(KEPT)]
     interval = (sigmas[3], sigmas[1])  # sigma_t of t = 19 (excluded) and of t = 20 (included)

@@ -34,7 +34,7 @@ from .models import (
     VEPrecond,
     VPPrecond,
 )
-from .pipelines import EDMPipeline, LearnedVariancePipeline
+from .pipelines import EDMPipeline, EDMTextToImagePipeline, LearnedVariancePipeline, PromptEncoder
 from .schedulers import (
     EDMHeunDiscreteScheduler,
     EDMHeunScheduler,
@@ -64,6 +64,7 @@ __all__ = [
     "EDMLoss",
     "EDMPipeline",
     "EDMPrecond",
+    "EDMTextToImagePipeline",
     "HybridLossOutput",
     "IDDPMLoss",
     "IDDPMPrecond",
@@ -76,6 +77,7 @@ __all__ = [
     "NoiseConditionalClassifierOutput",
     "PreconditionedDenoiser",
     "PreconditionedDenoiserOutput",
+    "PromptEncoder",
     "Preconditioning",
     "SchedulerMixin",
     "TimestepSampler",

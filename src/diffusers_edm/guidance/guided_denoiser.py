@@ -4,7 +4,7 @@ A sampler needs one function ``D(x; sigma)``. Guidance changes that function, an
 terms, each stated in its own file:
 
 - one *guiding* term that replaces the conditional model's prediction at guided calls: classifier-free guidance
-  (:class:`~.classifier_free.ClassifierFreeGuidance`, the null label as reference) or autoguidance
+  (:class:`~.classifier_free.ClassifierFreeGuidance`, the null label and / or the empty prompt as reference) or autoguidance
   (:class:`~.autoguidance.Autoguidance`, a weak model as reference);
 - additive *corrections* of ``D``: classifier guidance (:class:`~.classifier.ClassifierGuidance`,
   ``s sigma^2 grad_x log p(y | x; sigma)``), on top of either guiding term or alone;
@@ -38,6 +38,7 @@ class ConditionalDenoiser:
         denoiser: the :class:`~diffusers_edm.models.PreconditionedDenoiser`.
         class_labels: validated label ids (``B``, on the model's device), or ``None`` for an unconditional model.
         encoder_hidden_states: a cross-attention context (``B`` rows), or ``None``.
+        pooled_text_embeds: the pooled text vector (``B`` rows) for a backbone that takes one, or ``None``.
     """
 
     def __init__(
@@ -45,13 +46,17 @@ class ConditionalDenoiser:
         denoiser: PreconditionedDenoiser,
         class_labels: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
+        pooled_text_embeds: torch.Tensor | None = None,
     ):
         self.denoiser = denoiser
         self.class_labels = class_labels
         self.encoder_hidden_states = encoder_hidden_states
+        self.pooled_text_embeds = pooled_text_embeds
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        return self.denoiser(x, sigma, self.class_labels, self.encoder_hidden_states).sample
+        return self.denoiser(
+            x, sigma, self.class_labels, self.encoder_hidden_states, pooled_text_embeds=self.pooled_text_embeds
+        ).sample
 
 
 class GuidedDenoiser:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..gaussian_diffusion import split_model_output
+from ..models.backbones import call_backbone
 from ..noise_schedules import sigmas_from_betas
 from ..schedulers.scheduling_learned_variance_ddpm import LearnedVarianceDDPMScheduler
 from .classifier import ClassifierGuidance
@@ -36,15 +37,27 @@ class GuidedPrediction:
 
 
 class ConditionalNoisePredictor:
-    """``model(x_t, t, y)``: a learned-variance network with the labels of one pipeline call (or none)."""
+    """``model(x_t, t, c)``: a learned-variance network with the labels and / or text conditioning of one pipeline
+    call (or none), called through :func:`~diffusers_edm.models.backbones.call_backbone`."""
 
-    def __init__(self, model: torch.nn.Module, class_labels: torch.Tensor | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        class_labels: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        pooled_text_embeds: torch.Tensor | None = None,
+    ):
         self.model = model
-        self.kwargs = {} if class_labels is None else {"class_labels": class_labels}
+        self.class_labels = class_labels
+        self.encoder_hidden_states = encoder_hidden_states
+        self.pooled_text_embeds = pooled_text_embeds
 
     def __call__(self, x_t: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         # A tensor timestep per example: UNet2DModel would truncate a Python float, and DiT wants one per example.
-        return self.model(x_t, timestep.reshape(1).expand(x_t.shape[0]), **self.kwargs).sample
+        timesteps = timestep.reshape(1).expand(x_t.shape[0])
+        return call_backbone(
+            self.model, x_t, timesteps, self.class_labels, self.encoder_hidden_states, self.pooled_text_embeds
+        )
 
 
 class GuidedNoisePredictor:

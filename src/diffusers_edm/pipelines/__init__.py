@@ -8,10 +8,19 @@ package adds its pipeline classes there, where diffusers has no class of that na
 import diffusers
 
 from .pipeline_edm import EDMPipeline
+from .pipeline_edm_text_to_image import EDMTextToImagePipeline
 from .pipeline_learned_variance import LearnedVariancePipeline
+from .prompt_encoding import EMPTY_PROMPT_CONVENTIONS, PromptEmbeddings, PromptEncoder
 
-__all__ = ["EDMPipeline", "LearnedVariancePipeline"]
+__all__ = [
+    "EDMPipeline",
+    "EDMTextToImagePipeline",
+    "EMPTY_PROMPT_CONVENTIONS",
+    "LearnedVariancePipeline",
+    "PromptEmbeddings",
+    "PromptEncoder",
+]
 
-for _pipeline in (EDMPipeline, LearnedVariancePipeline):
+for _pipeline in (EDMPipeline, EDMTextToImagePipeline, LearnedVariancePipeline):
     if not hasattr(diffusers, _pipeline.__name__):
         setattr(diffusers, _pipeline.__name__, _pipeline)

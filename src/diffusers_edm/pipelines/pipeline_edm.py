@@ -22,7 +22,7 @@ the sampling loop is the same for every guidance method and every scheduler.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin
@@ -81,6 +81,27 @@ def check_latents(latents: object, shape: tuple[int, ...]) -> None:
         raise ValueError("latents hold NaN or infinite values; the initial noise must be finite.")
 
 
+def batch_context(
+    name: str, context: object, batch_size: int, denoiser: PreconditionedDenoiser
+) -> torch.Tensor:
+    """A cross-attention context ``(1 or batch_size, L, width)`` as ``batch_size`` rows in the denoiser's dtype;
+    ``ValueError`` naming ``name`` and both sides unless it fits the denoiser (shapes only, no look at values)."""
+    width = denoiser.context_width
+    if width is None:
+        raise ValueError(f"{name} was given but the denoiser's {denoiser.config.backbone_class} has no cross-attention.")
+    if not isinstance(context, torch.Tensor) or not context.is_floating_point() or context.ndim != 3:
+        got = f"shape {tuple(context.shape)}, {context.dtype}" if isinstance(context, torch.Tensor) else type(context).__name__
+        raise ValueError(f"{name} must be a floating-point tensor (batch, sequence, {width}), got {got}.")
+    if context.shape[-1] != width:
+        raise ValueError(
+            f"{name} has width {context.shape[-1]} but the denoiser's {denoiser.config.backbone_class} reads text "
+            f"embeddings of width {width}."
+        )
+    if context.shape[0] not in (1, batch_size):
+        raise ValueError(f"{name} has {context.shape[0]} rows but the call makes {batch_size} images; give 1 or {batch_size}.")
+    return context.to(dtype=denoiser.dtype).expand(batch_size, *context.shape[1:])
+
+
 def check_guidance_components(
     denoiser: PreconditionedDenoiser,
     guidance_denoiser: PreconditionedDenoiser | None,
@@ -109,66 +130,24 @@ class CallLabels:
     classifier: torch.LongTensor | None = None
 
 
-class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
-    """Unconditional or class-conditional image generation with a preconditioned denoiser (Karras et al. 2022).
+class EDMSamplingPipeline(ModelCardHubMixin, DiffusionPipeline):
+    """The sampling machinery shared by :class:`EDMPipeline` and
+    :class:`~diffusers_edm.EDMTextToImagePipeline`: the noise range, the schedule, one sampling loop over a guided
+    denoiser (Karras et al. 2022, Algorithms 1-2, with any supported scheduler) and decoding.
 
-    Components:
-        denoiser: an :class:`~diffusers_edm.EDMPrecond`, ``VPPrecond``, ``VEPrecond`` or ``IDDPMPrecond``.
-        scheduler: :class:`~diffusers_edm.EDMHeunScheduler` (Algorithm 2, all options),
-            :class:`~diffusers_edm.EDMMultistepScheduler` (iPNDM, DPM-Solver++, UniPC), or diffusers'
-            ``EDMEulerScheduler`` / ``EDMDPMSolverMultistepScheduler``.
-        vae: optional ``AutoencoderKL``; with it the denoiser works on latents, decoded by
-            :class:`~diffusers_edm.models.LatentCodec` (``vae.decode(z / scaling_factor + shift_factor)``, or with
-            the config's ``latents_mean`` / ``latents_std``).
-        latent_space: whether samples are latents that need the VAE (default: whether a VAE is given). Saved
-            in ``model_index.json``, so a latent pipeline loaded without its VAE can still return latents.
-        guidance_denoiser: optional weak denoiser for autoguidance: a preconditioned denoiser of the same data (image
-            channels, sample size, ``sigma_data``, classes and cross-attention), e.g. a smaller or less-trained model.
-            Saved with the pipeline; ``EDMPipeline.from_pretrained(path, guidance_denoiser=weak)`` adds or replaces it,
-            ``guidance_denoiser=None`` drops it.
-        classifier: optional :class:`~diffusers_edm.NoiseConditionalClassifier` of the denoiser's data (its
-            ``in_channels``, ``sample_size`` and, for a class-conditional denoiser, ``num_classes``) for classifier
-            guidance. Saved and loaded like ``guidance_denoiser``.
-
-    Guidance (:mod:`diffusers_edm.guidance`; one guided denoiser is built per call and every model call goes through
-    it, so it works with every scheduler):
-
-    - ``guidance_scale = w`` with a ``guidance_denoiser``: autoguidance (Karras et al. 2024, "Guiding a diffusion
-      model with a bad version of itself", eq. 2), ``D = D_weak + w (D_main - D_weak)``, both with the call's labels
-      (or none: unconditional models can be autoguided); two model calls per guided call.
-    - ``guidance_scale = w`` without one: classifier-free guidance (Ho & Salimans 2021),
-      ``D = D(x; sigma, null) + w (D(x; sigma, y) - D(x; sigma, null))``, both halves in one batched call.
-    - ``classifier_scale = s`` with a ``classifier``: classifier guidance (Dhariwal & Nichol 2021, Algorithm 2 in
-      sigma space), ``D + s sigma^2 grad_x log p(y | x; sigma)`` on top of either, or alone (an unconditional
-      denoiser with a classifier and ``class_labels`` samples those classes, ADM's conditional sampling).
-    - ``guidance_interval = (sigma_lo, sigma_hi)``: all of it only at calls with ``sigma_lo < sigma <= sigma_hi``
-      (Kynkaenniemi et al. 2024), the plain conditional model, one model call, elsewhere.
-
-    ``w = 1`` and ``s = 0`` give exactly the samples of the pipeline without guidance.
-
-    Noise range: each call samples ``[max(sigma_min, denoiser.sigma_min), min(sigma_max, denoiser.sigma_max)]`` of
-    the scheduler's config, also within the ``guidance_denoiser``'s range when there is one. The package's
-    sigma-native schedulers get that range through ``set_timesteps`` (and round every level, churned ones included,
-    with ``denoiser.round_sigma``, capped at the range's top). diffusers' EDM schedulers read their range from their
-    config only, so when it must be narrowed the call samples with a copy (``from_config`` with the clamped range);
-    ``pipe.scheduler`` and its config are left as they are. Their levels are not rounded: an ``IDDPMPrecond`` then
-    takes the nearest table level as its noise label.
+    Subclasses register ``denoiser``, ``scheduler``, optional ``vae`` and ``guidance_denoiser`` and the
+    ``latent_space`` config, and build the call's :class:`~diffusers_edm.guidance.GuidedDenoiser`; the loop does
+    not know which conditioning or guidance it runs.
     """
 
-    model_cpu_offload_seq = "denoiser->guidance_denoiser->classifier->vae"
-    _optional_components = ["vae", "guidance_denoiser", "classifier"]
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(
-        self,
-        denoiser: PreconditionedDenoiser,
-        scheduler: SchedulerMixin,
-        vae: AutoencoderKL | None = None,
-        latent_space: bool | None = None,
-        guidance_denoiser: PreconditionedDenoiser | None = None,
-        classifier: NoiseConditionalClassifier | None = None,
-    ):
-        super().__init__()
+    def _register_sampling_components(
+        self, denoiser: PreconditionedDenoiser, scheduler: SchedulerMixin, vae: AutoencoderKL | None,
+        latent_space: bool | None,
+    ) -> bool:
+        """Check the denoiser, scheduler and vae; returns ``latent_space`` (default: whether a vae is given). Sets up
+        the image processor."""
         if not isinstance(denoiser, PreconditionedDenoiser):
             raise TypeError(
                 f"denoiser must be an EDMPrecond, VPPrecond, VEPrecond or IDDPMPrecond, got {type(denoiser).__name__}."
@@ -185,15 +164,10 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
             raise ValueError(
                 f"The vae has {vae.config.latent_channels} latent channels but the denoiser takes {denoiser.image_channels}."
             )
-        check_guidance_components(denoiser, guidance_denoiser, classifier)
-        self.register_modules(
-            denoiser=denoiser, scheduler=scheduler, vae=vae, guidance_denoiser=guidance_denoiser, classifier=classifier
-        )
-        self.register_to_config(latent_space=latent_space)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        return latent_space
 
-    # ------------------------------------------------------------------------------------------ sampling
     def _denoisers(self) -> dict[str, PreconditionedDenoiser]:
         """The denoisers a call evaluates, by component name."""
         denoisers = {"denoiser": self.denoiser}
@@ -245,117 +219,14 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
         scheduler.set_timesteps(num_inference_steps, device=device)
         return scheduler
 
-    def _conditioning(
+    def _check_call_settings(
         self,
-        batch_size: int,
-        class_labels: torch.Tensor | int | list[int] | None,
-        guidance_scale: float,
-        classifier_scale: float,
-        device: torch.device,
-    ) -> tuple[int, CallLabels]:
-        """The batch size and validated label ids of one call for each model (the only look at label values: once
-        per call)."""
-        check_integer("batch_size", batch_size, minimum=1)
-        config = self.denoiser.config
-        autoguided = guidance_scale != 1.0 and self.guidance_denoiser is not None
-        classifier_free = guidance_scale != 1.0 and self.guidance_denoiser is None
-        if classifier_free and (config.num_classes == 0 or config.null_class_label is None):
-            raise ValueError(
-                f"guidance_scale={guidance_scale} needs a class-conditional denoiser with a null_class_label for "
-                f"classifier-free guidance (this one has num_classes={config.num_classes}, null_class_label="
-                f"{config.null_class_label}), or a guidance_denoiser for autoguidance; use 1.0."
-            )
-        if class_labels is not None and not isinstance(class_labels, int):
-            count = label_tensor(class_labels).numel()
-            if batch_size == 1:
-                batch_size = count
-            elif count not in (1, batch_size):
-                raise ValueError(f"Got {count} class_labels for batch_size={batch_size}; give one label or one per sample.")
-        steered = classifier_scale > 0
-        # With classifier guidance the labels are the classifier's targets; an unconditional denoiser takes none.
-        denoiser_class_labels = None if steered and config.num_classes == 0 else class_labels
-        labels = self.denoiser.check_class_labels(denoiser_class_labels, batch_size, device)
-        if classifier_free and bool((labels == config.null_class_label).any()):
-            raise ValueError("Classifier-free guidance needs a real class label for every sample, not the null label.")
-        return batch_size, CallLabels(
-            denoiser=labels,
-            guidance_denoiser=(
-                self.guidance_denoiser.check_class_labels(denoiser_class_labels, batch_size, device) if autoguided else None
-            ),
-            classifier=check_classifier_labels(self.classifier, class_labels, batch_size, device) if steered else None,
-        )
-
-    def _guided_denoiser(
-        self,
-        labels: CallLabels,
-        encoder_hidden_states: torch.Tensor | None,
-        guidance_scale: float,
-        classifier_scale: float,
-        guidance_interval: GuidanceInterval | None,
-    ) -> GuidedDenoiser:
-        """The guided denoiser of one call: its terms chosen once, from the components and the scales."""
-        conditional = ConditionalDenoiser(self.denoiser, labels.denoiser, encoder_hidden_states)
-        guidance = None
-        if guidance_scale != 1.0 and self.guidance_denoiser is not None:
-            weak_context = None if encoder_hidden_states is None else encoder_hidden_states.to(self.guidance_denoiser.dtype)
-            weak = ConditionalDenoiser(self.guidance_denoiser, labels.guidance_denoiser, weak_context)
-            guidance = Autoguidance(conditional, weak, guidance_scale)
-        elif guidance_scale != 1.0:
-            guidance = ClassifierFreeGuidance(self.denoiser, labels.denoiser, guidance_scale, encoder_hidden_states)
-        corrections = []
-        if classifier_scale > 0:
-            corrections.append(ClassifierGuidance(self.classifier, labels.classifier, classifier_scale))
-        return GuidedDenoiser(conditional, guidance, corrections, guidance_interval)
-
-    @torch.no_grad()
-    def __call__(
-        self,
-        batch_size: int = 1,
-        class_labels: torch.Tensor | int | list[int] | None = None,
-        guidance_scale: float = 1.0,
-        num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict]
-        | PipelineCallback
-        | MultiPipelineCallbacks
-        | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
-        encoder_hidden_states: torch.Tensor | None = None,
-        classifier_scale: float | None = None,
-        guidance_interval: tuple[float, float] | None = None,
-    ) -> ImagePipelineOutput | tuple:
-        """Generate images.
-
-        Args:
-            batch_size: number of images (a list of ``class_labels`` sets it when ``batch_size`` is 1).
-            class_labels: label ids for a class-conditional denoiser (one for all, or one per image); ``None`` samples
-                the null class where the denoiser has one. With classifier guidance, the classes to steer to (also
-                for an unconditional denoiser).
-            guidance_scale: guidance weight ``w``, a finite number (1.0: off). Autoguidance with a
-                ``guidance_denoiser``, else classifier-free guidance (needs a ``null_class_label``).
-            num_inference_steps: number of sampler steps N (EDMHeunScheduler with Heun: 2N - 1 model calls;
-                EDMMultistepScheduler: N model calls).
-            generator: a torch generator, or a list of one per image, for the initial noise and any sampler noise
-                (churn, SDE solvers).
-            latents: initial standard-normal noise ``(B, C, H, W)``, finite; it is scaled to the first noise level.
-            output_type: ``"pil"``, ``"np"`` (``(B, H, W, C)`` in [0, 1]), ``"pt"`` (``(B, C, H, W)`` in [0, 1]) or
-                ``"latent"`` (the final sample, undecoded and unnormalised).
-            return_dict: return an ``ImagePipelineOutput`` rather than a tuple.
-            callback_on_step_end: called after every model call as ``callback(pipe, i, t, tensors)``; may return a
-                replacement ``latents``.
-            callback_on_step_end_tensor_inputs: tensors passed to the callback (only ``"latents"``).
-            encoder_hidden_states: cross-attention context for a ``UNet2DConditionModel`` denoiser.
-            classifier_scale: classifier guidance scale ``s``, a number in ``[0, 1000]``; ``None``: 1.0 (ADM's default)
-                when the pipeline has a classifier, else 0. Needs ``class_labels``.
-            guidance_interval: ``(sigma_lo, sigma_hi)``, ``0 <= sigma_lo < sigma_hi < inf``: guide only the model
-                calls with ``sigma_lo < sigma <= sigma_hi`` (the churned ``sigma_hat`` for Heun's first call of a
-                step); ``None``: every call.
-
-        Every argument is checked here, once per call; the sampling loop itself never waits for the device.
-        """
+        output_type: str,
+        num_inference_steps: int,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+    ) -> list[str]:
+        """The checks every call makes before any work; returns the callback's tensor inputs."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"Unknown output_type {output_type!r}; expected one of {OUTPUT_TYPES}.")
         # Checked for every scheduler before any work (diffusers' EDM schedulers sample a grey image for 0 steps).
@@ -370,26 +241,22 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs may only hold {self._callback_tensor_inputs}, got {sorted(unknown)}.")
-        guidance_scale = check_guidance_scale(guidance_scale)
-        classifier_scale = check_classifier_scale(classifier_scale, self.classifier is not None)
-        guidance_interval = check_guidance_interval(guidance_interval)
-        # Components may have been swapped since __init__ (pipe.register_modules, from_pretrained overrides).
-        check_guidance_components(self.denoiser, self.guidance_denoiser, self.classifier)
+        return list(callback_on_step_end_tensor_inputs)
 
-        device = self._execution_device
-        batch_size, labels = self._conditioning(batch_size, class_labels, guidance_scale, classifier_scale, device)
-        check_generator(generator, batch_size)
-        shape = (batch_size, self.denoiser.image_channels, *self.denoiser.sample_size)
-        if latents is not None:
-            check_latents(latents, shape)
-        if encoder_hidden_states is not None:
-            encoder_hidden_states = encoder_hidden_states.to(device=device, dtype=self.denoiser.dtype)
-            if encoder_hidden_states.shape[0] == 1 and batch_size > 1:
-                encoder_hidden_states = encoder_hidden_states.expand(batch_size, *encoder_hidden_states.shape[1:])
-        guided_denoiser = self._guided_denoiser(
-            labels, encoder_hidden_states, guidance_scale, classifier_scale, guidance_interval
-        )
-
+    def _sample(
+        self,
+        guided_denoiser: GuidedDenoiser,
+        shape: tuple[int, ...],
+        num_inference_steps: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+        device: torch.device,
+    ) -> torch.Tensor:
+        """The sampling loop: ``latents`` (standard-normal noise of ``shape``, drawn here when ``None``) scaled to the
+        first noise level, then one ``guided_denoiser`` call per model call of the scheduler. Every argument was
+        checked by the caller; the loop never waits for the device."""
         scheduler = self._set_timesteps(num_inference_steps, device)
         scheduler.set_begin_index(0)  # as diffusers' pipelines do: no timestep look-up (a host sync) in the loop
         raw_output = takes_raw_network_output(scheduler)
@@ -432,7 +299,10 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
                 available = {"latents": latents}
                 tensors = {name: available[name] for name in callback_on_step_end_tensor_inputs}
                 latents = callback_on_step_end(self, i, t, tensors).pop("latents", latents)
+        return latents
 
+    def _output(self, latents: torch.Tensor, output_type: str, return_dict: bool) -> ImagePipelineOutput | tuple:
+        """The call's result: the latents as they are, or decoded (through the vae where there is one)."""
         if output_type == "latent":
             image = latents
         else:
@@ -442,6 +312,240 @@ class EDMPipeline(ModelCardHubMixin, DiffusionPipeline):
         if not return_dict:
             return (image,)
         return ImagePipelineOutput(images=image)
+
+
+class EDMPipeline(EDMSamplingPipeline):
+    """Unconditional or class-conditional image generation with a preconditioned denoiser (Karras et al. 2022).
+
+    Components:
+        denoiser: an :class:`~diffusers_edm.EDMPrecond`, ``VPPrecond``, ``VEPrecond`` or ``IDDPMPrecond``.
+        scheduler: :class:`~diffusers_edm.EDMHeunScheduler` (Algorithm 2, all options),
+            :class:`~diffusers_edm.EDMMultistepScheduler` (iPNDM, DPM-Solver++, UniPC), or diffusers'
+            ``EDMEulerScheduler`` / ``EDMDPMSolverMultistepScheduler``.
+        vae: optional ``AutoencoderKL``; with it the denoiser works on latents, decoded by
+            :class:`~diffusers_edm.models.LatentCodec` (``vae.decode(z / scaling_factor + shift_factor)``, or with
+            the config's ``latents_mean`` / ``latents_std``).
+        latent_space: whether samples are latents that need the VAE (default: whether a VAE is given). Saved
+            in ``model_index.json``, so a latent pipeline loaded without its VAE can still return latents.
+        guidance_denoiser: optional weak denoiser for autoguidance: a preconditioned denoiser of the same data (image
+            channels, sample size, ``sigma_data``, classes and cross-attention), e.g. a smaller or less-trained model.
+            Saved with the pipeline; ``EDMPipeline.from_pretrained(path, guidance_denoiser=weak)`` adds or replaces it,
+            ``guidance_denoiser=None`` drops it.
+        classifier: optional :class:`~diffusers_edm.NoiseConditionalClassifier` of the denoiser's data (its
+            ``in_channels``, ``sample_size`` and, for a class-conditional denoiser, ``num_classes``) for classifier
+            guidance. Saved and loaded like ``guidance_denoiser``.
+
+    Guidance (:mod:`diffusers_edm.guidance`; one guided denoiser is built per call and every model call goes through
+    it, so it works with every scheduler):
+
+    - ``guidance_scale = w`` with a ``guidance_denoiser``: autoguidance (Karras et al. 2024, "Guiding a diffusion
+      model with a bad version of itself", eq. 2), ``D = D_weak + w (D_main - D_weak)``, both with the call's labels
+      (or none: unconditional models can be autoguided); two model calls per guided call.
+    - ``guidance_scale = w`` without one: classifier-free guidance (Ho & Salimans 2021),
+      ``D = D(x; sigma, null) + w (D(x; sigma, y) - D(x; sigma, null))``, both halves in one batched call. A raw
+      ``encoder_hidden_states`` context is the same in both halves (only the label is nulled) unless
+      ``negative_encoder_hidden_states`` gives the unconditional half its own (the empty prompt's embeddings).
+    - ``classifier_scale = s`` with a ``classifier``: classifier guidance (Dhariwal & Nichol 2021, Algorithm 2 in
+      sigma space), ``D + s sigma^2 grad_x log p(y | x; sigma)`` on top of either, or alone (an unconditional
+      denoiser with a classifier and ``class_labels`` samples those classes, ADM's conditional sampling).
+    - ``guidance_interval = (sigma_lo, sigma_hi)``: all of it only at calls with ``sigma_lo < sigma <= sigma_hi``
+      (Kynkaenniemi et al. 2024), the plain conditional model, one model call, elsewhere.
+
+    ``w = 1`` and ``s = 0`` give exactly the samples of the pipeline without guidance.
+
+    Noise range: each call samples ``[max(sigma_min, denoiser.sigma_min), min(sigma_max, denoiser.sigma_max)]`` of
+    the scheduler's config, also within the ``guidance_denoiser``'s range when there is one. The package's
+    sigma-native schedulers get that range through ``set_timesteps`` (and round every level, churned ones included,
+    with ``denoiser.round_sigma``, capped at the range's top). diffusers' EDM schedulers read their range from their
+    config only, so when it must be narrowed the call samples with a copy (``from_config`` with the clamped range);
+    ``pipe.scheduler`` and its config are left as they are. Their levels are not rounded: an ``IDDPMPrecond`` then
+    takes the nearest table level as its noise label.
+    """
+
+    model_cpu_offload_seq = "denoiser->guidance_denoiser->classifier->vae"
+    _optional_components = ["vae", "guidance_denoiser", "classifier"]
+
+    def __init__(
+        self,
+        denoiser: PreconditionedDenoiser,
+        scheduler: SchedulerMixin,
+        vae: AutoencoderKL | None = None,
+        latent_space: bool | None = None,
+        guidance_denoiser: PreconditionedDenoiser | None = None,
+        classifier: NoiseConditionalClassifier | None = None,
+    ):
+        super().__init__()
+        latent_space = self._register_sampling_components(denoiser, scheduler, vae, latent_space)
+        check_guidance_components(denoiser, guidance_denoiser, classifier)
+        self.register_modules(
+            denoiser=denoiser, scheduler=scheduler, vae=vae, guidance_denoiser=guidance_denoiser, classifier=classifier
+        )
+        self.register_to_config(latent_space=latent_space)
+
+    # ------------------------------------------------------------------------------------------ sampling
+    def _conditioning(
+        self,
+        batch_size: int,
+        class_labels: torch.Tensor | int | list[int] | None,
+        guidance_scale: float,
+        classifier_scale: float,
+        device: torch.device,
+        text_reference: bool = False,
+    ) -> tuple[int, CallLabels]:
+        """The batch size and validated label ids of one call for each model (the only look at label values: once
+        per call). ``text_reference``: classifier-free guidance has an unconditional text context (then a denoiser
+        without classes can be guided)."""
+        check_integer("batch_size", batch_size, minimum=1)
+        config = self.denoiser.config
+        autoguided = guidance_scale != 1.0 and self.guidance_denoiser is not None
+        classifier_free = guidance_scale != 1.0 and self.guidance_denoiser is None
+        has_null_label = config.num_classes > 0 and config.null_class_label is not None
+        if classifier_free and not has_null_label and not (text_reference and config.num_classes == 0):
+            raise ValueError(
+                f"guidance_scale={guidance_scale} needs a class-conditional denoiser with a null_class_label for "
+                f"classifier-free guidance (this one has num_classes={config.num_classes}, null_class_label="
+                f"{config.null_class_label}), or negative_encoder_hidden_states for a text-conditional one, or a "
+                "guidance_denoiser for autoguidance; use 1.0."
+            )
+        if class_labels is not None and not isinstance(class_labels, int):
+            count = label_tensor(class_labels).numel()
+            if batch_size == 1:
+                batch_size = count
+            elif count not in (1, batch_size):
+                raise ValueError(f"Got {count} class_labels for batch_size={batch_size}; give one label or one per sample.")
+        steered = classifier_scale > 0
+        # With classifier guidance the labels are the classifier's targets; an unconditional denoiser takes none.
+        denoiser_class_labels = None if steered and config.num_classes == 0 else class_labels
+        labels = self.denoiser.check_class_labels(denoiser_class_labels, batch_size, device)
+        if classifier_free and labels is not None and bool((labels == config.null_class_label).any()):
+            raise ValueError("Classifier-free guidance needs a real class label for every sample, not the null label.")
+        return batch_size, CallLabels(
+            denoiser=labels,
+            guidance_denoiser=(
+                self.guidance_denoiser.check_class_labels(denoiser_class_labels, batch_size, device) if autoguided else None
+            ),
+            classifier=check_classifier_labels(self.classifier, class_labels, batch_size, device) if steered else None,
+        )
+
+    def _guided_denoiser(
+        self,
+        labels: CallLabels,
+        encoder_hidden_states: torch.Tensor | None,
+        guidance_scale: float,
+        classifier_scale: float,
+        guidance_interval: GuidanceInterval | None,
+        negative_encoder_hidden_states: torch.Tensor | None = None,
+    ) -> GuidedDenoiser:
+        """The guided denoiser of one call: its terms chosen once, from the components and the scales."""
+        conditional = ConditionalDenoiser(self.denoiser, labels.denoiser, encoder_hidden_states)
+        guidance = None
+        if guidance_scale != 1.0 and self.guidance_denoiser is not None:
+            weak_context = None if encoder_hidden_states is None else encoder_hidden_states.to(self.guidance_denoiser.dtype)
+            weak = ConditionalDenoiser(self.guidance_denoiser, labels.guidance_denoiser, weak_context)
+            guidance = Autoguidance(conditional, weak, guidance_scale)
+        elif guidance_scale != 1.0:
+            guidance = ClassifierFreeGuidance(
+                self.denoiser, labels.denoiser, guidance_scale, encoder_hidden_states, negative_encoder_hidden_states
+            )
+        corrections = []
+        if classifier_scale > 0:
+            corrections.append(ClassifierGuidance(self.classifier, labels.classifier, classifier_scale))
+        return GuidedDenoiser(conditional, guidance, corrections, guidance_interval)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        class_labels: torch.Tensor | int | list[int] | None = None,
+        guidance_scale: float = 1.0,
+        num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        encoder_hidden_states: torch.Tensor | None = None,
+        classifier_scale: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
+        negative_encoder_hidden_states: torch.Tensor | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate images.
+
+        Args:
+            batch_size: number of images (a list of ``class_labels`` sets it when ``batch_size`` is 1).
+            class_labels: label ids for a class-conditional denoiser (one for all, or one per image); ``None`` samples
+                the null class where the denoiser has one. With classifier guidance, the classes to steer to (also
+                for an unconditional denoiser).
+            guidance_scale: guidance weight ``w``, a finite number (1.0: off). Autoguidance with a
+                ``guidance_denoiser``, else classifier-free guidance (needs a ``null_class_label``).
+            num_inference_steps: number of sampler steps N (EDMHeunScheduler with Heun: 2N - 1 model calls;
+                EDMMultistepScheduler: N model calls).
+            generator: a torch generator, or a list of one per image, for the initial noise and any sampler noise
+                (churn, SDE solvers).
+            latents: initial standard-normal noise ``(B, C, H, W)``, finite; it is scaled to the first noise level.
+            output_type: ``"pil"``, ``"np"`` (``(B, H, W, C)`` in [0, 1]), ``"pt"`` (``(B, C, H, W)`` in [0, 1]) or
+                ``"latent"`` (the final sample, undecoded and unnormalised).
+            return_dict: return an ``ImagePipelineOutput`` rather than a tuple.
+            callback_on_step_end: called after every model call as ``callback(pipe, i, t, tensors)``; may return a
+                replacement ``latents``.
+            callback_on_step_end_tensor_inputs: tensors passed to the callback (only ``"latents"``).
+            encoder_hidden_states: cross-attention context ``(1 or B, L, C)`` for a denoiser with cross-attention
+                (``UNet2DConditionModel``, ``PixArtTransformer2DModel``). Classifier-free guidance gives the
+                unconditional half the same context unless ``negative_encoder_hidden_states`` is given: it then
+                nulls the class label only. For prompts, use :class:`~diffusers_edm.EDMTextToImagePipeline`.
+            classifier_scale: classifier guidance scale ``s``, a number in ``[0, 1000]``; ``None``: 1.0 (ADM's default)
+                when the pipeline has a classifier, else 0. Needs ``class_labels``.
+            guidance_interval: ``(sigma_lo, sigma_hi)``, ``0 <= sigma_lo < sigma_hi < inf``: guide only the model
+                calls with ``sigma_lo < sigma <= sigma_hi`` (the churned ``sigma_hat`` for Heun's first call of a
+                step); ``None``: every call.
+            negative_encoder_hidden_states: the unconditional half's context for classifier-free guidance (e.g. the
+                empty prompt's embeddings, encoded as in training), ``(1 or B, L, C)``; with it a denoiser without
+                classes can be guided (``guidance_scale != 1``), and a class-conditional one gets
+                ``[null label, this context]`` as its reference.
+
+        Every argument is checked here, once per call; the sampling loop itself never waits for the device.
+        """
+        callback_on_step_end_tensor_inputs = self._check_call_settings(
+            output_type, num_inference_steps, callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
+        guidance_scale = check_guidance_scale(guidance_scale)
+        classifier_scale = check_classifier_scale(classifier_scale, self.classifier is not None)
+        guidance_interval = check_guidance_interval(guidance_interval)
+        # Components may have been swapped since __init__ (pipe.register_modules, from_pretrained overrides).
+        check_guidance_components(self.denoiser, self.guidance_denoiser, self.classifier)
+
+        device = self._execution_device
+        if negative_encoder_hidden_states is not None and encoder_hidden_states is None:
+            raise ValueError("negative_encoder_hidden_states needs encoder_hidden_states (the conditional context).")
+        batch_size, labels = self._conditioning(
+            batch_size, class_labels, guidance_scale, classifier_scale, device,
+            text_reference=negative_encoder_hidden_states is not None,
+        )
+        check_generator(generator, batch_size)
+        shape = (batch_size, self.denoiser.image_channels, *self.denoiser.sample_size)
+        if latents is not None:
+            check_latents(latents, shape)
+        encoder_hidden_states, negative_encoder_hidden_states = (
+            None if context is None else batch_context(name, context, batch_size, self.denoiser).to(device)
+            for name, context in (
+                ("encoder_hidden_states", encoder_hidden_states),
+                ("negative_encoder_hidden_states", negative_encoder_hidden_states),
+            )
+        )
+        guided_denoiser = self._guided_denoiser(
+            labels, encoder_hidden_states, guidance_scale, classifier_scale, guidance_interval,
+            negative_encoder_hidden_states,
+        )
+
+        latents = self._sample(
+            guided_denoiser, shape, num_inference_steps, generator, latents, callback_on_step_end,
+            callback_on_step_end_tensor_inputs, device,
+        )
+        return self._output(latents, output_type, return_dict)
 
     # ------------------------------------------------------------------------------------------ sharing
     def model_card(

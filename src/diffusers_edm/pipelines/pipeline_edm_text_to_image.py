@@ -1,0 +1,380 @@
+"""``EDMTextToImagePipeline``: prompts to images with a text-conditional preconditioned denoiser (EDM's samplers).
+
+The text goes through :mod:`.prompt_encoding` (tokenizer + frozen text encoder), its embeddings reach the backbone's
+cross-attention (Latent Diffusion, Rombach et al. 2022, section 3.3; PixArt-alpha), and the sampling loop is
+:class:`~diffusers_edm.pipelines.pipeline_edm.EDMSamplingPipeline`'s, the same as :class:`~diffusers_edm.EDMPipeline`'s,
+so every scheduler and guidance method of the package works here too.
+
+Classifier-free guidance for text (Ho & Salimans 2021; GLIDE, Nichol et al. 2022, section 3.2)::
+
+    D_guided(x; sigma, c) = D(x; sigma, c_uncond) + w (D(x; sigma, c) - D(x; sigma, c_uncond))
+
+with ``c_uncond`` the negative prompt where one is given, else the empty prompt encoded by the pipeline's
+``empty_prompt`` convention, the one its training used for caption dropout (``"encode"``: ``""`` through the text
+encoder, Stable Diffusion 1.x/2.x; ``"zeros"``: all-zero embeddings, SDXL's ``force_zeros_for_empty_prompt``). Both
+halves run in one batched model call; ``w = 1`` is one unguided call per model call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from huggingface_hub import ModelCard
+
+from ..guidance import (
+    Autoguidance,
+    ClassifierFreeGuidance,
+    ConditionalDenoiser,
+    GuidanceInterval,
+    GuidedDenoiser,
+    check_guidance_denoiser,
+    check_guidance_interval,
+    check_guidance_scale,
+)
+from ..guidance.guided_denoiser import GuidanceTerm
+from ..models import PreconditionedDenoiser
+from ..schedulers.planned_schedule import check_generator
+from ..value_checks import check_integer
+from .model_card import TrainingRecord, build_model_card
+from .pipeline_edm import DEFAULT_NUM_INFERENCE_STEPS, EDMSamplingPipeline, check_latents
+from .prompt_encoding import (
+    PromptEmbeddings,
+    PromptEncoder,
+    check_context_width,
+    check_empty_prompt,
+    check_prompts,
+    text_hidden_size,
+)
+
+USAGE_EXAMPLE_PROMPTS = ["a photograph of an astronaut riding a horse"]
+
+
+def check_text_components(
+    denoiser: PreconditionedDenoiser, text_encoder: torch.nn.Module, guidance_denoiser: PreconditionedDenoiser | None
+) -> None:
+    """``ValueError`` naming both sides unless the text encoder's hidden states fit the denoiser's cross-attention
+    (and the weak ``guidance_denoiser``'s, which must model the same data)."""
+    backbone = denoiser.config.backbone_class
+    if not denoiser.uses_cross_attention:
+        raise ValueError(
+            f"EDMTextToImagePipeline needs a denoiser with cross-attention (UNet2DConditionModel or "
+            f"PixArtTransformer2DModel); this one's backbone is {backbone}."
+        )
+    if denoiser.config.num_classes != 0:
+        raise ValueError(
+            f"EDMTextToImagePipeline conditions on text only; the denoiser has num_classes={denoiser.config.num_classes} "
+            "(use EDMPipeline with encoder_hidden_states for a class- and text-conditional model)."
+        )
+    check_context_width(
+        text_hidden_size(text_encoder), denoiser.context_width,
+        source=f"The text encoder {type(text_encoder).__name__} (hidden size)", target=f"the denoiser's {backbone}",
+    )
+    if guidance_denoiser is not None:
+        check_guidance_denoiser(denoiser, guidance_denoiser)
+        check_context_width(
+            guidance_denoiser.context_width, denoiser.context_width,
+            source=f"The guidance_denoiser's {guidance_denoiser.config.backbone_class}", target=f"the denoiser's {backbone}",
+        )
+
+
+def check_prompt_embeds(name: str, embeds: object, width: int) -> torch.Tensor:
+    """``embeds`` if it is a floating-point ``(N, L, width)`` tensor; ``ValueError`` naming ``name`` and both sides."""
+    if not isinstance(embeds, torch.Tensor) or not embeds.is_floating_point() or embeds.ndim != 3 or embeds.shape[0] == 0:
+        got = f"shape {tuple(embeds.shape)}, {embeds.dtype}" if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+        raise ValueError(f"{name} must be a floating-point tensor (prompts, sequence, {width}), got {got}.")
+    check_context_width(embeds.shape[-1], width, source=name, target="the denoiser")
+    return embeds
+
+
+class EDMTextToImagePipeline(EDMSamplingPipeline):
+    """Text-to-image generation with a preconditioned denoiser over a text-conditional backbone.
+
+    Components:
+        denoiser: an :class:`~diffusers_edm.EDMPrecond`, ``VPPrecond``, ``VEPrecond`` or ``IDDPMPrecond`` over a
+            ``UNet2DConditionModel`` or ``PixArtTransformer2DModel`` (cross-attention on the text embeddings; a
+            UNet with a projection class embedding also takes the pooled text vector).
+        scheduler: :class:`~diffusers_edm.EDMHeunScheduler`, :class:`~diffusers_edm.EDMMultistepScheduler`, or
+            diffusers' ``EDMEulerScheduler`` / ``EDMDPMSolverMultistepScheduler``.
+        tokenizer: a transformers tokenizer; prompts are padded to its ``model_max_length``.
+        text_encoder: a frozen transformers text model (``CLIPTextModel``, ``T5EncoderModel``, ...) whose hidden
+            size is the denoiser's text width.
+        vae: optional ``AutoencoderKL`` for latent models (decoded by :class:`~diffusers_edm.models.LatentCodec`).
+        guidance_denoiser: optional weak text model for autoguidance (Karras et al. 2024): the same data, the same
+            text width; ``D = D_weak(c) + w (D(c) - D_weak(c))``, both with the prompt.
+        empty_prompt: the unconditional input's convention, ``"encode"`` or ``"zeros"`` (saved in the config; use
+            the one the model was trained with).
+        latent_space: whether samples are latents (default: whether a vae is given).
+
+    ``guidance_scale = w != 1`` without a ``guidance_denoiser`` is classifier-free guidance against the negative
+    prompt or the empty prompt (module docstring); with one it is autoguidance. ``guidance_interval`` limits either
+    to ``sigma_lo < sigma <= sigma_hi`` (Kynkaenniemi et al. 2024).
+    """
+
+    model_cpu_offload_seq = "text_encoder->denoiser->guidance_denoiser->vae"
+    _optional_components = ["vae", "guidance_denoiser"]
+
+    def __init__(
+        self,
+        denoiser: PreconditionedDenoiser,
+        scheduler: SchedulerMixin,
+        tokenizer: Any,
+        text_encoder: torch.nn.Module,
+        vae: AutoencoderKL | None = None,
+        guidance_denoiser: PreconditionedDenoiser | None = None,
+        empty_prompt: str = "encode",
+        latent_space: bool | None = None,
+    ):
+        super().__init__()
+        latent_space = self._register_sampling_components(denoiser, scheduler, vae, latent_space)
+        empty_prompt = check_empty_prompt(empty_prompt)
+        check_text_components(denoiser, text_encoder, guidance_denoiser)
+        self.register_modules(
+            denoiser=denoiser, scheduler=scheduler, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+            guidance_denoiser=guidance_denoiser,
+        )
+        self.register_to_config(empty_prompt=empty_prompt, latent_space=latent_space)
+
+    @property
+    def prompt_encoder(self) -> PromptEncoder:
+        """The :class:`~diffusers_edm.pipelines.prompt_encoding.PromptEncoder` of the current tokenizer, text encoder
+        and ``empty_prompt`` (rebuilt when a component is swapped; it caches the empty prompt's embeddings)."""
+        cached = self.__dict__.get("_prompt_encoder")
+        if (
+            cached is None or cached.tokenizer is not self.tokenizer or cached.text_encoder is not self.text_encoder
+            or cached.empty_prompt != self.config.empty_prompt
+        ):
+            cached = PromptEncoder(self.tokenizer, self.text_encoder, self.config.empty_prompt)
+            self.__dict__["_prompt_encoder"] = cached
+        return cached
+
+    # ------------------------------------------------------------------------------------------ prompts
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        prompt_embeds: torch.Tensor | None,
+        pooled_prompt_embeds: torch.Tensor | None,
+        negative_prompt: str | list[str] | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        negative_pooled_prompt_embeds: torch.Tensor | None,
+        classifier_free: bool,
+        device: torch.device,
+    ) -> tuple[PromptEmbeddings, PromptEmbeddings | None]:
+        """The conditional embeddings of the prompts (one row per prompt) and, for classifier-free guidance, the
+        unconditional ones (negative prompt, else the empty prompt by the ``empty_prompt`` convention). Every check
+        names the argument and both sides."""
+        encoder, width, dtype = self.prompt_encoder, self.denoiser.context_width, self.denoiser.dtype
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError(
+                "Give exactly one of prompt or prompt_embeds, got "
+                + ("both." if prompt is not None else "neither.")
+            )
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("Give at most one of negative_prompt or negative_prompt_embeds, got both.")
+        if prompt is not None:
+            prompts = check_prompts(prompt)
+            conditional = encoder.encode(prompts, device=device, dtype=dtype)
+        else:
+            embeds = check_prompt_embeds("prompt_embeds", prompt_embeds, width)
+            conditional = PromptEmbeddings(embeds, pooled_prompt_embeds).to(device=device, dtype=dtype)
+        count = len(conditional)
+        if not classifier_free:
+            return conditional, None
+        if negative_prompt is not None:
+            negatives = check_prompts(negative_prompt, "negative_prompt")
+            if len(negatives) not in (1, count):
+                raise ValueError(
+                    f"negative_prompt has {len(negatives)} prompts but prompt has {count}; give one negative prompt or "
+                    f"one per prompt."
+                )
+            unconditional = encoder.encode(negatives * (count if len(negatives) == 1 else 1), device=device, dtype=dtype)
+        elif negative_prompt_embeds is not None:
+            embeds = check_prompt_embeds("negative_prompt_embeds", negative_prompt_embeds, width)
+            if embeds.shape[0] not in (1, count):
+                raise ValueError(
+                    f"negative_prompt_embeds has {embeds.shape[0]} rows but there are {count} prompts; give 1 or {count}."
+                )
+            pooled = negative_pooled_prompt_embeds
+            unconditional = PromptEmbeddings(
+                embeds.expand(count, *embeds.shape[1:]),
+                None if pooled is None else pooled.expand(count, *pooled.shape[1:]),
+            ).to(device=device, dtype=dtype)
+        else:
+            unconditional = encoder.empty(count, device=device, dtype=dtype)
+        if unconditional.embeds.shape[1:] != conditional.embeds.shape[1:]:
+            raise ValueError(
+                f"The unconditional embeddings have shape {tuple(unconditional.embeds.shape[1:])} per prompt but the "
+                f"prompt's have {tuple(conditional.embeds.shape[1:])}; both halves of classifier-free guidance need "
+                "the same sequence length (pad prompt_embeds to the tokenizer's model_max_length)."
+            )
+        return conditional, unconditional
+
+    def _pooled_for_denoiser(self, embeddings: PromptEmbeddings, name: str) -> PromptEmbeddings:
+        """``embeddings`` with the pooled vector the denoiser needs (checked against its width), or without one
+        when the denoiser takes none."""
+        width = self.denoiser.pooled_text_width
+        if width is None:
+            return PromptEmbeddings(embeddings.embeds)
+        if embeddings.pooled is None:
+            raise ValueError(
+                f"The denoiser's {self.denoiser.config.backbone_class} needs a pooled text vector of width {width} but "
+                f"{name} has none (the text encoder {type(self.text_encoder).__name__} gives none, or pass "
+                f"pooled_prompt_embeds)."
+            )
+        check_context_width(embeddings.pooled.shape[-1], width, source=f"{name}'s pooled vector", target="the denoiser")
+        return embeddings
+
+    # ------------------------------------------------------------------------------------------ guidance
+    def _guided_denoiser(
+        self,
+        conditional: PromptEmbeddings,
+        unconditional: PromptEmbeddings | None,
+        guidance_scale: float,
+        guidance_interval: GuidanceInterval | None,
+        corrections: Sequence[GuidanceTerm] = (),
+    ) -> GuidedDenoiser:
+        """The guided denoiser of one call: classifier-free guidance against ``unconditional``, or autoguidance with
+        the ``guidance_denoiser``, plus additive ``corrections``; chosen once per call."""
+        model = ConditionalDenoiser(self.denoiser, None, conditional.embeds, conditional.pooled)
+        guidance = None
+        if guidance_scale != 1.0 and self.guidance_denoiser is not None:
+            weak = self.guidance_denoiser
+            pooled = conditional.pooled if weak.pooled_text_width is not None else None
+            guidance = Autoguidance(model, ConditionalDenoiser(weak, None, conditional.embeds, pooled), guidance_scale)
+        elif guidance_scale != 1.0:
+            guidance = ClassifierFreeGuidance(
+                self.denoiser, None, guidance_scale, conditional.embeds, unconditional.embeds, conditional.pooled,
+                unconditional.pooled,
+            )
+        return GuidedDenoiser(model, guidance, corrections, guidance_interval)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        num_images_per_prompt: int = 1,
+        guidance_scale: float = 1.0,
+        num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        guidance_interval: tuple[float, float] | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate images from prompts (the call conventions of diffusers' ``StableDiffusionPipeline``).
+
+        Args:
+            prompt: a prompt or a list of prompts (or give ``prompt_embeds``).
+            negative_prompt: the unconditional half's prompt for classifier-free guidance: one, or one per prompt;
+                ``None``: the empty prompt by the pipeline's ``empty_prompt`` convention.
+            prompt_embeds: precomputed text embeddings ``(prompts, L, C)`` instead of ``prompt``.
+            negative_prompt_embeds: precomputed unconditional embeddings ``(1 or prompts, L, C)``.
+            num_images_per_prompt: images per prompt; the batch is ``prompts x num_images_per_prompt``, in prompt
+                order.
+            guidance_scale: ``w``, a finite number (1.0: no guidance, one model call per sampler call).
+            num_inference_steps: sampler steps N.
+            generator: a torch generator, or one per image, for the initial noise and any sampler noise.
+            latents: initial standard-normal noise ``(prompts x num_images_per_prompt, C, H, W)``, finite.
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+            return_dict: return an ``ImagePipelineOutput`` rather than a tuple.
+            callback_on_step_end: called after every model call as ``callback(pipe, i, t, tensors)``; may return a
+                replacement ``latents``.
+            callback_on_step_end_tensor_inputs: tensors passed to the callback (only ``"latents"``).
+            guidance_interval: ``(sigma_lo, sigma_hi)``: guide only the model calls with ``sigma_lo < sigma <=
+                sigma_hi``; ``None``: every call.
+            pooled_prompt_embeds, negative_pooled_prompt_embeds: pooled vectors with ``prompt_embeds`` /
+                ``negative_prompt_embeds`` for a denoiser that takes one.
+
+        Every argument is checked here, once per call; the sampling loop never waits for the device.
+        """
+        callback_on_step_end_tensor_inputs = self._check_call_settings(
+            output_type, num_inference_steps, callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
+        num_images_per_prompt = check_integer("num_images_per_prompt", num_images_per_prompt, minimum=1)
+        guidance_scale = check_guidance_scale(guidance_scale)
+        guidance_interval = check_guidance_interval(guidance_interval)
+        # Components may have been swapped since __init__ (pipe.register_modules, from_pretrained overrides).
+        check_text_components(self.denoiser, self.text_encoder, self.guidance_denoiser)
+        device = self._execution_device
+        classifier_free = guidance_scale != 1.0 and self.guidance_denoiser is None
+        conditional, unconditional = self.encode_prompt(
+            prompt, prompt_embeds, pooled_prompt_embeds, negative_prompt, negative_prompt_embeds,
+            negative_pooled_prompt_embeds, classifier_free, device,
+        )
+        count = len(conditional)
+        batch_size = count * num_images_per_prompt
+        shape = (batch_size, self.denoiser.image_channels, *self.denoiser.sample_size)
+        if isinstance(latents, torch.Tensor) and latents.ndim >= 1 and latents.shape[0] != batch_size:
+            raise ValueError(
+                f"latents hold {latents.shape[0]} samples but {count} prompt(s) x num_images_per_prompt="
+                f"{num_images_per_prompt} make {batch_size} images."
+            )
+        if latents is not None:
+            check_latents(latents, shape)
+        check_generator(generator, batch_size)
+        conditional = self._pooled_for_denoiser(conditional, "prompt").repeat_interleave(num_images_per_prompt)
+        if unconditional is not None:
+            unconditional = self._pooled_for_denoiser(unconditional, "the unconditional input")
+            unconditional = unconditional.repeat_interleave(num_images_per_prompt)
+        guided_denoiser = self._guided_denoiser(conditional, unconditional, guidance_scale, guidance_interval)
+        latents = self._sample(
+            guided_denoiser, shape, num_inference_steps, generator, latents, callback_on_step_end,
+            callback_on_step_end_tensor_inputs, device,
+        )
+        return self._output(latents, output_type, return_dict)
+
+    # ------------------------------------------------------------------------------------------ sharing
+    def model_card(
+        self,
+        repo_id: str | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float = 1.0,
+        training: TrainingRecord | None = None,
+        prompts: Sequence[str] | None = None,
+    ) -> ModelCard:
+        """The Hub model card of this pipeline, with a usage example that runs as written.
+
+        Args:
+            repo_id: the Hub repository (or folder) the example loads from.
+            num_inference_steps: the example's steps (default: 18).
+            guidance_scale: the example's guidance weight.
+            training: what a training run adds (steps, data set, arguments, sample grid).
+            prompts: the example's prompts (default: one generic prompt).
+        """
+        denoiser = self.denoiser
+        call: dict[str, Any] = {"prompt": list(prompts or USAGE_EXAMPLE_PROMPTS)}
+        if guidance_scale != 1.0:
+            call["guidance_scale"] = float(guidance_scale)
+        call["num_inference_steps"] = int(num_inference_steps or DEFAULT_NUM_INFERENCE_STEPS)
+        family = type(denoiser).__name__.removesuffix("Precond").lower()
+        space = "latent space (AutoencoderKL)" if self.config.latent_space else "pixel space"
+        height, width = denoiser.sample_size
+        summary = (
+            "A text-to-image EDM-style diffusion model (Karras et al. 2022) made with "
+            f"[diffusers-edm](https://pypi.org/project/diffusers-edm/): denoiser `{type(denoiser).__name__}` over a "
+            f"`{denoiser.config.backbone_class}` backbone reading `{type(self.text_encoder).__name__}` text embeddings "
+            f"(width {denoiser.context_width}), sampling in {space} at {denoiser.image_channels}x{height}x{width}. "
+            f"Classifier-free guidance (`guidance_scale`) uses the empty prompt by the `{self.config.empty_prompt}` "
+            "convention as its unconditional input, as in training."
+        )
+        tags = ["edm", f"{family}-preconditioning", "text-to-image"]
+        if self.guidance_denoiser is not None:
+            summary += (
+                "\n\nAutoguidance (Karras et al. 2024): the pipeline carries a weak text model (`guidance_denoiser`); "
+                "`guidance_scale=w` samples `D = D_weak + w (D - D_weak)`."
+            )
+            tags.append("autoguidance")
+        return build_model_card(self, repo_id=repo_id, summary=summary, tags=tags, call_arguments=call, training=training)
