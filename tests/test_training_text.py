@@ -308,7 +308,7 @@ def test_the_exported_card_example_runs_with_the_runs_prompts(tmp_path, text_fil
     out = tmp_path / "run"
     main(text_args(out, text_files, "unet", "edm", "--hub_model_id", "someone/digits-text", "--guidance_scale", "2"))
     card = (out / "README.md").read_text()
-    assert "pipeline_tag: text-to-image" in card and "- diffusers-edm" in card
+    assert "- text-to-image" in card and "- diffusers-edm" in card
     code, images = run_usage_example(card, "someone/digits-text", out)
     assert f"prompt={PROMPTS!r}" in code and "guidance_scale=2.0" in code and "num_inference_steps=2" in code
     assert len(images) == len(PROMPTS)

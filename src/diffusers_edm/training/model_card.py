@@ -18,9 +18,8 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from ..models import NoiseConditionalClassifier
-from ..pipelines import EDMPipeline, LearnedVariancePipeline
-from ..pipelines.prompt_encoding import text_hidden_size
-from ..pipelines.model_card import TRAINING_SECTION, TrainingRecord, build_model_card
+from ..pipelines import EDMPipeline, EDMTextToImagePipeline, LearnedVariancePipeline
+from ..pipelines.model_card import TRAINING_SECTION, TrainingRecord
 
 PIPELINE_CLASSES = {cls.__name__: cls for cls in (EDMPipeline, LearnedVariancePipeline)}
 EMBEDDED_DATASET = "the embedded scikit-learn digits (8x8, upscaled)"
@@ -68,48 +67,17 @@ def write_model_card(args: argparse.Namespace, output_dir: Path, grid_path: Path
 TEXT_EXAMPLE_PROMPTS = 4
 
 
-def text_to_image_model_card(
-    pipeline: Any, repo_id: str, prompts: list[str], num_inference_steps: int, guidance_scale: float,
-    training: TrainingRecord | None = None,
-) -> ModelCard:
-    """The card of a trained ``EDMTextToImagePipeline``: what it is (preconditioning, backbone, text encoder, the
-    empty-prompt convention of its classifier-free guidance) and a usage example with ``prompts`` that runs as
-    written."""
-    denoiser, text_encoder = pipeline.denoiser, pipeline.text_encoder
-    family = type(denoiser).__name__.removesuffix("Precond").upper()
-    space = "latent space of its VAE" if getattr(pipeline, "vae", None) is not None else "pixel space"
-    convention = pipeline.config.empty_prompt
-    empty = "the empty string encoded by the text encoder" if convention == "encode" else "all-zero text embeddings"
-    summary = (
-        f"A text-to-image diffusion model with {family} preconditioning (Karras et al. 2022, Table 1), made with "
-        f"[diffusers-edm](https://pypi.org/project/diffusers-edm/): a {denoiser.config.backbone_class} whose "
-        f"cross-attention reads the hidden states of a frozen {type(text_encoder).__name__} "
-        f"(hidden size {text_hidden_size(text_encoder)}), "
-        f"in {space}. Classifier-free guidance uses {empty} (empty_prompt={convention!r}) as its unconditional input, "
-        "as in training."
-    )
-    card = build_model_card(
-        pipeline,
-        repo_id=repo_id,
-        summary=summary,
-        tags=["text-to-image", f"{family.lower()}-preconditioning", "classifier-free-guidance"],
-        call_arguments={"prompt": prompts, "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale},
-        training=training,
-    )
-    card.data.pipeline_tag = "text-to-image"
-    return card
-
-
 def write_text_model_card(args: argparse.Namespace, output_dir: Path, grid_path: Path | None, steps: int) -> Path:
     """Write ``output_dir/README.md`` for the ``EDMTextToImagePipeline`` already saved in ``output_dir``: its example
     prompts are the run's first validation prompts, with its ``--guidance_scale`` and ``--sample_steps``."""
-    from ..pipelines import EDMTextToImagePipeline
-
     output_dir = Path(output_dir)
     pipeline = EDMTextToImagePipeline.from_pretrained(output_dir)
-    card = text_to_image_model_card(
-        pipeline, args.hub_model_id or str(output_dir), list(args.validation_prompts[:TEXT_EXAMPLE_PROMPTS]),
-        args.sample_steps, args.guidance_scale, training_record(args, steps, grid_path),
+    card = pipeline.model_card(
+        repo_id=args.hub_model_id or str(output_dir),
+        num_inference_steps=args.sample_steps,
+        guidance_scale=args.guidance_scale,
+        training=training_record(args, steps, grid_path),
+        prompts=list(args.validation_prompts[:TEXT_EXAMPLE_PROMPTS]),
     )
     path = output_dir / "README.md"
     card.save(path)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ...models.backbones import context_width, pooled_text_width
+from ...pipelines import EDMTextToImagePipeline
 from ...pipelines.prompt_encoding import PromptEncoder
 from ...schedulers import EDMHeunScheduler
 from ..captions import CaptionConditioner, build_local_text_encoder, build_local_tokenizer, load_text_encoder
@@ -131,9 +131,7 @@ class TextDenoisingRecipe(DenoisingRecipe):
         return self.denoising_loss(model, images, conditioning)
 
     # ------------------------------------------------------------------------------------------ pipeline, grids
-    def pipeline(self, model: torch.nn.Module) -> Any:
-        from ...pipelines import EDMTextToImagePipeline
-
+    def pipeline(self, model: torch.nn.Module) -> EDMTextToImagePipeline:
         sigma_min = max(EDMHeunScheduler().config.sigma_min, model.sigma_min)
         sigma_max = min(EDMHeunScheduler().config.sigma_max, model.sigma_max)
         return EDMTextToImagePipeline(
