@@ -302,11 +302,18 @@ def test_both_backbones_train_under_every_preconditioning_and_export_a_text_to_i
 
 
 @pytest.mark.usefixtures("fresh_accelerate_state")
-def test_the_exported_card_example_runs_with_the_runs_prompts(tmp_path, text_files):
+def test_the_exported_card_example_runs_with_the_runs_prompts_and_empty_prompt_convention(tmp_path, text_files):
     from test_model_cards import run_usage_example
 
     out = tmp_path / "run"
-    main(text_args(out, text_files, "unet", "edm", "--hub_model_id", "someone/digits-text", "--guidance_scale", "2"))
+    main(text_args(
+        out, text_files, "unet", "edm", "--hub_model_id", "someone/digits-text", "--guidance_scale", "2",
+        "--empty_prompt", "zeros",
+    ))
+    from diffusers_edm import EDMTextToImagePipeline
+
+    # the convention of the training's caption dropout is the one the pipeline's guidance uses
+    assert EDMTextToImagePipeline.from_pretrained(out).config.empty_prompt == "zeros"
     card = (out / "README.md").read_text()
     assert "- text-to-image" in card and "- diffusers-edm" in card
     code, images = run_usage_example(card, "someone/digits-text", out)
@@ -336,3 +343,23 @@ def test_a_resumed_text_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_pa
     assert resumed.global_step == whole.global_step == 4
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_text_training_step_waits_for_the_device_only_to_draw_captions_on_the_cpu(tmp_path, text_files, cache):
+    """The caption draw reads one CPU tensor (``torch.rand(B).tolist()``: captions are host strings, and the CPU RNG
+    is the checkpointed one); the embeddings, the dropout, the loss and the update stay on the device."""
+    from benchmarks.host_syncs import count_host_syncs
+    from diffusers_edm.training.arguments import parse_args
+    from diffusers_edm.training.train import Trainer
+
+    extra = ["--cache_text_embeddings"] if cache else []
+    trainer = Trainer(parse_args(text_args(tmp_path / "run", text_files, "unet", "edm", *extra)))
+    trainer.setup()
+    batches = iter(trainer.dataloader)
+    trainer._train_step(next(batches))  # the first step fills the caches (empty prompt, caption embeddings)
+    batch = next(batches)
+    with count_host_syncs() as syncs:
+        trainer._train_step(batch)
+    assert [call.name for call in syncs.calls] == ["Tensor.tolist"] and syncs.calls_from("captions.py") == syncs.calls
