@@ -83,8 +83,9 @@ class TextDenoisingRecipe(DenoisingRecipe):
         if args.text_encoder is not None:
             tokenizer, text_encoder = load_text_encoder(args.text_encoder, args.tokenizer, dtype)
         else:
-            # The vocabulary covers the captions and the validation prompts (other text still tokenizes, by bytes).
-            tokenizer = build_local_tokenizer([*(data.captions or []), *(args.validation_prompts or [])])
+            # The vocabulary is the training captions' only (other text, e.g. a new validation prompt, tokenizes by
+            # bytes): the encoder's weights, drawn for that vocabulary, depend on nothing a resume may change.
+            tokenizer = build_local_tokenizer(data.captions or [])
             text_encoder = build_local_text_encoder(tokenizer, args.seed).to(dtype)
             logger.info(
                 "Text encoder: a local CLIPTextModel (hidden size %d, vocabulary %d, %d tokens) built from the captions; "
