@@ -363,3 +363,26 @@ def test_a_text_training_step_waits_for_the_device_only_to_draw_captions_on_the_
     with count_host_syncs() as syncs:
         trainer._train_step(batch)
     assert [call.name for call in syncs.calls] == ["Tensor.tolist"] and syncs.calls_from("captions.py") == syncs.calls
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_a_pretrained_t5_encoder_and_tokenizer_are_used_frozen_and_exported(tmp_path, text_files):
+    """``--text_encoder`` (a local T5 encoder: no pooled output) and ``--tokenizer``: the backbone's cross-attention
+    takes the encoder's width (d_model), the encoder is not trained and the pipeline carries both."""
+    from diffusers import DiffusionPipeline
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = build_local_tokenizer(["a handwritten 7", "zero"])
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    torch.manual_seed(0)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4))
+    t5.save_pretrained(tmp_path / "t5")
+    out = tmp_path / "run"
+    result = main(text_args(
+        out, text_files, "unet", "edm", "--text_encoder", str(tmp_path / "t5"), "--tokenizer", str(tmp_path / "tokenizer")
+    ))
+    assert result.model.backbone.config.cross_attention_dim == 16
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert type(pipe.text_encoder).__name__ == "T5EncoderModel"
+    for (name, trained), original in zip(pipe.text_encoder.state_dict().items(), t5.state_dict().values()):
+        assert torch.equal(trained, original), name
