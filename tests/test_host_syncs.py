@@ -14,11 +14,12 @@ import torch
 from accelerate import cpu_offload, cpu_offload_with_hook, init_empty_weights
 from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
 
-from diffusers_edm import EDMHeunScheduler, EDMPipeline
+from diffusers_edm import EDMHeunScheduler, EDMPipeline, EDMTextToImagePipeline
 from diffusers_edm.models import EDMPrecond, IDDPMPrecond, VEPrecond, VPPrecond
 from benchmarks.host_syncs import count_host_syncs
 from test_models_preconditioning import reference_iddpm_table
 from tiny_backbones import tiny_dit, tiny_unet, tiny_unet_condition
+from tiny_text_encoders import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_pixart, tiny_text_unet
 
 WRAPPERS = [EDMPrecond, VPPrecond, VEPrecond, IDDPMPrecond]
 U = torch.tensor(reference_iddpm_table(), dtype=torch.float64)
@@ -58,6 +59,11 @@ BACKBONES = {
     "unet": lambda: (tiny_unet(num_class_embeds=6), dict(num_classes=5, null_class_label=5), {}),
     "unet_condition": lambda: (tiny_unet_condition(), {}, {"encoder_hidden_states": torch.randn(2, 3, 8)}),
     "dit": lambda: (tiny_dit(learned_variance=True), {}, {}),
+    "pixart": lambda: (tiny_pixart(additional_conditions=True), {}, {"encoder_hidden_states": torch.randn(2, 3, 8)}),
+    "unet_pooled": lambda: (
+        tiny_text_unet(pooled_width=6), {},
+        {"encoder_hidden_states": torch.randn(2, 3, 8), "pooled_text_embeds": torch.randn(2, 6)},
+    ),
 }
 
 
@@ -99,6 +105,22 @@ def test_edm_heun_sampling_loop_makes_no_per_step_sync(wrapper, scheduler):
     pipe.set_progress_bar_config(disable=True)
     few, few_calls = sample_and_count(pipe, 2, class_labels=[1, 4], guidance_scale=2.0)
     many, many_calls = sample_and_count(pipe, 6, class_labels=[1, 4], guidance_scale=2.0)
+    assert len(many_calls) == 11 and set(few_calls) | set(many_calls) == {0}
+    assert few == many == [], many
+
+
+@pytest.mark.parametrize("backbone", ["unet", "pixart"])
+def test_text_to_image_loop_with_classifier_free_guidance_makes_no_per_step_sync(backbone, tmp_path):
+    """Prompts are encoded and checked once per call; the loop's guided calls (both halves in one batch) make no
+    host sync."""
+    network = tiny_text_unet(channels=3) if backbone == "unet" else tiny_pixart(channels=3)
+    pipe = EDMTextToImagePipeline(
+        EDMPrecond.from_backbone(network).eval(), EDMHeunScheduler(s_churn=10.0), tiny_clip_tokenizer(tmp_path),
+        tiny_clip_text_encoder(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    few, few_calls = sample_and_count(pipe, 2, prompt=["seven", "two"], guidance_scale=3.0)
+    many, many_calls = sample_and_count(pipe, 6, prompt=["seven", "two"], guidance_scale=3.0, guidance_interval=(0.5, 10.0))
     assert len(many_calls) == 11 and set(few_calls) | set(many_calls) == {0}
     assert few == many == [], many
 

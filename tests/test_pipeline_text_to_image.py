@@ -247,3 +247,18 @@ def test_edm_pipeline_guidance_gives_the_unconditional_half_its_own_context():
     assert recorder.calls[0]["class_labels"].tolist() == [1, 2, 5, 5]
     with pytest.raises(ValueError, match=r"encoder_hidden_states has width 4 but .* width 8"):
         text_only(batch_size=2, encoder_hidden_states=torch.randn(2, 5, 4), num_inference_steps=1)
+
+
+# ---------------------------------------------------------------------------------------------- model cards
+def test_model_cards_examples_run(tokenizer, tmp_path):
+    from test_learned_variance_text_pipeline import glide_pipeline
+    from test_model_cards import REPO_ID, run_usage_example
+
+    for name, pipe in {"edm": text_pipeline(tokenizer), "glide": glide_pipeline(tokenizer)}.items():
+        directory = tmp_path / name
+        pipe.save_pretrained(directory)
+        card = str(pipe.model_card(REPO_ID, num_inference_steps=2, guidance_scale=2.0, prompts=["seven", "two"]))
+        assert "- text-to-image" in card
+        code, images = run_usage_example(card, REPO_ID, directory)
+        assert "prompt=['seven', 'two']" in code and "guidance_scale=2.0" in code
+        assert len(images) == 2

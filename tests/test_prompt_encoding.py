@@ -91,6 +91,10 @@ def test_caption_dropout_rows_and_repeats(tokenizer):
     assert len(repeated) == 6
     torch.testing.assert_close(repeated.embeds[2], captions.embeds[1])
     torch.testing.assert_close(repeated.embeds[3], captions.embeds[1])
+    with pytest.raises(ValueError, match=r"3 captions, 2 decisions and 3 replacement rows"):
+        captions.where(torch.tensor([False, True]), empty)
+    with pytest.raises(ValueError, match=r"3 captions, 3 decisions and 2 replacement rows"):
+        captions.where(torch.tensor([False, True, True]), prompt_encoder.empty(2))
     pair = empty.cat(captions)
     assert len(pair) == 6
     torch.testing.assert_close(pair.embeds[3:], captions.embeds)

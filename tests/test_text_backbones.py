@@ -22,6 +22,7 @@ SIGMA = 1.7
 BACKBONES = {
     "unet": lambda: tiny_text_unet(context_width=8),
     "unet_pooled": lambda: tiny_text_unet(context_width=8, pooled_width=6),
+    "unet_text_pool": lambda: tiny_text_unet(context_width=8, pool_sequence=True),
     "pixart": lambda: tiny_pixart(caption_channels=8),
     "pixart_micro": lambda: tiny_pixart(caption_channels=8, learned_variance=False, additional_conditions=True),
 }

@@ -42,12 +42,15 @@ def tiny_t5_encoder(d_model: int = 8, seed: int = 0) -> T5EncoderModel:
 
 def tiny_text_unet(
     channels: int = 4, context_width: int = 8, out_channels: int | None = None, pooled_width: int | None = None,
-    seed: int = 0,
+    pool_sequence: bool = False, seed: int = 0,
 ) -> UNet2DConditionModel:
     """A UNet2DConditionModel reading ``context_width``-wide text; with ``pooled_width``, a projection class
-    embedding of the pooled text vector (GLIDE's final-token projection added to the time embedding)."""
+    embedding of the pooled text vector (GLIDE's final-token projection added to the time embedding); with
+    ``pool_sequence``, ``addition_embed_type="text"`` (the UNet attention-pools the sequence into its time embedding)."""
     torch.manual_seed(seed)
     pooled = {} if pooled_width is None else {"class_embed_type": "projection", "projection_class_embeddings_input_dim": pooled_width}
+    if pool_sequence:
+        pooled.update(addition_embed_type="text", addition_embed_type_num_heads=2)
     return UNet2DConditionModel(
         sample_size=8, in_channels=channels, out_channels=out_channels or channels, block_out_channels=(8, 16),
         layers_per_block=1, norm_num_groups=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),

@@ -34,7 +34,13 @@ from .models import (
     VEPrecond,
     VPPrecond,
 )
-from .pipelines import EDMPipeline, EDMTextToImagePipeline, LearnedVariancePipeline, PromptEncoder
+from .pipelines import (
+    EDMPipeline,
+    EDMTextToImagePipeline,
+    LearnedVariancePipeline,
+    LearnedVarianceTextToImagePipeline,
+    PromptEncoder,
+)
 from .schedulers import (
     EDMHeunDiscreteScheduler,
     EDMHeunScheduler,
@@ -71,6 +77,7 @@ __all__ = [
     "LearnedVarianceDDPMScheduler",
     "LatentCodec",
     "LearnedVariancePipeline",
+    "LearnedVarianceTextToImagePipeline",
     "LossSecondMomentTimestepSampler",
     "ModelMixin",
     "NoiseConditionalClassifier",

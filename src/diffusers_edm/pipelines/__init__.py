@@ -9,7 +9,7 @@ import diffusers
 
 from .pipeline_edm import EDMPipeline
 from .pipeline_edm_text_to_image import EDMTextToImagePipeline
-from .pipeline_learned_variance import LearnedVariancePipeline
+from .pipeline_learned_variance import LearnedVariancePipeline, LearnedVarianceTextToImagePipeline
 from .prompt_encoding import EMPTY_PROMPT_CONVENTIONS, PromptEmbeddings, PromptEncoder
 
 __all__ = [
@@ -17,10 +17,11 @@ __all__ = [
     "EDMTextToImagePipeline",
     "EMPTY_PROMPT_CONVENTIONS",
     "LearnedVariancePipeline",
+    "LearnedVarianceTextToImagePipeline",
     "PromptEmbeddings",
     "PromptEncoder",
 ]
 
-for _pipeline in (EDMPipeline, EDMTextToImagePipeline, LearnedVariancePipeline):
+for _pipeline in (EDMPipeline, EDMTextToImagePipeline, LearnedVariancePipeline, LearnedVarianceTextToImagePipeline):
     if not hasattr(diffusers, _pipeline.__name__):
         setattr(diffusers, _pipeline.__name__, _pipeline)

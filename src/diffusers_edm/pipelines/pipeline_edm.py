@@ -16,7 +16,9 @@ evaluated at a noise level it was not trained for (VE below 0.02, iDDPM between 
 
 Guidance: every model call goes through one guided denoiser built per pipeline call from the terms of
 :mod:`diffusers_edm.guidance` (classifier-free guidance, autoguidance, classifier guidance, the guidance interval), so
-the sampling loop is the same for every guidance method and every scheduler.
+the sampling loop is the same for every guidance method and every scheduler. That loop lives in
+:class:`EDMSamplingPipeline`, shared with :class:`~diffusers_edm.EDMTextToImagePipeline`, which only builds a
+different guided denoiser (text conditioning).
 """
 
 from __future__ import annotations

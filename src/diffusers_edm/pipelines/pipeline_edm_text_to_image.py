@@ -43,10 +43,10 @@ from .model_card import TrainingRecord, build_model_card
 from .pipeline_edm import DEFAULT_NUM_INFERENCE_STEPS, EDMSamplingPipeline, check_latents
 from .prompt_encoding import (
     PromptEmbeddings,
-    PromptEncoder,
+    TextPromptsMixin,
     check_context_width,
+    check_latents_count,
     check_empty_prompt,
-    check_prompts,
     text_hidden_size,
 )
 
@@ -81,16 +81,7 @@ def check_text_components(
         )
 
 
-def check_prompt_embeds(name: str, embeds: object, width: int) -> torch.Tensor:
-    """``embeds`` if it is a floating-point ``(N, L, width)`` tensor; ``ValueError`` naming ``name`` and both sides."""
-    if not isinstance(embeds, torch.Tensor) or not embeds.is_floating_point() or embeds.ndim != 3 or embeds.shape[0] == 0:
-        got = f"shape {tuple(embeds.shape)}, {embeds.dtype}" if isinstance(embeds, torch.Tensor) else type(embeds).__name__
-        raise ValueError(f"{name} must be a floating-point tensor (prompts, sequence, {width}), got {got}.")
-    check_context_width(embeds.shape[-1], width, source=name, target="the denoiser")
-    return embeds
-
-
-class EDMTextToImagePipeline(EDMSamplingPipeline):
+class EDMTextToImagePipeline(TextPromptsMixin, EDMSamplingPipeline):
     """Text-to-image generation with a preconditioned denoiser over a text-conditional backbone.
 
     Components:
@@ -138,107 +129,19 @@ class EDMTextToImagePipeline(EDMSamplingPipeline):
         )
         self.register_to_config(empty_prompt=empty_prompt, latent_space=latent_space)
 
-    @property
-    def prompt_encoder(self) -> PromptEncoder:
-        """The :class:`~diffusers_edm.pipelines.prompt_encoding.PromptEncoder` of the current tokenizer, text encoder
-        and ``empty_prompt`` (rebuilt when a component is swapped; it caches the empty prompt's embeddings)."""
-        cached = self.__dict__.get("_prompt_encoder")
-        if (
-            cached is None or cached.tokenizer is not self.tokenizer or cached.text_encoder is not self.text_encoder
-            or cached.empty_prompt != self.config.empty_prompt
-        ):
-            cached = PromptEncoder(self.tokenizer, self.text_encoder, self.config.empty_prompt)
-            self.__dict__["_prompt_encoder"] = cached
-        return cached
-
-    # ------------------------------------------------------------------------------------------ prompts
-    def encode_prompt(
-        self,
-        prompt: str | list[str] | None,
-        prompt_embeds: torch.Tensor | None,
-        pooled_prompt_embeds: torch.Tensor | None,
-        negative_prompt: str | list[str] | None,
-        negative_prompt_embeds: torch.Tensor | None,
-        negative_pooled_prompt_embeds: torch.Tensor | None,
-        classifier_free: bool,
-        device: torch.device,
-    ) -> tuple[PromptEmbeddings, PromptEmbeddings | None]:
-        """The conditional embeddings of the prompts (one row per prompt) and, for classifier-free guidance, the
-        unconditional ones (negative prompt, else the empty prompt by the ``empty_prompt`` convention). Every check
-        names the argument and both sides."""
-        encoder, width, dtype = self.prompt_encoder, self.denoiser.context_width, self.denoiser.dtype
-        if (prompt is None) == (prompt_embeds is None):
-            raise ValueError(
-                "Give exactly one of prompt or prompt_embeds, got "
-                + ("both." if prompt is not None else "neither.")
-            )
-        if negative_prompt is not None and negative_prompt_embeds is not None:
-            raise ValueError("Give at most one of negative_prompt or negative_prompt_embeds, got both.")
-        if prompt is not None:
-            prompts = check_prompts(prompt)
-            conditional = encoder.encode(prompts, device=device, dtype=dtype)
-        else:
-            embeds = check_prompt_embeds("prompt_embeds", prompt_embeds, width)
-            conditional = PromptEmbeddings(embeds, pooled_prompt_embeds).to(device=device, dtype=dtype)
-        count = len(conditional)
-        if not classifier_free:
-            return conditional, None
-        if negative_prompt is not None:
-            negatives = check_prompts(negative_prompt, "negative_prompt")
-            if len(negatives) not in (1, count):
-                raise ValueError(
-                    f"negative_prompt has {len(negatives)} prompts but prompt has {count}; give one negative prompt or "
-                    f"one per prompt."
-                )
-            unconditional = encoder.encode(negatives * (count if len(negatives) == 1 else 1), device=device, dtype=dtype)
-        elif negative_prompt_embeds is not None:
-            embeds = check_prompt_embeds("negative_prompt_embeds", negative_prompt_embeds, width)
-            if embeds.shape[0] not in (1, count):
-                raise ValueError(
-                    f"negative_prompt_embeds has {embeds.shape[0]} rows but there are {count} prompts; give 1 or {count}."
-                )
-            pooled = negative_pooled_prompt_embeds
-            unconditional = PromptEmbeddings(
-                embeds.expand(count, *embeds.shape[1:]),
-                None if pooled is None else pooled.expand(count, *pooled.shape[1:]),
-            ).to(device=device, dtype=dtype)
-        else:
-            unconditional = encoder.empty(count, device=device, dtype=dtype)
-        if unconditional.embeds.shape[1:] != conditional.embeds.shape[1:]:
-            raise ValueError(
-                f"The unconditional embeddings have shape {tuple(unconditional.embeds.shape[1:])} per prompt but the "
-                f"prompt's have {tuple(conditional.embeds.shape[1:])}; both halves of classifier-free guidance need "
-                "the same sequence length (pad prompt_embeds to the tokenizer's model_max_length)."
-            )
-        return conditional, unconditional
-
-    def _pooled_for_denoiser(self, embeddings: PromptEmbeddings, name: str) -> PromptEmbeddings:
-        """``embeddings`` with the pooled vector the denoiser needs (checked against its width), or without one
-        when the denoiser takes none."""
-        width = self.denoiser.pooled_text_width
-        if width is None:
-            return PromptEmbeddings(embeddings.embeds)
-        if embeddings.pooled is None:
-            raise ValueError(
-                f"The denoiser's {self.denoiser.config.backbone_class} needs a pooled text vector of width {width} but "
-                f"{name} has none (the text encoder {type(self.text_encoder).__name__} gives none, or pass "
-                f"pooled_prompt_embeds)."
-            )
-        check_context_width(embeddings.pooled.shape[-1], width, source=f"{name}'s pooled vector", target="the denoiser")
-        return embeddings
-
     # ------------------------------------------------------------------------------------------ guidance
     def _guided_denoiser(
         self,
+        model: ConditionalDenoiser,
         conditional: PromptEmbeddings,
         unconditional: PromptEmbeddings | None,
         guidance_scale: float,
         guidance_interval: GuidanceInterval | None,
         corrections: Sequence[GuidanceTerm] = (),
     ) -> GuidedDenoiser:
-        """The guided denoiser of one call: classifier-free guidance against ``unconditional``, or autoguidance with
-        the ``guidance_denoiser``, plus additive ``corrections``; chosen once per call."""
-        model = ConditionalDenoiser(self.denoiser, None, conditional.embeds, conditional.pooled)
+        """The guided denoiser of one call: ``model`` (the denoiser with the prompts), classifier-free guidance
+        against ``unconditional`` or autoguidance with the ``guidance_denoiser``, plus additive ``corrections`` (terms
+        built on ``model``, as classifier guidance is); chosen once per call."""
         guidance = None
         if guidance_scale != 1.0 and self.guidance_denoiser is not None:
             weak = self.guidance_denoiser
@@ -312,24 +215,24 @@ class EDMTextToImagePipeline(EDMSamplingPipeline):
         classifier_free = guidance_scale != 1.0 and self.guidance_denoiser is None
         conditional, unconditional = self.encode_prompt(
             prompt, prompt_embeds, pooled_prompt_embeds, negative_prompt, negative_prompt_embeds,
-            negative_pooled_prompt_embeds, classifier_free, device,
+            negative_pooled_prompt_embeds, classifier_free, device, self.denoiser.dtype, self.denoiser.context_width,
         )
         count = len(conditional)
         batch_size = count * num_images_per_prompt
         shape = (batch_size, self.denoiser.image_channels, *self.denoiser.sample_size)
-        if isinstance(latents, torch.Tensor) and latents.ndim >= 1 and latents.shape[0] != batch_size:
-            raise ValueError(
-                f"latents hold {latents.shape[0]} samples but {count} prompt(s) x num_images_per_prompt="
-                f"{num_images_per_prompt} make {batch_size} images."
-            )
+        check_latents_count(latents, count, num_images_per_prompt)
         if latents is not None:
             check_latents(latents, shape)
         check_generator(generator, batch_size)
-        conditional = self._pooled_for_denoiser(conditional, "prompt").repeat_interleave(num_images_per_prompt)
-        if unconditional is not None:
-            unconditional = self._pooled_for_denoiser(unconditional, "the unconditional input")
-            unconditional = unconditional.repeat_interleave(num_images_per_prompt)
-        guided_denoiser = self._guided_denoiser(conditional, unconditional, guidance_scale, guidance_interval)
+        conditional, unconditional = self.embeddings_for_model(
+            conditional, unconditional, num_images_per_prompt, self.denoiser.pooled_text_width,
+            f"The denoiser's {self.denoiser.config.backbone_class}",
+        )
+        model = ConditionalDenoiser(self.denoiser, None, conditional.embeds, conditional.pooled)
+        corrections: list[GuidanceTerm] = []  # additive terms of D built on `model` (e.g. CLIP guidance)
+        guided_denoiser = self._guided_denoiser(
+            model, conditional, unconditional, guidance_scale, guidance_interval, corrections
+        )
         latents = self._sample(
             guided_denoiser, shape, num_inference_steps, generator, latents, callback_on_step_end,
             callback_on_step_end_tensor_inputs, device,

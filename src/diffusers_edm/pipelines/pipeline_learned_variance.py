@@ -1,5 +1,6 @@
 """``LearnedVariancePipeline``: sample Improved-DDPM / DiT models with a learned variance, pixel or latent, with
-classifier-free guidance, classifier guidance (ADM) and a guidance interval."""
+classifier-free guidance, classifier guidance (ADM) and a guidance interval; ``LearnedVarianceTextToImagePipeline``:
+the same sampler for text-conditional models (GLIDE's family), sharing its loop (:func:`ancestral_sampling`)."""
 
 from __future__ import annotations
 
@@ -26,16 +27,53 @@ from ..guidance import (
     check_guidance_scale,
 )
 from ..models import LatentCodec, NoiseConditionalClassifier
-from ..models.backbones import class_table_size
+from ..models.backbones import class_table_size, context_width, output_channels, pooled_text_width, uses_cross_attention
 from ..models.preconditioned_denoisers import label_tensor
 from ..value_checks import check_integer
 from ..schedulers.planned_schedule import check_generator
 from ..schedulers.scheduling_learned_variance_ddpm import LearnedVarianceDDPMScheduler
 from .model_card import ModelCardHubMixin, TrainingRecord, build_model_card
 from .pipeline_edm import USAGE_EXAMPLE_IMAGES
+from .prompt_encoding import TextPromptsMixin, check_context_width, check_empty_prompt, text_hidden_size
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DEFAULT_NUM_INFERENCE_STEPS = 100  # Improved DDPM samples its 4000-step models with 100 respaced steps (Section 4)
+
+
+def sample_shape(unet: ModelMixin, batch_size: int) -> tuple[int, ...]:
+    """``(batch_size, C, H, W)`` of the samples the backbone was configured for."""
+    sample_size = unet.config.sample_size
+    spatial = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+    return (batch_size, unet.config.in_channels, *spatial)
+
+
+def ancestral_sampling(
+    pipeline: DiffusionPipeline,
+    guided_model: GuidedNoisePredictor,
+    batch_size: int,
+    generator: torch.Generator | list[torch.Generator] | None,
+    output_type: str,
+) -> torch.Tensor | np.ndarray | list[PIL.Image.Image]:
+    """The sampling loop of the learned-variance pipelines (Improved DDPM ancestral sampling, the scheduler's
+    timesteps set): ``x_T ~ N(0, I)``, one guided prediction and one scheduler step per timestep, then decoding
+    (through ``pipeline.vae`` where there is one)."""
+    device = pipeline._execution_device
+    unet, scheduler = pipeline.unet, pipeline.scheduler
+    sample = randn_tensor(sample_shape(unet, batch_size), generator=generator, device=device, dtype=unet.dtype)
+    # Where guidance acts, decided here on the host: the loop reads one Python bool per step.
+    guided_steps = guided_model.guided_calls()
+
+    for i, t in enumerate(pipeline.progress_bar(scheduler.timesteps)):
+        prediction = guided_model(sample, i, t, guided_steps[i])
+        sample = scheduler.step(prediction.model_output, t, sample, generator=generator).prev_sample
+        if prediction.mean_shift is not None:  # classifier guidance: N(mu + s Sigma grad, Sigma)
+            sample = (sample + prediction.mean_shift).to(sample.dtype)
+
+    if output_type == "latent":
+        return sample
+    if pipeline.vae is not None:
+        sample = LatentCodec(pipeline.vae).decode(sample)
+    return pipeline.image_processor.postprocess(sample.float(), output_type=output_type)
 
 
 class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
@@ -173,9 +211,7 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
         return null_label
 
     def _sample_shape(self, batch_size: int) -> tuple[int, ...]:
-        sample_size = self.unet.config.sample_size
-        spatial = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
-        return (batch_size, self.unet.config.in_channels, *spatial)
+        return sample_shape(self.unet, batch_size)
 
     @torch.no_grad()
     def __call__(
@@ -278,26 +314,12 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None,
         output_type: str,
     ) -> torch.Tensor | np.ndarray | list[PIL.Image.Image]:
-        """The sampling loop and decoding of :meth:`__call__` (arguments checked, the scheduler's timesteps set)."""
+        """The guided model of :meth:`__call__` (arguments checked, the scheduler's timesteps set), sampled."""
         device = self._execution_device
-        sample = randn_tensor(self._sample_shape(batch_size), generator=generator, device=device, dtype=self.unet.dtype)
         labels = None if labels is None else labels.to(device)
         classifier_labels = None if classifier_labels is None else classifier_labels.to(device)
         guided_model = self._guided_model(labels, classifier_labels, guidance_scale, classifier_scale, guidance_interval)
-        # Where guidance acts, decided here on the host: the loop reads one Python bool per step.
-        guided_steps = guided_model.guided_calls()
-
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            prediction = guided_model(sample, i, t, guided_steps[i])
-            sample = self.scheduler.step(prediction.model_output, t, sample, generator=generator).prev_sample
-            if prediction.mean_shift is not None:  # classifier guidance: N(mu + s Sigma grad, Sigma)
-                sample = (sample + prediction.mean_shift).to(sample.dtype)
-
-        if output_type == "latent":
-            return sample
-        if self.vae is not None:
-            sample = LatentCodec(self.vae).decode(sample)
-        return self.image_processor.postprocess(sample.float(), output_type=output_type)
+        return ancestral_sampling(self, guided_model, batch_size, generator, output_type)
 
     # ------------------------------------------------------------------------------------------ sharing
     def model_card(
@@ -351,3 +373,156 @@ class LearnedVariancePipeline(ModelCardHubMixin, DiffusionPipeline):
             )
             tags.append("classifier-guidance")
         return build_model_card(self, repo_id=repo_id, summary=summary, tags=tags, call_arguments=call, training=training)
+
+
+class LearnedVarianceTextToImagePipeline(TextPromptsMixin, ModelCardHubMixin, DiffusionPipeline):
+    """Text-to-image ancestral sampling of a learned-variance model: GLIDE's family (Nichol et al. 2022).
+
+    Components:
+        unet: a ``UNet2DConditionModel`` or ``PixArtTransformer2DModel`` with ``2C`` output channels (eps and the
+            variance interpolation ``v``) reading the text encoder's hidden states (a UNet with a projection class
+            embedding also takes the pooled text vector, GLIDE's final-token projection).
+        scheduler: a :class:`~diffusers_edm.schedulers.scheduling_learned_variance_ddpm.LearnedVarianceDDPMScheduler`.
+        tokenizer, text_encoder: as for :class:`~diffusers_edm.EDMTextToImagePipeline`.
+        vae: optional ``AutoencoderKL`` (latent samples, decoded by :class:`~diffusers_edm.models.LatentCodec`).
+        empty_prompt: the unconditional input's convention, ``"encode"`` or ``"zeros"`` (saved in the config).
+
+    Classifier-free guidance (GLIDE, section 3.2) runs both halves in one batched call and guides the eps channels
+    only, ``eps = eps(x_t, c_uncond) + w (eps(x_t, c) - eps(x_t, c_uncond))``; the variance channels are the
+    conditional half's, unguided. ``guidance_interval`` limits it to the steps with ``sigma_lo < sigma_t <= sigma_hi``.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["vae"]
+
+    def __init__(
+        self,
+        unet: ModelMixin,
+        scheduler: LearnedVarianceDDPMScheduler,
+        tokenizer: Any,
+        text_encoder: torch.nn.Module,
+        vae: AutoencoderKL | None = None,
+        empty_prompt: str = "encode",
+    ):
+        super().__init__()
+        if not isinstance(scheduler, LearnedVarianceDDPMScheduler):
+            raise ValueError(f"scheduler must be a LearnedVarianceDDPMScheduler, got {type(scheduler).__name__}.")
+        empty_prompt = check_empty_prompt(empty_prompt)
+        check_text_unet(unet, text_encoder)
+        self.register_modules(unet=unet, scheduler=scheduler, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae)
+        self.register_to_config(empty_prompt=empty_prompt)
+        self.image_processor = VaeImageProcessor(do_resize=False)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        num_images_per_prompt: int = 1,
+        guidance_scale: float = 1.0,
+        num_inference_steps: int | str = DEFAULT_NUM_INFERENCE_STEPS,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        guidance_interval: tuple[float, float] | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate images from prompts.
+
+        Args:
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
+            pooled_prompt_embeds, negative_pooled_prompt_embeds: as for
+                :meth:`~diffusers_edm.EDMTextToImagePipeline.__call__`.
+            guidance_scale: ``w`` of classifier-free guidance on eps, a finite number (1: one model call per step).
+            num_inference_steps: an int (even respacing) or a spacing string (``"ddim25"``, ``"10,15,20"``).
+            generator: a torch generator, or one per image.
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+            return_dict: return an ``ImagePipelineOutput`` rather than a tuple.
+            guidance_interval: ``(sigma_lo, sigma_hi)``: guide only the steps with ``sigma_lo < sigma_t <= sigma_hi``.
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"Unknown output_type {output_type!r}; expected one of {OUTPUT_TYPES}.")
+        num_images_per_prompt = check_integer("num_images_per_prompt", num_images_per_prompt, minimum=1)
+        guidance_scale = check_guidance_scale(guidance_scale)
+        guidance_interval = check_guidance_interval(guidance_interval)
+        check_text_unet(self.unet, self.text_encoder)
+        device = self._execution_device
+        classifier_free = guidance_scale != 1.0
+        conditional, unconditional = self.encode_prompt(
+            prompt, prompt_embeds, pooled_prompt_embeds, negative_prompt, negative_prompt_embeds,
+            negative_pooled_prompt_embeds, classifier_free, device, self.unet.dtype, context_width(self.unet),
+            model=f"the {type(self.unet).__name__}",
+        )
+        batch_size = len(conditional) * num_images_per_prompt
+        check_generator(generator, batch_size)
+        conditional, unconditional = self.embeddings_for_model(
+            conditional, unconditional, num_images_per_prompt, pooled_text_width(self.unet),
+            f"The {type(self.unet).__name__}",
+        )
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        guidance = None
+        if classifier_free:
+            guidance = ClassifierFreeNoiseGuidance(
+                self.unet, None, None, guidance_scale, conditional.embeds, unconditional.embeds, conditional.pooled,
+                unconditional.pooled,
+            )
+        guided_model = GuidedNoisePredictor(
+            ConditionalNoisePredictor(self.unet, None, conditional.embeds, conditional.pooled), self.scheduler,
+            guidance, None, guidance_interval,
+        )
+        image = ancestral_sampling(self, guided_model, batch_size, generator, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)
+
+    def model_card(
+        self,
+        repo_id: str | None = None,
+        num_inference_steps: int | str | None = None,
+        guidance_scale: float = 1.0,
+        training: TrainingRecord | None = None,
+        prompts: Sequence[str] | None = None,
+    ) -> ModelCard:
+        """The Hub model card of this pipeline, with a usage example that runs as written."""
+        call: dict[str, Any] = {"prompt": list(prompts or ["a photograph of an astronaut riding a horse"])}
+        if guidance_scale != 1.0:
+            call["guidance_scale"] = float(guidance_scale)
+        T = int(self.scheduler.config.num_train_timesteps)
+        call["num_inference_steps"] = num_inference_steps or min(DEFAULT_NUM_INFERENCE_STEPS, T)
+        summary = (
+            "A text-to-image diffusion model with learned variances (GLIDE's family, Nichol et al. 2022) made with "
+            f"[diffusers-edm](https://pypi.org/project/diffusers-edm/): a `{type(self.unet).__name__}` reading "
+            f"`{type(self.text_encoder).__name__}` text embeddings, predicting eps and the variance interpolation over "
+            f"T={T} steps. Classifier-free guidance acts on eps only, against the empty prompt "
+            f"(`{self.config.empty_prompt}` convention)."
+        )
+        return build_model_card(
+            self, repo_id=repo_id, summary=summary, tags=["learned-variance-ddpm", "text-to-image"], call_arguments=call,
+            training=training,
+        )
+
+
+def check_text_unet(unet: ModelMixin, text_encoder: torch.nn.Module) -> None:
+    """``ValueError`` naming both sides unless ``unet`` is a text-conditional learned-variance backbone (cross-attention,
+    ``2C`` outputs, no class table) that reads the text encoder's hidden states."""
+    if not uses_cross_attention(unet):
+        raise ValueError(
+            "LearnedVarianceTextToImagePipeline needs a backbone with cross-attention (UNet2DConditionModel or "
+            f"PixArtTransformer2DModel), got {type(unet).__name__}."
+        )
+    channels = int(unet.config.in_channels)
+    if output_channels(unet) != 2 * channels:
+        raise ValueError(
+            f"The {type(unet).__name__} maps {channels} to {output_channels(unet)} channels; a learned-variance model "
+            f"outputs {2 * channels} (eps and the variance interpolation)."
+        )
+    if class_table_size(unet) != 0:
+        raise ValueError(f"The {type(unet).__name__} has a class table; this pipeline conditions on text only.")
+    check_context_width(
+        text_hidden_size(text_encoder), context_width(unet),
+        source=f"The text encoder {type(text_encoder).__name__} (hidden size)", target=f"the {type(unet).__name__}",
+    )

@@ -113,6 +113,11 @@ class PromptEmbeddings:
         with ``replacement = encoder.empty(B, ...)``, decided on the device (no host synchronisation)."""
         if (self.pooled is None) != (replacement.pooled is None):
             raise ValueError("Cannot mix prompt embeddings with a pooled vector and ones without.")
+        if replace.numel() != len(self) or len(replacement) != len(self):
+            raise ValueError(
+                f"Caption dropout needs one decision and one replacement row per caption: {len(self)} captions, "
+                f"{replace.numel()} decisions and {len(replacement)} replacement rows."
+            )
         mask = replace.reshape(-1, 1, 1)
         embeds = torch.where(mask, replacement.embeds, self.embeds)
         pooled = None if self.pooled is None else torch.where(mask[:, :, 0], replacement.pooled, self.pooled)
@@ -206,4 +211,156 @@ class PromptEncoder:
         check_context_width(
             self.hidden_size, width, source=f"The text encoder {type(self.text_encoder).__name__} (hidden size)",
             target=target,
+        )
+
+
+def check_latents_count(latents: object, prompts: int, num_images_per_prompt: int) -> None:
+    """``ValueError`` naming both sides when ``latents`` (a tensor) does not hold one sample per image of the call,
+    ``prompts x num_images_per_prompt``."""
+    batch_size = prompts * num_images_per_prompt
+    if isinstance(latents, torch.Tensor) and latents.ndim >= 1 and latents.shape[0] != batch_size:
+        raise ValueError(
+            f"latents hold {latents.shape[0]} samples but {prompts} prompt(s) x num_images_per_prompt="
+            f"{num_images_per_prompt} make {batch_size} images."
+        )
+
+
+def check_prompt_embeds(name: str, embeds: object, width: int, target: str = "the denoiser") -> torch.Tensor:
+    """``embeds`` if it is a floating-point ``(N, L, width)`` tensor; ``ValueError`` naming ``name`` and both sides."""
+    if not isinstance(embeds, torch.Tensor) or not embeds.is_floating_point() or embeds.ndim != 3 or embeds.shape[0] == 0:
+        got = f"shape {tuple(embeds.shape)}, {embeds.dtype}" if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+        raise ValueError(f"{name} must be a floating-point tensor (prompts, sequence, {width}), got {got}.")
+    check_context_width(embeds.shape[-1], width, source=name, target=target)
+    return embeds
+
+
+def check_pooled_embeds(name: str, pooled: object, rows: tuple[int, ...]) -> None:
+    """``ValueError`` naming ``name`` unless ``pooled`` is ``None`` or a floating-point ``(N, C')`` tensor with ``N``
+    in ``rows``."""
+    if pooled is None:
+        return
+    if not isinstance(pooled, torch.Tensor) or not pooled.is_floating_point() or pooled.ndim != 2:
+        got = f"shape {tuple(pooled.shape)}, {pooled.dtype}" if isinstance(pooled, torch.Tensor) else type(pooled).__name__
+        raise ValueError(f"{name} must be a floating-point tensor (prompts, width), got {got}.")
+    if pooled.shape[0] not in rows:
+        raise ValueError(f"{name} has {pooled.shape[0]} rows but the call needs {' or '.join(map(str, rows))}.")
+
+
+class TextPromptsMixin:
+    """The prompt arguments of the text pipelines (diffusers' ``StableDiffusionPipeline`` conventions: ``prompt``,
+    ``negative_prompt``, ``prompt_embeds``, ``negative_prompt_embeds``, ``num_images_per_prompt``). The pipeline has
+    the components ``tokenizer`` and ``text_encoder`` and the config value ``empty_prompt``."""
+
+    @property
+    def prompt_encoder(self) -> PromptEncoder:
+        """The :class:`~diffusers_edm.pipelines.prompt_encoding.PromptEncoder` of the current tokenizer, text encoder
+        and ``empty_prompt`` (rebuilt when a component is swapped; it caches the empty prompt's embeddings)."""
+        cached = self.__dict__.get("_prompt_encoder")
+        if (
+            cached is None or cached.tokenizer is not self.tokenizer or cached.text_encoder is not self.text_encoder
+            or cached.empty_prompt != self.config.empty_prompt
+        ):
+            cached = PromptEncoder(self.tokenizer, self.text_encoder, self.config.empty_prompt)
+            self.__dict__["_prompt_encoder"] = cached
+        return cached
+
+    # ------------------------------------------------------------------------------------------ prompts
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        prompt_embeds: torch.Tensor | None,
+        pooled_prompt_embeds: torch.Tensor | None,
+        negative_prompt: str | list[str] | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        negative_pooled_prompt_embeds: torch.Tensor | None,
+        classifier_free: bool,
+        device: torch.device,
+        dtype: torch.dtype,
+        width: int,
+        model: str = "the denoiser",
+    ) -> tuple[PromptEmbeddings, PromptEmbeddings | None]:
+        """The conditional embeddings of the prompts (one row per prompt) and, for classifier-free guidance, the
+        unconditional ones (negative prompt, else the empty prompt by the ``empty_prompt`` convention), on ``device``
+        in ``dtype``, checked against the model's text ``width``. Every check names the argument and both sides."""
+        # Every argument is checked before anything is encoded (also the negative ones when w = 1).
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError(
+                "Give exactly one of prompt or prompt_embeds, got "
+                + ("both." if prompt is not None else "neither.")
+            )
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("Give at most one of negative_prompt or negative_prompt_embeds, got both.")
+        if prompt is not None:
+            prompts = check_prompts(prompt)
+            count = len(prompts)
+        else:
+            prompt_embeds = check_prompt_embeds("prompt_embeds", prompt_embeds, width, model)
+            count = prompt_embeds.shape[0]
+        check_pooled_embeds("pooled_prompt_embeds", pooled_prompt_embeds, (count,))
+        negatives = None
+        if negative_prompt is not None:
+            negatives = check_prompts(negative_prompt, "negative_prompt")
+            if len(negatives) not in (1, count):
+                raise ValueError(
+                    f"negative_prompt has {len(negatives)} prompts but prompt has {count}; give one negative prompt or "
+                    f"one per prompt."
+                )
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = check_prompt_embeds("negative_prompt_embeds", negative_prompt_embeds, width, model)
+            if negative_prompt_embeds.shape[0] not in (1, count):
+                raise ValueError(
+                    f"negative_prompt_embeds has {negative_prompt_embeds.shape[0]} rows but there are {count} prompts; "
+                    f"give 1 or {count}."
+                )
+        check_pooled_embeds("negative_pooled_prompt_embeds", negative_pooled_prompt_embeds, (1, count))
+
+        encoder = self.prompt_encoder
+        if prompt is not None:
+            conditional = encoder.encode(prompts, device=device, dtype=dtype)
+        else:
+            conditional = PromptEmbeddings(prompt_embeds, pooled_prompt_embeds).to(device=device, dtype=dtype)
+        if not classifier_free:
+            return conditional, None
+        if negatives is not None:
+            unconditional = encoder.encode(negatives * (count if len(negatives) == 1 else 1), device=device, dtype=dtype)
+        elif negative_prompt_embeds is not None:
+            pooled = negative_pooled_prompt_embeds
+            unconditional = PromptEmbeddings(
+                negative_prompt_embeds.expand(count, *negative_prompt_embeds.shape[1:]),
+                None if pooled is None else pooled.expand(count, *pooled.shape[1:]),
+            ).to(device=device, dtype=dtype)
+        else:
+            unconditional = encoder.empty(count, device=device, dtype=dtype)
+        if unconditional.embeds.shape[1:] != conditional.embeds.shape[1:]:
+            raise ValueError(
+                f"The unconditional embeddings have shape {tuple(unconditional.embeds.shape[1:])} per prompt but the "
+                f"prompt's have {tuple(conditional.embeds.shape[1:])}; both halves of classifier-free guidance need "
+                "the same sequence length (pad prompt_embeds to the tokenizer's model_max_length)."
+            )
+        return conditional, unconditional
+
+    def embeddings_for_model(
+        self,
+        conditional: PromptEmbeddings,
+        unconditional: PromptEmbeddings | None,
+        num_images_per_prompt: int,
+        pooled_width: int | None,
+        model: str,
+    ) -> tuple[PromptEmbeddings, PromptEmbeddings | None]:
+        """Both halves repeated ``num_images_per_prompt`` times, with the pooled vector the model needs (checked
+        against ``pooled_width``) or without one when it takes none (``pooled_width=None``)."""
+
+        def fitted(embeddings: PromptEmbeddings, name: str) -> PromptEmbeddings:
+            if pooled_width is None:
+                return PromptEmbeddings(embeddings.embeds).repeat_interleave(num_images_per_prompt)
+            if embeddings.pooled is None:
+                raise ValueError(
+                    f"{model} needs a pooled text vector of width {pooled_width} but {name} has none (the text encoder "
+                    f"{type(self.text_encoder).__name__} gives none, or pass pooled_prompt_embeds)."
+                )
+            check_context_width(embeddings.pooled.shape[-1], pooled_width, source=f"{name}'s pooled vector", target=model)
+            return embeddings.repeat_interleave(num_images_per_prompt)
+
+        return fitted(conditional, "prompt"), None if unconditional is None else fitted(
+            unconditional, "the unconditional input"
         )
