@@ -1,7 +1,7 @@
 """Captions of text-conditional training (``--caption_column``): the column check, the caption drawn per example and
 step, caption dropout, the optional embedding cache, and the text encoder (a local tiny one, or a pretrained one).
 
-The recipe follows GLIDE (Nichol et al. 2022, section 4) and Latent Diffusion (Rombach et al. 2022, section 3.3): a
+The recipe follows GLIDE (Nichol et al. 2022) and Latent Diffusion (Rombach et al. 2022, section 3.3): a
 frozen text encoder turns a caption into a sequence of hidden states that the backbone's cross-attention reads. For
 classifier-free guidance (Ho & Salimans 2022, Algorithm 1) each example's caption is replaced by the *empty prompt*
 with probability ``p = --proportion_empty_prompts``, decided anew at every step (a decision made once per caption,
@@ -17,7 +17,6 @@ So a resumed run draws exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -28,7 +27,6 @@ from torch.utils.data import default_collate
 
 from ..pipelines.prompt_encoding import PromptEmbeddings, PromptEncoder
 
-logger = logging.getLogger(__name__)
 
 #: The local text encoder of ``--caption_column`` without ``--text_encoder``: a CLIPTextModel of this size.
 LOCAL_TEXT_ENCODER_CONFIG: dict[str, int] = dict(
@@ -216,7 +214,8 @@ def build_local_text_encoder(tokenizer: Any, seed: int) -> Any:
     return model.eval().requires_grad_(False)
 
 
-TEXT_ENCODER_TYPES = ("clip", "clip_text_model", "t5", "umt5", "mt5")
+#: The ``model_type`` values of the text encoders ``--text_encoder`` loads, by class.
+CLIP_MODEL_TYPES, T5_MODEL_TYPES = ("clip", "clip_text_model"), ("t5", "umt5", "mt5")
 
 
 def load_text_encoder(name_or_path: str, tokenizer_name_or_path: str | None, dtype: torch.dtype) -> tuple[Any, Any]:
@@ -228,14 +227,14 @@ def load_text_encoder(name_or_path: str, tokenizer_name_or_path: str | None, dty
 
     config = AutoConfig.from_pretrained(name_or_path)
     model_type = getattr(config, "model_type", None)
-    if model_type in ("clip", "clip_text_model"):
+    if model_type in CLIP_MODEL_TYPES:
         model_class = CLIPTextModel
-    elif model_type in ("t5", "umt5", "mt5"):
+    elif model_type in T5_MODEL_TYPES:
         model_class = T5EncoderModel
     else:
         raise ValueError(
             f"--text_encoder {name_or_path!r} is a {model_type!r} model; expected a CLIP text model or a T5 encoder "
-            f"(model_type one of {TEXT_ENCODER_TYPES})."
+            f"(model_type one of {CLIP_MODEL_TYPES + T5_MODEL_TYPES})."
         )
     text_encoder = model_class.from_pretrained(name_or_path, dtype=dtype).eval().requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_name_or_path or name_or_path)
