@@ -262,3 +262,19 @@ def test_model_cards_examples_run(tokenizer, tmp_path):
         code, images = run_usage_example(card, REPO_ID, directory)
         assert "prompt=['seven', 'two']" in code and "guidance_scale=2.0" in code
         assert len(images) == 2
+
+
+def test_latent_pipeline_with_a_vae_and_a_step_callback(tokenizer):
+    from tiny_backbones import tiny_vae
+
+    pipe = text_pipeline(tokenizer, EDMHeunScheduler(), backbone=tiny_text_unet(channels=4, context_width=8), vae=tiny_vae())
+    assert pipe.config.latent_space
+    seen = []
+
+    def callback(pipeline, i, t, tensors):
+        seen.append(i)
+        return {"latents": tensors["latents"]}
+
+    images = pipe("seven", guidance_scale=2.0, num_inference_steps=2, generator=seeded(), output_type="np",
+                  callback_on_step_end=callback).images
+    assert images.shape == (1, 16, 16, 3) and seen == [0, 1, 2]  # decoded at twice the latent size; 3 model calls
