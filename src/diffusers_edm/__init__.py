@@ -23,6 +23,8 @@ from .losses import (
     vlb_term_bits,
 )
 from .models import (
+    DiscreteVPPrecond,
+    EDMFormulatedPrecond,
     EDMPrecond,
     IDDPMPrecond,
     LatentCodec,
@@ -33,6 +35,7 @@ from .models import (
     Preconditioning,
     VEPrecond,
     VPPrecond,
+    pretrained_denoiser,
 )
 from .pipelines import (
     EDMPipeline,
@@ -62,7 +65,9 @@ __all__ = [
     "BitsPerDimOutput",
     "DenoisingLossOutput",
     "DiscreteGaussianDiffusion",
+    "DiscreteVPPrecond",
     "EDMEMAModel",
+    "EDMFormulatedPrecond",
     "EDMHeunDiscreteScheduler",
     "EDMHeunScheduler",
     "EDMMultistepDiscreteScheduler",
@@ -98,6 +103,7 @@ __all__ = [
     "discretized_gaussian_log_likelihood",
     "hybrid_loss",
     "normal_kl",
+    "pretrained_denoiser",
     "prior_bits",
     "space_timesteps",
     "vlb_term_bits",
