@@ -60,7 +60,7 @@ def sd_table_sigmas() -> np.ndarray:
 def expected_timestep(sigma: float) -> float:
     """Linear interpolation of log sigma between the neighbouring table entries."""
     log_table = np.log(sd_table_sigmas())
-    i = int(np.searchsorted(log_table, math.log(sigma), side="right") - 1)
+    i = min(int(np.searchsorted(log_table, math.log(sigma), side="right") - 1), len(log_table) - 2)
     return i + (math.log(sigma) - log_table[i]) / (log_table[i + 1] - log_table[i])
 
 
@@ -244,3 +244,162 @@ def test_from_backbone_reads_the_table_of_any_discrete_scheduler(pipes):
     np.testing.assert_allclose(linear.train_sigmas, np.sqrt((1 - alpha_bar) / alpha_bar), rtol=1e-12)
     v = DiscreteVPPrecond.from_backbone(unet, scheduler=EulerDiscreteScheduler(prediction_type="v_prediction"))
     assert v.config.prediction_type == "v_prediction" and v.config.beta_schedule == "linear"
+
+
+# ---------------------------------------------------------------------------------------- SDXL text, whole pipelines
+PROMPTS = ["a red cube", "two birds"]
+
+
+def test_sdxl_prompt_encoding_matches_diffusers_sdxl_pipeline(pipes):
+    """Both encoders' penultimate hidden states concatenated, the second's text_embeds pooled; the "zeros" empty prompt
+    is SDXL's force_zeros_for_empty_prompt (diffusers' own encode_prompt is the reference)."""
+    from diffusers_edm.pipelines.prompt_encoding import PromptEncoder
+
+    pipe = pipes["sdxl"]
+    encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder, "zeros", pipe.tokenizer_2, pipe.text_encoder_2)
+    ours = encoder.encode(PROMPTS)
+    embeds, negative, pooled, negative_pooled = pipe.encode_prompt(PROMPTS, do_classifier_free_guidance=True)
+    assert encoder.hidden_size == 64 and ours.embeds.shape == (2, 77, 64)
+    torch.testing.assert_close(ours.embeds, embeds, rtol=0, atol=0)
+    torch.testing.assert_close(ours.pooled, pooled, rtol=0, atol=0)
+    # Written out: the two penultimate layers side by side.
+    ids = [tok(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+           for tok in (pipe.tokenizer, pipe.tokenizer_2)]
+    with torch.no_grad():
+        first = pipe.text_encoder(ids[0], output_hidden_states=True).hidden_states[-2]
+        second = pipe.text_encoder_2(ids[1], output_hidden_states=True)
+    torch.testing.assert_close(ours.embeds, torch.cat([first, second.hidden_states[-2]], dim=-1), rtol=0, atol=0)
+    torch.testing.assert_close(ours.pooled, second.text_embeds, rtol=0, atol=0)
+    empty = encoder.empty(2)
+    torch.testing.assert_close(empty.embeds, negative, rtol=0, atol=0)
+    torch.testing.assert_close(empty.pooled, negative_pooled, rtol=0, atol=0)
+    assert not empty.embeds.any()
+
+
+class UNetCalls:
+    """Records every UNet call's sample, timestep and SDXL added conditions."""
+
+    def __init__(self, unet):
+        self.calls = []
+        self.handle = unet.register_forward_pre_hook(self.record, with_kwargs=True)
+
+    def record(self, module, args, kwargs):
+        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        added = kwargs.get("added_cond_kwargs") or {}
+        self.calls.append({
+            "sample": args[0].detach().clone(), "timestep": torch.as_tensor(timestep).detach().clone(),
+            "context": kwargs["encoder_hidden_states"].detach().clone(),
+            **{key: value.detach().clone() for key, value in added.items()},
+        })
+
+
+@pytest.mark.parametrize("kind", ["sdxl", "edm_sdxl"])
+def test_the_text_pipeline_drives_an_sdxl_unet_as_diffusers_sdxl_does(pipes, kind):
+    """The package's text pipeline over an SDXL pipeline: finite images; the UNet gets diffusers' prompt embeddings
+    (zeros for the unconditional half), pooled text_embeds and add_time_ids (16, 16, 0, 0, 16, 16), and at each call
+    the scaled input and timestep of its formulation."""
+    from diffusers_edm import EDMHeunScheduler, EDMTextToImagePipeline
+
+    pipe = pipes[kind]
+    ours = EDMTextToImagePipeline.from_stable_diffusion(pipe, scheduler=EDMHeunScheduler())
+    ours.set_progress_bar_config(disable=True)
+    assert ours.config.empty_prompt == "zeros" and ours.text_encoder_2 is pipe.text_encoder_2
+    embeds, negative, pooled, negative_pooled = pipe.encode_prompt(PROMPTS, do_classifier_free_guidance=True)
+    calls, inputs = UNetCalls(pipe.unet), []
+    track = ours.denoiser.register_forward_pre_hook(
+        lambda module, args: inputs.append((args[0].detach().clone(), torch.as_tensor(args[1]).detach().clone()))
+    )
+    try:
+        images = ours(PROMPTS, guidance_scale=4.0, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                      output_type="np").images
+    finally:
+        calls.handle.remove()
+        track.remove()
+    assert images.shape == (2, 16, 16, 3) and np.isfinite(images).all()
+    assert len(calls.calls) == 5  # Heun: 2 N - 1 model calls, both guidance halves in one batch
+    time_ids = torch.tensor([16.0, 16.0, 0.0, 0.0, 16.0, 16.0])
+    assert len(inputs) == len(calls.calls)
+    for call, (x, sigma) in zip(calls.calls, inputs):
+        torch.testing.assert_close(call["context"], torch.cat([embeds, negative]), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(call["text_embeds"], torch.cat([pooled, negative_pooled]), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(call["time_ids"], time_ids.expand(4, 6), rtol=0, atol=0)
+        s = sigma.double().reshape(-1).expand(4)
+        if kind == "edm_sdxl":
+            expected_t, scale = torch.log(s) / 4, 1 / torch.sqrt(s**2 + 0.25)
+        else:
+            expected_t = torch.tensor([expected_timestep(float(v)) for v in s], dtype=torch.float64)
+            scale = 1 / torch.sqrt(s**2 + 1)
+        torch.testing.assert_close(call["timestep"].double(), expected_t, rtol=0, atol=1e-4)
+        expected_input = x.double() * scale.reshape(-1, 1, 1, 1)
+        torch.testing.assert_close(call["sample"].double(), expected_input, rtol=1e-5, atol=1e-5)
+
+
+def test_sd15_through_the_package_equals_diffusers_heun_with_karras_sigmas(pipes, tmp_path):
+    """Exact by construction: EDM's deterministic Heun sampler (Algorithm 1) on the Karras grid between the table's ends
+    is diffusers' HeunDiscreteScheduler(use_karras_sigmas=True, linspace spacing) on the same UNet, and guiding D
+    equals guiding eps at a fixed sigma (D is affine in eps). Same initial noise, same steps: the same images."""
+    from diffusers import HeunDiscreteScheduler, StableDiffusionPipeline
+
+    from diffusers_edm import EDMHeunScheduler, EDMTextToImagePipeline
+
+    pipe = pipes["sd1_epsilon"]
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    reference_pipe = StableDiffusionPipeline(**{**pipe.components, "scheduler": HeunDiscreteScheduler.from_config(
+        pipe.scheduler.config, use_karras_sigmas=True, timestep_spacing="linspace")})
+    reference_pipe.set_progress_bar_config(disable=True)
+    reference = reference_pipe(PROMPTS, num_inference_steps=5, guidance_scale=3.0, latents=noise.clone(),
+                               height=16, width=16, output_type="np").images
+    ours = EDMTextToImagePipeline.from_stable_diffusion(pipe, scheduler=EDMHeunScheduler(s_churn=0.0, rho=7.0))
+    ours.set_progress_bar_config(disable=True)
+    assert ours.config.empty_prompt == "encode"
+    images = ours(PROMPTS, num_inference_steps=5, guidance_scale=3.0, latents=noise.clone(), output_type="np").images
+    np.testing.assert_allclose(images, reference, rtol=0, atol=2e-4)
+    assert np.abs(images - ours(PROMPTS, num_inference_steps=4, guidance_scale=3.0, latents=noise.clone(),
+                                output_type="np").images).max() > 1e-3  # the comparison can tell samplers apart
+
+    # save_pretrained -> from_pretrained gives identical images.
+    ours.save_pretrained(tmp_path)
+    loaded = EDMTextToImagePipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.denoiser).__name__ == "DiscreteVPPrecond"
+    again = loaded(PROMPTS, num_inference_steps=5, guidance_scale=3.0, latents=noise.clone(), output_type="np").images
+    np.testing.assert_array_equal(again, images)
+
+
+def test_an_sdxl_pipeline_saved_and_loaded_gives_identical_images(pipes, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from diffusers_edm import EDMTextToImagePipeline
+
+    ours = EDMTextToImagePipeline.from_stable_diffusion(pipes["cosxl_v"])
+    ours.set_progress_bar_config(disable=True)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    images = ours("a tree", num_inference_steps=3, guidance_scale=2.0, latents=noise.clone(), output_type="np").images
+    ours.save_pretrained(tmp_path)
+    loaded = EDMTextToImagePipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
+    assert loaded.config.empty_prompt == "zeros" and type(loaded.denoiser).__name__ == "EDMFormulatedPrecond"
+    again = loaded("a tree", num_inference_steps=3, guidance_scale=2.0, latents=noise.clone(), output_type="np").images
+    np.testing.assert_array_equal(again, images)
+    assert DiffusionPipeline  # imported: the package's classes resolve once diffusers_edm is imported
+
+
+def test_an_sdxl_unet_without_the_second_text_encoder_is_refused(pipes):
+    from diffusers_edm import EDMHeunScheduler, EDMTextToImagePipeline
+
+    pipe = pipes["sdxl"]
+    with pytest.raises(ValueError, match="text_encoder_2"):
+        EDMTextToImagePipeline(pretrained_denoiser(pipe.unet, pipe.scheduler), EDMHeunScheduler(), pipe.tokenizer,
+                               CLIPTextModelWidth64.build())
+
+
+class CLIPTextModelWidth64:
+    """A single CLIP text encoder as wide as SDXL's concatenated sequence, so only the missing pooled input is wrong."""
+
+    @staticmethod
+    def build():
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        return CLIPTextModel(CLIPTextConfig(vocab_size=1000, hidden_size=64, intermediate_size=37, num_attention_heads=4,
+                                            num_hidden_layers=1, max_position_embeddings=77))

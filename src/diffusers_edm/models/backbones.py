@@ -170,12 +170,18 @@ def pooled_text_width(backbone: torch.nn.Module) -> int | None:
     ``projection_class_embeddings_input_dim`` channels."""
     if isinstance(backbone, UNet2DConditionModel) and backbone.config.class_embed_type in POOLED_EMBED_TYPES:
         return int(backbone.config.projection_class_embeddings_input_dim)
-    if isinstance(backbone, UNet2DConditionModel) and backbone.config.addition_embed_type == "text_time":
+    if takes_sdxl_time_ids(backbone):
         # The add embedding reads the pooled text embedding and the Fourier features of the six micro-conditions.
         config = backbone.config
         text_width = int(config.projection_class_embeddings_input_dim) - SDXL_TIME_IDS * int(config.addition_time_embed_dim)
         return text_width + SDXL_TIME_IDS
     return None
+
+
+def takes_sdxl_time_ids(backbone: torch.nn.Module) -> bool:
+    """Whether the backbone is an SDXL UNet (``addition_embed_type="text_time"``): its pooled vector ends with the
+    :data:`SDXL_TIME_IDS` micro-conditioning numbers."""
+    return isinstance(backbone, UNet2DConditionModel) and backbone.config.addition_embed_type == "text_time"
 
 
 #: ``call(module, sample, noise_label, class_labels, encoder_hidden_states, pooled_text_embeds=None)``.

@@ -23,7 +23,8 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from diffusers import SchedulerMixin
+# ModelMixin is imported by name: diffusers' pipeline loader looks the base classes up in a component's module.
+from diffusers import ModelMixin, SchedulerMixin  # noqa: F401
 from diffusers.configuration_utils import register_to_config
 
 from ..noise_schedules import betas_for_schedule, table_timestep
