@@ -35,6 +35,7 @@ from .models import (
     Preconditioning,
     VEPrecond,
     VPPrecond,
+    checkpoint_formulation,
     pretrained_denoiser,
 )
 from .pipelines import (
@@ -44,6 +45,7 @@ from .pipelines import (
     LearnedVarianceTextToImagePipeline,
     PromptEncoder,
 )
+from .pipelines.stable_diffusion_export import export_stable_diffusion
 from .schedulers import (
     EDMHeunDiscreteScheduler,
     EDMHeunScheduler,
@@ -99,8 +101,10 @@ __all__ = [
     "VPLoss",
     "VPPrecond",
     "bits_per_dim",
+    "checkpoint_formulation",
     "create_timestep_sampler",
     "discretized_gaussian_log_likelihood",
+    "export_stable_diffusion",
     "hybrid_loss",
     "normal_kl",
     "pretrained_denoiser",

@@ -11,7 +11,7 @@ from .preconditioned_denoisers import (
     VPPrecond,
 )
 from .preconditioning import Preconditioning
-from .pretrained_denoisers import DiscreteVPPrecond, EDMFormulatedPrecond, pretrained_denoiser
+from .pretrained_denoisers import DiscreteVPPrecond, EDMFormulatedPrecond, checkpoint_formulation, pretrained_denoiser
 
 __all__ = [
     "DiscreteVPPrecond",
@@ -26,5 +26,6 @@ __all__ = [
     "Preconditioning",
     "VEPrecond",
     "VPPrecond",
+    "checkpoint_formulation",
     "pretrained_denoiser",
 ]

@@ -14,7 +14,8 @@ EDM-formulated checkpoints (Playground v2.5; CosXL) ship an ``EDMEulerScheduler`
 ``EDMDPMSolverMultistepScheduler`` config: the network is EDM's F (``c_noise = ln(sigma) / 4``, ``sigma_data`` from
 the config), and diffusers' ``"v_prediction"`` there flips the sign of ``c_out``.
 
-:func:`pretrained_denoiser` is the one place that decides which of the two a checkpoint is, from its scheduler config.
+:func:`checkpoint_formulation` is the one place that decides which of the two a checkpoint is, from its scheduler
+config; :func:`pretrained_denoiser` wraps the UNet accordingly.
 """
 
 from __future__ import annotations
@@ -236,6 +237,20 @@ def _unsupported_message(name: str, config: Mapping[str, Any]) -> str:
     )
 
 
+def checkpoint_formulation(scheduler_or_config: SchedulerMixin | Mapping[str, Any]) -> str:
+    """How a checkpoint's network is read, from its scheduler (or scheduler config): ``"edm"`` for an EDM scheduler
+    class (:data:`EDM_SCHEDULER_CLASSES`), ``"discrete_vp"`` for a config with a DDPM table; ``ValueError`` naming
+    the scheduler class and what is supported otherwise."""
+    name, config = _scheduler_config(scheduler_or_config)
+    if name in EDM_SCHEDULER_CLASSES:
+        if config.get("prediction_type", "epsilon") not in EDM_PREDICTION_TYPES:
+            raise ValueError(_unsupported_message(name, config))
+        return "edm"
+    if not _is_discrete_vp(config):
+        raise ValueError(_unsupported_message(name, config))
+    return "discrete_vp"
+
+
 def pretrained_denoiser(
     unet: torch.nn.Module, scheduler_or_config: SchedulerMixin | Mapping[str, Any], **config: Any
 ) -> PreconditionedDenoiser:
@@ -251,15 +266,12 @@ def pretrained_denoiser(
     ``unet`` is used as is (not copied); ``config`` passes further wrapper keywords (``label_dropout``, ...).
     """
     name, scheduler_config = _scheduler_config(scheduler_or_config)
-    if name in EDM_SCHEDULER_CLASSES:
-        prediction_type = scheduler_config.get("prediction_type", "epsilon")
-        if prediction_type not in EDM_PREDICTION_TYPES:
-            raise ValueError(_unsupported_message(name, scheduler_config))
+    if checkpoint_formulation(scheduler_or_config) == "edm":
         edm_config = dict(
             sigma_data=float(scheduler_config.get("sigma_data", 0.5)),
             sigma_min=float(scheduler_config.get("sigma_min", 0.002)),
             sigma_max=float(scheduler_config.get("sigma_max", 80.0)),
-            prediction_type=prediction_type,
+            prediction_type=scheduler_config.get("prediction_type", "epsilon"),
         )
         return EDMFormulatedPrecond.from_backbone(unet, **{**edm_config, **config})
     return DiscreteVPPrecond.from_backbone(unet, scheduler=scheduler_config | {"_class_name": name}, **config)
