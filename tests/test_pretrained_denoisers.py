@@ -338,7 +338,7 @@ def test_sd15_through_the_package_equals_diffusers_heun_with_karras_sigmas(pipes
     """Exact by construction: EDM's deterministic Heun sampler (Algorithm 1) on the Karras grid between the table's ends
     is diffusers' HeunDiscreteScheduler(use_karras_sigmas=True, linspace spacing) on the same UNet, and guiding D
     equals guiding eps at a fixed sigma (D is affine in eps). Same initial noise, same steps: the same images."""
-    from diffusers import HeunDiscreteScheduler, StableDiffusionPipeline
+    from diffusers import DiffusionPipeline, HeunDiscreteScheduler, StableDiffusionPipeline
 
     from diffusers_edm import EDMHeunScheduler, EDMTextToImagePipeline
 
@@ -357,9 +357,9 @@ def test_sd15_through_the_package_equals_diffusers_heun_with_karras_sigmas(pipes
     assert np.abs(images - ours(PROMPTS, num_inference_steps=4, guidance_scale=3.0, latents=noise.clone(),
                                 output_type="np").images).max() > 1e-3  # the comparison can tell samplers apart
 
-    # save_pretrained -> from_pretrained gives identical images.
+    # save_pretrained -> DiffusionPipeline.from_pretrained gives identical images.
     ours.save_pretrained(tmp_path)
-    loaded = EDMTextToImagePipeline.from_pretrained(tmp_path)
+    loaded = DiffusionPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded.denoiser).__name__ == "DiscreteVPPrecond"
     again = loaded(PROMPTS, num_inference_steps=5, guidance_scale=3.0, latents=noise.clone(), output_type="np").images
@@ -376,13 +376,13 @@ def test_an_sdxl_pipeline_saved_and_loaded_gives_identical_images(pipes, tmp_pat
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6))
     images = ours("a tree", num_inference_steps=3, guidance_scale=2.0, latents=noise.clone(), output_type="np").images
     ours.save_pretrained(tmp_path)
-    loaded = EDMTextToImagePipeline.from_pretrained(tmp_path)
+    loaded = DiffusionPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
+    assert type(loaded) is EDMTextToImagePipeline
     assert type(loaded.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
     assert loaded.config.empty_prompt == "zeros" and type(loaded.denoiser).__name__ == "EDMFormulatedPrecond"
     again = loaded("a tree", num_inference_steps=3, guidance_scale=2.0, latents=noise.clone(), output_type="np").images
     np.testing.assert_array_equal(again, images)
-    assert DiffusionPipeline  # imported: the package's classes resolve once diffusers_edm is imported
 
 
 def test_an_sdxl_unet_without_the_second_text_encoder_is_refused(pipes):

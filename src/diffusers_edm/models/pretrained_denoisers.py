@@ -184,6 +184,7 @@ class EDMFormulatedPrecond(EDMPrecond):
         check_real("sigma_min", sigma_min, minimum=0.0)
         check_real("sigma_max", sigma_max, minimum=0.0, exclusive_minimum=True, allow_infinity=True)
         check_increasing_pair("sigma_min", sigma_min, "sigma_max", sigma_max)
+        # EDMPrecond's own __init__ would register its config a second time, without prediction_type.
         PreconditionedDenoiser.__init__(self, backbone_class, backbone_config, num_classes, null_class_label, label_dropout)
 
     def preconditioning(self, sigma: torch.Tensor) -> Preconditioning:
