@@ -403,3 +403,19 @@ class CLIPTextModelWidth64:
 
         return CLIPTextModel(CLIPTextConfig(vocab_size=1000, hidden_size=64, intermediate_size=37, num_attention_heads=4,
                                             num_hidden_layers=1, max_position_embeddings=77))
+
+
+def test_a_wrapped_sdxl_unet_gets_its_added_conditions(pipes):
+    """Training calls the wrapped UNet (DDP, DataParallel, compiled) with the convention decided on the module inside:
+    SDXL's pooled vector still reaches it as added_cond_kwargs."""
+    from diffusers_edm.models.backbones import backbone_caller
+
+    unet = pipes["sdxl"].unet
+    wrapped = torch.nn.DataParallel(unet)  # on a machine without GPUs it calls the module itself
+    generator = torch.Generator().manual_seed(4)
+    ours, theirs = conditioning(pipes["sdxl"], 2, generator)
+    x, t = torch.randn(2, 4, 8, 8, generator=generator), torch.tensor([10.0, 500.5])
+    with torch.no_grad():
+        got = backbone_caller(wrapped)(wrapped, x, t, None, ours["encoder_hidden_states"], ours["pooled_text_embeds"])
+        expected = unet(x, t, **theirs).sample
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

@@ -196,18 +196,33 @@ def _call_unet_condition(
     encoder_hidden_states: torch.Tensor | None,
     pooled_text_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    added_cond_kwargs = None
-    if pooled_text_embeds is not None and module.config.addition_embed_type == "text_time":
-        # SDXL: the pooled vector is the pooled text embedding followed by the six micro-conditioning numbers.
-        added_cond_kwargs = {
-            "text_embeds": pooled_text_embeds[:, :-SDXL_TIME_IDS], "time_ids": pooled_text_embeds[:, -SDXL_TIME_IDS:]
-        }
-    elif pooled_text_embeds is not None:
-        # A UNet with a projection class embedding reads the pooled text vector where others read label ids.
+    # A UNet with a projection class embedding reads the pooled text vector where others read label ids.
+    if pooled_text_embeds is not None:
         class_labels = pooled_text_embeds
     return module(
         sample, timestep=noise_label, encoder_hidden_states=encoder_hidden_states, class_labels=class_labels,
-        added_cond_kwargs=added_cond_kwargs, return_dict=False,
+        return_dict=False,
+    )[0]
+
+
+def _call_sdxl_unet(
+    module: torch.nn.Module,
+    sample: torch.Tensor,
+    noise_label: torch.Tensor,
+    class_labels: torch.LongTensor | None,
+    encoder_hidden_states: torch.Tensor | None,
+    pooled_text_embeds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SDXL's UNet (``addition_embed_type="text_time"``): the pooled vector is the pooled text embedding followed by
+    the six micro-conditioning numbers, given to the UNet as ``added_cond_kwargs``."""
+    added_cond_kwargs = None
+    if pooled_text_embeds is not None:
+        added_cond_kwargs = {
+            "text_embeds": pooled_text_embeds[:, :-SDXL_TIME_IDS], "time_ids": pooled_text_embeds[:, -SDXL_TIME_IDS:]
+        }
+    return module(
+        sample, timestep=noise_label, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond_kwargs,
+        return_dict=False,
     )[0]
 
 
@@ -271,6 +286,8 @@ def backbone_caller(backbone: torch.nn.Module) -> BackboneCall:
     module = backbone
     if not isinstance(module, SUPPORTED_CLASSES):  # a wrapper: unwrap (only then, it costs some microseconds)
         module = extract_model_from_parallel(backbone, keep_torch_compile=False)
+    if takes_sdxl_time_ids(module):
+        return _call_sdxl_unet
     for cls, call in _CALLS:
         if isinstance(module, cls):
             return call

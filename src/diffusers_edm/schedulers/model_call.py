@@ -246,7 +246,7 @@ class DiscreteVPModelCall(ModelCall):
 
     def sigma_to_timestep(self, sigmas: Sequence[float] | np.ndarray) -> np.ndarray:
         """Fractional training timestep of each noise level: linear interpolation of log-sigma over the table."""
-        log_sigmas = torch.from_numpy(np.log(np.asarray(sigmas, dtype=np.float64)))
+        log_sigmas = torch.as_tensor(np.log(np.asarray(sigmas, dtype=np.float64)), dtype=torch.float64)
         return table_timestep(log_sigmas, torch.from_numpy(self.log_train_sigmas)).numpy()
 
     def timesteps_for(self, call_sigmas: Sequence[float], device: str | torch.device | None = None) -> torch.Tensor:
