@@ -119,5 +119,13 @@ def test_bad_exports_are_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="FlowMatchEulerDiscreteScheduler"):
         base.scheduler = FlowMatchEulerDiscreteScheduler()
         export_stable_diffusion(tmp_path / "b", base)
+    base = make_tiny_sd_pipeline(tmp_path / "base2")
     with pytest.raises(ValueError, match="Linear"):
-        export_stable_diffusion(tmp_path / "c", make_tiny_sd_pipeline(tmp_path / "base2"), torch.nn.Linear(2, 2))
+        export_stable_diffusion(tmp_path / "c", base, torch.nn.Linear(2, 2))
+    from peft import LoraConfig
+
+    unet = copy.deepcopy(base.unet)
+    unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with pytest.raises(ValueError, match="LoRA adapters.*merge"):
+        export_stable_diffusion(tmp_path / "d", base, unet)
+    assert all(not (tmp_path / name).exists() for name in "abcd")  # checked before anything is written

@@ -84,7 +84,13 @@ def _plain_unet(unet: torch.nn.Module) -> UNet2DConditionModel:
     if type(unet) is not UNet2DConditionModel:
         raise ValueError(
             f"The fine-tuned model must be a diffusers UNet2DConditionModel (or a package denoiser over one), got "
-            f"{type(unet).__name__}; merge LoRA layers into it (or save them with save_lora_weights) first."
+            f"{type(unet).__name__}."
+        )
+    if getattr(unet, "peft_config", None):
+        # Its state dict would hold base and LoRA weights under peft's names, which the stock UNet cannot load.
+        raise ValueError(
+            f"The UNet carries LoRA adapters {sorted(unet.peft_config)}: merge them first (peft's merge_and_unload / "
+            "diffusers' fuse_lora, then unload) or save them on their own with save_lora_weights for load_lora_weights."
         )
     return unet
 
@@ -129,9 +135,12 @@ def export_stable_diffusion(
     into place by :func:`~diffusers_edm.training.checkpoints.write_export` (every process of a distributed run calls
     this with its ``accelerator``; default: this process alone). ``write_card(pipeline)`` writes ``README.md`` in
     ``output_dir`` (default: :func:`stable_diffusion_card`). Returns ``output_dir``."""
+    # Everything is checked before anything is written.
+    check_exportable(pipe)
+    unet = _plain_unet(pipe.unet if unet is None else unet)
+    diffusers_scheduler_for(pipe.scheduler)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    check_exportable(pipe)
     if write_card is None:
         def write_card(exported: DiffusionPipeline) -> None:
             stable_diffusion_card(exported).save(output_dir / "README.md")
