@@ -114,7 +114,7 @@ def test_a_column_of_strings_or_lists_of_strings_is_accepted():
     assert check_caption_column(dataset, "text") == (["b", "a", "c"], ["b", "a", "c"])
 
 
-NOT_A_STRING = st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans(), st.none())
+NOT_A_STRING = st.one_of(st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False), st.booleans(), st.none())
 
 
 @settings(max_examples=30, deadline=None)
