@@ -95,7 +95,7 @@ class TextSettings:
 
 # Full: at the digits' native 8x8 (the embedded digits are scikit-learn's 8x8 images; README command 1b upscales them
 # to 16x16, which costs ~4x per step and adds no information), 300 steps of batch 64 per backbone (19.2k images seen),
-# 20 images per prompt per arm (200 per arm, 6 arms), Heun 10 steps: ~20-25 minutes on the shared 2-core CPU.
+# 20 images per prompt per arm (200 per arm, 6 arms), Heun 10 steps: 16 minutes on the shared 2-core CPU (2026-11-30).
 FULL = TextSettings(train_steps=300, train_batch=64, per_prompt=20, heun_steps=10, guidance_scales=(1.0, 2.0, 4.0),
                     classifier_epochs=10, grid_columns=10, overrides=("--resolution", "8"))
 QUICK = TextSettings(train_steps=3, train_batch=8, per_prompt=2, heun_steps=3, guidance_scales=(1.0, 2.0),
