@@ -17,7 +17,13 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from benchmarks import guidance_quality, low_budget_quality, sample_quality, training_throughput  # noqa: E402
+from benchmarks import (  # noqa: E402
+    guidance_quality,
+    low_budget_quality,
+    sample_quality,
+    text_to_image_quality,
+    training_throughput,
+)
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -306,3 +312,97 @@ def test_guidance_quality_weak_model_and_classifier_use_the_readme_data_and_trai
     classifier = vars(parse_args(guidance_quality.classifier_arguments(Path("classifier"))))
     assert (classifier["task"], classifier["label_column"], classifier["resolution"]) == ("classifier", "label", 16)
     assert classifier["dataset_name"] is None and main_model["dataset_name"] is None  # both: the embedded digits
+
+
+# ------------------------------------------------------------------------------------------------ text-to-image (issue #16)
+@pytest.fixture(scope="module")
+def text_to_image(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    # --quick trains both backbones for 3 steps at 8x8 in a temporary directory and samples 2 images per prompt.
+    return text_to_image_quality.main(["--quick", "--output-dir", str(tmp_path_factory.mktemp("text_to_image"))])
+
+
+def test_text_to_image_quality_trains_both_backbones_at_equal_compute(text_to_image: dict) -> None:
+    settings = text_to_image_quality.QUICK
+    models = text_to_image["models"]
+    assert models["unet"]["denoiser"] == "UNet2DConditionModel"
+    assert models["pixart"]["denoiser"] == "PixArtTransformer2DModel"
+    for model in models.values():
+        assert model["images_seen"] == settings.train_steps * settings.train_batch
+        assert len(model["losses"]) >= 1 and all(loss > 0 for loss in model["losses"])
+        # a forward pass multiplies every weight at least once per output position of its layer: >= 2 FLOPs a weight
+        assert model["forward_flops_per_image"] >= 2 * model["parameters"]
+    # the tiny presets cost about the same per image (the equal-compute claim of the benchmark's README)
+    ratio = models["pixart"]["forward_flops_per_image"] / models["unet"]["forward_flops_per_image"]
+    assert 0.8 < ratio < 1.25
+
+
+def test_text_to_image_quality_scores_every_arm(text_to_image: dict) -> None:
+    settings = text_to_image_quality.QUICK
+    rows = text_to_image["rows"]
+    assert [(r["backbone"], r["w"]) for r in rows] == [
+        (backbone, w) for backbone in ("unet", "pixart") for w in settings.guidance_scales
+    ]
+    count = settings.per_prompt * 10
+    for row in rows:
+        p = row["accuracy"]
+        assert row["images"] == count
+        assert abs(p * count - round(p * count)) < 1e-6  # a fraction of hits
+        assert row["accuracy_se"] == pytest.approx((p * (1 - p) / count) ** 0.5)  # binomial standard error
+        # balanced prompts: the overall accuracy is the mean of the per-digit ones
+        assert len(row["per_digit_accuracy"]) == 10 and sum(row["per_digit_accuracy"]) / 10 == pytest.approx(p)
+        assert 0.0 <= row["frechet"] < 1e4 and row["seconds"] > 0
+    questions = [v["question"] for v in text_to_image["verdicts"]]
+    assert questions.count("guidance raises adherence") == 2 * (len(settings.guidance_scales) - 1)
+    assert questions.count("better backbone at equal compute") == len(settings.guidance_scales)
+
+
+def test_text_to_image_quality_writes_table_plot_and_a_grid_per_arm(text_to_image: dict) -> None:
+    files = text_to_image["files"]
+    assert "## Verdicts" in Path(files["markdown"]).read_text()
+    assert json.loads(Path(files["json"]).read_text())["quick"] is True
+    if HAS_MATPLOTLIB:
+        assert Path(files["png"]).read_bytes()[:8] == PNG_MAGIC
+    assert len(files["grids"]) == len(text_to_image["rows"])
+    for grid in files["grids"].values():
+        assert Path(grid).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_text_to_image_quality_verdicts_use_the_paired_and_binomial_errors() -> None:
+    ArmRun = text_to_image_quality.ArmRun
+    labels = torch.arange(10).repeat(2)
+    hits = {("unet", 1.0): [1] * 4 + [0] * 16, ("unet", 2.0): [1] * 16 + [0] * 4,
+            ("pixart", 1.0): [1] * 10 + [0] * 10, ("pixart", 2.0): [1] * 10 + [0] * 10}
+    runs = []
+    for (backbone, w), hit in hits.items():
+        run = ArmRun(backbone, w, torch.zeros(20, 1, 8, 8), labels, 1.0, hits=torch.tensor(hit, dtype=torch.float32))
+        p = sum(hit) / 20
+        run.scores = {"accuracy": p, "accuracy_se": (p * (1 - p) / 20) ** 0.5, "frechet": 5.0}
+        runs.append(run)
+    _, records = text_to_image_quality.verdict_lines(runs, spread_std=1.0)
+    unet = next(r for r in records if r.get("backbone") == "unet")
+    # per-image differences: 12 images gain a hit (+1), 8 stay: mean 0.6, sample std sqrt(20 * 0.6 * 0.4 / 19)
+    assert unet["gain"] == pytest.approx(0.6)
+    assert unet["paired_se"] == pytest.approx((20 * 0.6 * 0.4 / 19) ** 0.5 / 20 ** 0.5) and unet["resolved"]
+    pixart = next(r for r in records if r.get("backbone") == "pixart")
+    assert pixart["gain"] == 0.0 and not pixart["resolved"]
+    at_2 = next(r for r in records if r["question"] == "better backbone at equal compute" and r["w"] == 2.0)
+    # unet 80% vs pixart 50%, independent binomial errors: SE sqrt(.8 * .2 / 20 + .5 * .5 / 20) = 0.143; gap 0.3 > 2 SE
+    assert at_2["accuracy_gap_se"] == pytest.approx((0.8 * 0.2 / 20 + 0.25 / 20) ** 0.5)
+    assert at_2["accuracy_winner"] == "unet" and at_2["frechet_winner"] == "tie"
+
+
+def test_text_to_image_quality_trains_with_the_readme_text_command() -> None:
+    from diffusers_edm.training.arguments import parse_args
+
+    command = next(line for line in README.read_text().splitlines() if "--caption_column text --output_dir runs/digits-text" in line)
+    readme = vars(parse_args(command.split("diffusers-edm-train ", 1)[1].split()))
+    full = text_to_image_quality.FULL
+    ours = vars(parse_args(text_to_image_quality.training_arguments("unet", Path("unet"), full)))
+    changed = {key for key in readme if readme[key] != ours[key]}
+    # The same data, captions, caption dropout, text encoder, backbone size and recipe; only the length, the resolution
+    # (the digits' native 8x8 instead of upscaled 16x16) and the bookkeeping differ
+    assert changed <= {"output_dir", "max_train_steps", "checkpointing_steps", "validation_steps", "num_validation_images",
+                       "report_to", "resolution"}
+    assert ours["resolution"] == 8
+    assert ours["max_train_steps"] == full.train_steps and ours["train_batch_size"] == full.train_batch
+    assert (ours["caption_column"], ours["proportion_empty_prompts"], ours["text_encoder"]) == ("text", 0.1, None)
