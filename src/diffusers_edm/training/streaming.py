@@ -140,7 +140,8 @@ class ImageStream:
         self.shuffle_buffer, self.process_index, self.num_processes = shuffle_buffer, process_index, num_processes
         self.batch_size, self.device = batch_size, torch.device(device)
         self.epoch, self.consumed = 0, 0
-        self._examples: Iterator[dict] | None = None
+        self._examples: Iterator[tuple[dict, int, int]] | None = None
+        self._pending_position: dict | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, accelerator: Accelerator) -> "ImageStream":
@@ -214,7 +215,9 @@ class ImageStream:
     def state_dict(self) -> dict:
         """This process's position: epoch, examples consumed in it and, without a shuffle buffer, the stream's own
         ``IterableDataset.state_dict()``."""
-        position = self.stream.state_dict() if self.shuffle_buffer is None and self._examples is not None else None
+        position = None
+        if self.shuffle_buffer is None:  # before the first batch after a load, the loaded position is still pending
+            position = self.stream.state_dict() if self._examples is not None else self._pending_position
         return {
             "epoch": self.epoch, "consumed": self.consumed, "dataset_state": position,
             "process_index": self.process_index, "num_processes": self.num_processes,
@@ -226,7 +229,7 @@ class ImageStream:
             if state[name] != getattr(self, name):
                 raise ValueError(f"The stream position was saved with {name}={state[name]!r}, this run has {getattr(self, name)!r}.")
         self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
-        self._examples = None
+        self._examples, self._pending_position = None, state["dataset_state"]
         if state["dataset_state"] is not None:
             self.stream.load_state_dict(state["dataset_state"])
 
