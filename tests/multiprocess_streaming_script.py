@@ -2,7 +2,7 @@
 
 Usage: multiprocess_streaming_script.py RANK_DIR [training arguments...]
 
-Saved per rank (``RANK_DIR/rank<k>.pt``): the ``__key__`` of every example of every step, a checksum of each step's
+Saved per rank (``RANK_DIR/rank<k>.pt``): the ``__key__`` of every example of every step (and its captions), a checksum of each step's
 images (the pixels after decoding, resizing and cropping) and the final weights.
 """
 
@@ -20,10 +20,12 @@ def recorded_run(argv: list[str]) -> dict:
     """``train_module.main(argv)``, recording each step's keys and image checksum."""
     keys: list[list[str]] = []
     images: list[str] = []
+    captions: list[list[list[str]]] = []
     original_step = train_module.Trainer._train_step
 
     def recording_step(self, batch):
         keys.append(list(batch["keys"]))
+        captions.append(batch.get("captions"))
         images.append(hashlib.sha256(batch["images"].cpu().numpy().tobytes()).hexdigest())
         return original_step(self, batch)
 
@@ -33,7 +35,7 @@ def recorded_run(argv: list[str]) -> dict:
     finally:
         train_module.Trainer._train_step = original_step
     weights = {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()}
-    return {"keys": keys, "images": images, "weights": weights, "global_step": result.global_step}
+    return {"keys": keys, "images": images, "captions": captions, "weights": weights, "global_step": result.global_step}
 
 
 def main() -> None:

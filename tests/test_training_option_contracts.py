@@ -37,6 +37,7 @@ TRAIN_OPTIONS = {
     "classifier_sigma_min": real(0, lo_open=True), "classifier_sigma_max": real(0, lo_open=True),
     "validation_sigma_edges": real(0, lo_open=True), "validation_noise_draws": integer(1),
     "num_channels": ("choice", 1, 3, False, False), "num_classes": integer(1), "label_dropout": real(0, 1, False, True),
+    "proportion_empty_prompts": real(0, 1, False, True),
     "resolution": integer(1), "dataloader_num_workers": integer(0), "shuffle_buffer": integer(1),
     "train_batch_size": integer(1),
     "max_train_steps": integer(1), "gradient_accumulation_steps": integer(1), "learning_rate": real(0, lo_open=True),

@@ -4,6 +4,7 @@ exactly from a checkpoint (issue 18, item 2). Tiny runs: 40 digits in 4 shards o
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffusers_edm.training.data import ImageDataset, embedded_digits_dataset
+from diffusers_edm.training.data import ImageDataset, digit_captions, embedded_digits_dataset
 from diffusers_edm.training.streaming import write_shards
 from multiprocess_streaming_script import recorded_run
 from tiny_training import reset_accelerate_state, tiny_args
@@ -119,6 +120,39 @@ def test_one_process_reads_each_example_once_per_epoch_and_resumes_exactly(tmp_p
         assert_same_weights(load_file(resumed_dir / relative), load_file(tmp_path / "straight" / relative), relative)
 
 
+def test_captions_stream_with_their_images_and_resume_exactly(tmp_path, tiny_config):
+    """Text-conditional training from a stream: each example's captions arrive with it (the embedded digits' captions
+    name the label), and a resume continues with the same examples, caption draws and weights."""
+    from diffusers_edm.training.captions import build_local_text_encoder, build_local_tokenizer
+
+    directory = tmp_path / "pq"
+    write_shards(digits(), directory, NUM_SHARDS)
+    tokenizer = build_local_tokenizer([c for label in range(10) for c in digit_captions(label)])
+    tokenizer.save_pretrained(tmp_path / "encoder")
+    build_local_text_encoder(tokenizer, 0).save_pretrained(tmp_path / "encoder")
+    (tmp_path / "unet.json").write_text(json.dumps({
+        "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 4,
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    }))
+
+    def run(output_dir: Path, *extra: str) -> dict:
+        reset_accelerate_state()
+        return recorded_run(tiny_args(
+            output_dir, tmp_path / "unet.json", "--streaming", "--dataset_name", str(directory), "--num_channels", "1",
+            "--caption_column", "text", "--text_encoder", str(tmp_path / "encoder"), "--validation_prompts", "seven",
+            "--shuffle_buffer", "16", "--proportion_empty_prompts", "0.5", "--max_train_steps", "6",
+            "--checkpointing_steps", "3", "--validation_steps", "1000", *extra,
+        ))
+
+    straight = run(tmp_path / "straight")
+    labels = {f"{i:08d}": label for i, label in enumerate(digits()["label"])}
+    for keys, captions in zip(straight["keys"], straight["captions"]):
+        assert captions == [digit_captions(labels[key]) for key in keys]
+    resumed = run(tmp_path / "resumed", "--resume_from_checkpoint", str(tmp_path / "straight" / "checkpoint-3"))
+    assert resumed["keys"] == straight["keys"][3:] and resumed["captions"] == straight["captions"][3:]
+    assert_same_weights(resumed["weights"], straight["weights"], "final weights")
+
+
 # ------------------------------------------------------------------------------------------------ two processes
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -172,6 +206,7 @@ def test_two_processes_read_disjoint_parts_and_resume_exactly(tmp_path, tiny_con
         (["--streaming", "--dataset_name", "DIR", "--dataloader_num_workers", "2"], "--dataloader_num_workers 2"),
         (["--streaming", "--dataset_name", "DIR", "--validation_split", "0.1"], "--validation_split"),
         (["--streaming", "--dataset_name", "DIR", "--task", "classifier", "--label_column", "label"], "--task classifier"),
+        (["--streaming", "--dataset_name", "DIR", "--caption_column", "text"], "--caption_column with --streaming needs"),
         (["--streaming", "--dataset_name", "DIR", "--shuffle_buffer", "0"], "--shuffle_buffer must be an integer >= 1"),
         (["--streaming", "--dataset_name", "DIR", "--shuffle_buffer", "-3"], "--shuffle_buffer must be an integer >= 1"),
     ],

@@ -13,6 +13,7 @@ from .checkpoints import list_checkpoints
 from .data import EMBEDDED_DATASET
 from .ema import MAX_SIGMA_REL, sigma_rel_to_gamma
 from ..option_types import integer, parse_or_raise, real, real_list
+from ..pipelines.prompt_encoding import EMPTY_PROMPT_CONVENTIONS
 from .posthoc_ema import snapshot_name
 from .recipes import resolve_recipe_args
 from .streaming import validate_streaming_args
@@ -33,14 +34,16 @@ MAX_SEED = 2**32 - 1  # numpy's RandomState, seeded by accelerate's set_seed, ta
 # The arguments that determine the trained weights: every checkpoint records them (``run_arguments.json``) and a
 # resume with other values is refused. Not listed, so free to change on a resume: how long to train
 # (--max_train_steps), how often to checkpoint / validate / log and what validation does, where logs and uploads go
-# (--report_to, --push_to_hub, --hub_*), --dataloader_num_workers, --cache_dir, --compile and --overwrite.
+# (--report_to, --push_to_hub, --hub_*), --dataloader_num_workers, --cache_dir, --compile, --overwrite and
+# --cache_text_embeddings (the cached embeddings equal the uncached ones).
 # The number of processes is recorded too (``num_processes``: the global batch).
 RESULT_ARGUMENTS = (
     "task", "precond", "loss", "loss_reduction", "backbone", "model_size", "backbone_config", "sigma_data", "P_mean",
     "P_std", "num_train_timesteps", "beta_schedule", "timestep_sampler", "vae", "vae_subfolder",
     "validation_split", "classifier_sigma_min", "classifier_sigma_max", "classifier_pooling",
     "dataset_name", "dataset_config_name", "train_data_dir", "image_column", "num_channels", "label_column",
-    "num_classes", "label_dropout", "resolution", "center_crop", "random_flip",
+    "num_classes", "label_dropout", "caption_column", "text_encoder", "tokenizer", "proportion_empty_prompts",
+    "empty_prompt", "resolution", "center_crop", "random_flip",
     "train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_rampup_kimg", "adam_beta1", "adam_beta2",
     "adam_epsilon", "weight_decay", "max_grad_norm", "mixed_precision", "seed", "streaming", "shuffle_buffer",
     "ema_type", "ema_halflife_kimg", "ema_rampup_ratio", "ema_stds", "ema_snapshot_kimg",
@@ -81,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "Default: sum for --loss precond (as EDM), mean for --loss hybrid (as Improved DDPM, whose "
                        "lambda = 0.001 and learning rates were set for per-dimension means); --task classifier averages "
                        "its cross-entropy over the batch (mean).")
-    model.add_argument("--backbone", choices=BACKBONES, default="unet", help="diffusers UNet2DModel or DiTTransformer2DModel.")
+    model.add_argument("--backbone", choices=BACKBONES, default="unet",
+                       help="diffusers UNet2DModel or DiTTransformer2DModel; with --caption_column their text-conditional "
+                       "counterparts UNet2DConditionModel (Latent Diffusion) or PixArtTransformer2DModel (PixArt-alpha), "
+                       "whose cross-attention reads the text encoder's hidden states.")
     model.add_argument("--model_size", default="tiny",
                        help=f"Backbone preset: unet {UNET_PRESETS}, dit {DIT_PRESETS}; with --task classifier the encoder "
                        f"half of the unet preset {UNET_PRESETS}. A smaller preset (or fewer --max_train_steps) also makes "
@@ -138,6 +144,37 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--label_dropout", type=real(0, 1, exclusive_maximum=True), default=0.0,
                       help="Label dropout for classifier-free guidance, in [0, 1) (e.g. 0.1).")
     data.add_argument("--resolution", type=integer(1), default=16, help="Image resolution in pixels (>= 1).")
+
+    text = parser.add_argument_group(
+        "text",
+        "--caption_column: a text-to-image model (GLIDE / Latent Diffusion / PixArt-alpha) exported as an "
+        "EDMTextToImagePipeline. Each step draws one caption per example from its own (a string or a list of strings), "
+        "replaces it by the empty prompt with probability --proportion_empty_prompts (drawn anew every step), and "
+        "conditions the backbone's cross-attention on the frozen text encoder's hidden states. Without --text_encoder "
+        "a small CLIP tokenizer and text encoder are built locally from the captions' words (--seed; no download), and "
+        "saved with the pipeline; a real run names a pretrained one, e.g. --text_encoder openai/clip-vit-large-patch14 "
+        "(or a T5 encoder).",
+    )
+    text.add_argument("--caption_column", default=None,
+                      help="Caption column (strings or lists of strings): trains a text-conditional model (the "
+                      "embedded digits have 'text').")
+    text.add_argument("--text_encoder", default=None,
+                      help="A transformers CLIPTextModel or T5EncoderModel (local directory or Hub id), chosen by its "
+                      "config; frozen, in the training dtype. Default: a small local CLIP text encoder.")
+    text.add_argument("--tokenizer", default=None, help="Its tokenizer (default: the --text_encoder location).")
+    text.add_argument("--proportion_empty_prompts", type=real(0, 1, exclusive_maximum=True), default=None,
+                      help="Caption dropout for classifier-free guidance, in [0, 1): each example's caption becomes the "
+                      "empty prompt with this probability, drawn anew at every step (default 0.1).")
+    text.add_argument("--empty_prompt", choices=EMPTY_PROMPT_CONVENTIONS, default=None,
+                      help="The empty prompt of caption dropout and of the pipeline's unconditional half: 'encode' "
+                      "(\"\" through the text encoder, Stable Diffusion 1.x/2.x; default) or 'zeros' (all-zero "
+                      "embeddings, SDXL's force_zeros_for_empty_prompt). Recorded in the exported pipeline.")
+    text.add_argument("--cache_text_embeddings", action="store_true", default=None,
+                      help="Keep each caption's embeddings after its first encoding (the dropout is still drawn per "
+                      "step; the same result as without).")
+    text.add_argument("--validation_prompts", nargs="+", default=None,
+                      help="Prompts of the validation and final grids (one row per prompt, one column per seed). "
+                      "Default: the first caption of each row of the data, distinct, at most 10.")
     data.add_argument("--center_crop", action=argparse.BooleanOptionalAction, default=True)
     data.add_argument("--random_flip", action="store_true", help="Random horizontal flips (not for digits!).")
     data.add_argument("--dataloader_num_workers", type=integer(0), default=0)
@@ -253,7 +290,15 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--train_data_dir {args.train_data_dir!r} is not a directory.")
     if args.label_dropout > 0 and args.label_column is None:
         raise ValueError("--label_dropout needs --label_column (it drops class labels).")
-    if args.guidance_scale != 1.0 and args.label_dropout == 0:
+    if args.caption_column is not None and args.label_column is not None:
+        raise ValueError(
+            f"--caption_column {args.caption_column!r} and --label_column {args.label_column!r}: a model is conditioned "
+            "on text or on class labels; pass one of them."
+        )
+    if args.caption_column is not None:
+        if args.guidance_scale != 1.0 and args.proportion_empty_prompts == 0:
+            raise ValueError("--guidance_scale != 1 needs a model trained with --proportion_empty_prompts > 0 (the empty prompt).")
+    elif args.guidance_scale != 1.0 and args.label_dropout == 0:
         raise ValueError("--guidance_scale != 1 needs a model trained with --label_dropout > 0 (a null label).")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. 'your-name/edm-digits').")
@@ -330,7 +375,7 @@ def result_arguments(args: argparse.Namespace, num_processes: int) -> dict[str, 
         value = getattr(args, name, None)
         if name == "backbone_config" and value is not None:
             value = json.loads(Path(value).read_text())
-        elif name in ("dataset_name", "train_data_dir", "vae") and value is not None and Path(value).exists():
+        elif name in ("dataset_name", "train_data_dir", "vae", "text_encoder", "tokenizer") and value is not None and Path(value).exists():
             value = str(Path(value).resolve())
         values[name] = value
     values["num_processes"] = int(num_processes)

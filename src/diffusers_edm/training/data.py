@@ -24,17 +24,39 @@ logger = logging.getLogger(__name__)
 EMBEDDED_DATASET = "sklearn-digits"
 
 
-def embedded_digits_dataset() -> datasets.Dataset:
-    """The 1,797 8x8 handwritten digits that scikit-learn ships (UCI optical digits), with labels 0-9.
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+#: The phrasings of the embedded digits' captions, with ``{digit}`` (e.g. ``7``) and ``{word}`` (``seven``).
+DIGIT_CAPTION_TEMPLATES = (
+    "a handwritten {digit}", "the digit {word}", "{word}", "a {digit}", "number {word}", "the number {digit}",
+    "a handwritten {word}", "digit {digit}",
+)
 
-    Pixel values 0..16 are stretched to 0..255 grayscale; no network is needed.
+
+def digit_captions(label: int) -> list[str]:
+    """Every caption of digit ``label`` (0-9), one per :data:`DIGIT_CAPTION_TEMPLATES` entry, in that order."""
+    return [template.format(digit=label, word=DIGIT_WORDS[label]) for template in DIGIT_CAPTION_TEMPLATES]
+
+
+def embedded_digits_dataset() -> datasets.Dataset:
+    """The 1,797 8x8 handwritten digits that scikit-learn ships (UCI optical digits), with labels 0-9 and captions.
+
+    Pixel values 0..16 are stretched to 0..255 grayscale; no network is needed. The ``text`` column holds, per image,
+    the list of its label's captions (:func:`digit_captions`: "a handwritten 7", "the digit seven", "seven", ...), of
+    which text-conditional training (``--caption_column text``) draws one per example and step.
     """
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = [Image.fromarray(np.round(image * (255.0 / 16.0)).astype(np.uint8), mode="L") for image in digits.images]
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])})
-    return datasets.Dataset.from_dict({"image": images, "label": digits.target.tolist()}, features=features)
+    labels = digits.target.tolist()
+    features = datasets.Features({
+        "image": datasets.Image(),
+        "label": datasets.ClassLabel(names=[str(d) for d in range(10)]),
+        "text": datasets.List(datasets.Value("string")),
+    })
+    return datasets.Dataset.from_dict(
+        {"image": images, "label": labels, "text": [digit_captions(label) for label in labels]}, features=features
+    )
 
 
 def load_image_dataset(
@@ -196,7 +218,8 @@ def image_to_tensor(image: Image.Image, resolution: int, center_crop: bool, chan
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Map-style view of a ``datasets.Dataset`` that yields ``{"images": (C, H, W), "labels": int, "index": int}``.
+    """Map-style view of a ``datasets.Dataset`` that yields ``{"images": (C, H, W), "labels": int, "index": int}``
+    (and ``"captions"``, the row's captions as a list of strings, with ``caption_column``).
 
     Random crops (when ``center_crop`` is False) come from a generator seeded by (seed, epoch, index): a new crop
     each epoch, and the same one in a resumed run. The training loop calls :meth:`set_epoch`.
@@ -213,12 +236,13 @@ class ImageDataset(torch.utils.data.Dataset):
         center_crop: bool = True,
         label_column: str | None = None,
         seed: int = 0,
+        caption_column: str | None = None,
     ):
         feature = _image_feature(dataset, image_column)
         # Undecoded rows keep the file name for the error; the feature decodes exactly as datasets would.
         self.dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
         self.decoder = datasets.Image(mode=feature.mode)
-        self.image_column, self.label_column = image_column, label_column
+        self.image_column, self.label_column, self.caption_column = image_column, label_column, caption_column
         self.resolution, self.channels, self.center_crop, self.seed = resolution, channels, center_crop, seed
         self.epoch = 0
 
@@ -243,4 +267,7 @@ class ImageDataset(torch.utils.data.Dataset):
         item = {"images": images, "index": int(index)}
         if self.label_column is not None:
             item["labels"] = int(row[self.label_column])
+        if self.caption_column is not None:  # checked once per data set (captions.check_caption_column)
+            captions = row[self.caption_column]
+            item["captions"] = [captions] if isinstance(captions, str) else list(captions)
         return item

@@ -18,7 +18,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from ..models import NoiseConditionalClassifier
-from ..pipelines import EDMPipeline, LearnedVariancePipeline
+from ..pipelines import EDMPipeline, EDMTextToImagePipeline, LearnedVariancePipeline
 from ..pipelines.model_card import TRAINING_SECTION, TrainingRecord
 
 PIPELINE_CLASSES = {cls.__name__: cls for cls in (EDMPipeline, LearnedVariancePipeline)}
@@ -57,6 +57,27 @@ def write_model_card(args: argparse.Namespace, output_dir: Path, grid_path: Path
         num_inference_steps=sample_steps,
         guidance_scale=args.guidance_scale,
         training=training,
+    )
+    path = output_dir / "README.md"
+    card.save(path)
+    return path
+
+
+#: Prompts in a text-to-image card's usage example (the first validation prompts).
+TEXT_EXAMPLE_PROMPTS = 4
+
+
+def write_text_model_card(args: argparse.Namespace, output_dir: Path, grid_path: Path | None, steps: int) -> Path:
+    """Write ``output_dir/README.md`` for the ``EDMTextToImagePipeline`` already saved in ``output_dir``: its example
+    prompts are the run's first validation prompts, with its ``--guidance_scale`` and ``--sample_steps``."""
+    output_dir = Path(output_dir)
+    pipeline = EDMTextToImagePipeline.from_pretrained(output_dir)
+    card = pipeline.model_card(
+        repo_id=args.hub_model_id or str(output_dir),
+        num_inference_steps=args.sample_steps,
+        guidance_scale=args.guidance_scale,
+        training=training_record(args, steps, grid_path),
+        prompts=list(args.validation_prompts[:TEXT_EXAMPLE_PROMPTS]),
     )
     path = output_dir / "README.md"
     card.save(path)

@@ -1,5 +1,6 @@
 """Model size presets for training: diffusers ``UNet2DModel`` (pixels or latents) and ``DiTTransformer2DModel`` (latents)
-backbones, and the :class:`~diffusers_edm.models.NoiseConditionalClassifier`."""
+backbones, their text-conditional counterparts ``UNet2DConditionModel`` and ``PixArtTransformer2DModel`` (cross-attention
+on a text encoder's hidden states), and the :class:`~diffusers_edm.models.NoiseConditionalClassifier`."""
 
 from __future__ import annotations
 
@@ -81,6 +82,58 @@ def make_backbone(
     if sample_size % config["patch_size"] != 0:
         raise ValueError(f"The DiT's patch size {config['patch_size']} does not divide its input size {sample_size}.")
     return build_backbone("DiTTransformer2DModel", config)
+
+
+# A UNet preset's self-attention blocks become blocks with self- and cross-attention in its text-conditional version.
+CROSS_ATTENTION_BLOCKS = {"AttnDownBlock2D": "CrossAttnDownBlock2D", "AttnUpBlock2D": "CrossAttnUpBlock2D"}
+
+
+def make_text_backbone(
+    kind: str,
+    size: str,
+    sample_size: int,
+    channels: int,
+    text_hidden_size: int,
+    overrides: dict[str, Any] | None = None,
+) -> torch.nn.Module:
+    """A text-conditional backbone for ``sample_size``-square inputs with ``channels`` channels, whose cross-attention
+    reads the text encoder's hidden states of width ``text_hidden_size``.
+
+    - ``unet``: a ``UNet2DConditionModel`` (Latent Diffusion, Rombach et al. 2022, section 3.3) of the
+      :data:`UNET_PRESETS` layout, its attention blocks with cross-attention (and its middle block, diffusers'
+      ``UNetMidBlock2DCrossAttn``), ``cross_attention_dim = text_hidden_size``;
+    - ``dit``: a ``PixArtTransformer2DModel`` (PixArt-alpha, Chen et al. 2023: DiT blocks with cross-attention to the
+      text, adaLN-single on the noise level) of the :data:`DIT_PRESETS` size, ``caption_channels = text_hidden_size``
+      (projected to the transformer's width), without the 1024-px resolution / aspect-ratio conditions.
+
+    ``overrides`` (``--backbone_config``) replace preset keys; a width that then differs from the text encoder's is
+    refused where the recipe wraps the backbone.
+    """
+    if kind == "unet":
+        preset = dict(UNET_PRESETS[size])
+        for key in ("down_block_types", "up_block_types"):
+            preset[key] = tuple(CROSS_ATTENTION_BLOCKS.get(block, block) for block in preset[key])
+        config = dict(
+            preset, sample_size=sample_size, in_channels=channels, out_channels=channels, cross_attention_dim=text_hidden_size
+        )
+        config.update(overrides or {})
+        depth = len(config["block_out_channels"]) - 1
+        if sample_size % (2**depth) != 0:
+            raise ValueError(
+                f"A UNet with {depth + 1} resolution levels halves its input {depth} times: the resolution "
+                f"{sample_size} must be divisible by {2**depth}."
+            )
+        return build_backbone("UNet2DConditionModel", config)
+    config = dict(
+        DIT_PRESETS[size], sample_size=sample_size, in_channels=channels, out_channels=channels,
+        caption_channels=text_hidden_size, norm_type="ada_norm_single", use_additional_conditions=False,
+    )
+    config.update(overrides or {})
+    # PixArt projects the caption to the transformer's width, which its cross-attention then reads.
+    config.setdefault("cross_attention_dim", config["num_attention_heads"] * config["attention_head_dim"])
+    if sample_size % config["patch_size"] != 0:
+        raise ValueError(f"The PixArt transformer's patch size {config['patch_size']} does not divide its input size {sample_size}.")
+    return build_backbone("PixArtTransformer2DModel", config)
 
 
 # The encoder halves of the UNet presets above (ADM's classifier is the encoder half of its UNet), for --task classifier.

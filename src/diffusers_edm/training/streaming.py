@@ -60,6 +60,12 @@ def validate_streaming_args(args: argparse.Namespace) -> None:
             f"--dataloader_num_workers {args.dataloader_num_workers} with --streaming: a stream is read in the "
             "training process in this version (its position must be checkpointed exactly); pass 0."
         )
+    if getattr(args, "caption_column", None) is not None and (args.text_encoder is None or args.validation_prompts is None):
+        raise ValueError(
+            "--caption_column with --streaming needs --text_encoder (the local one is built from every caption of the "
+            "data set, which a stream does not have before training) and --validation_prompts (by default the data "
+            "set's first captions)."
+        )
     if args.validation_split is not None:
         raise ValueError(
             "--validation_split (and --task classifier, which holds out a split) needs a data set of known size; "
@@ -80,8 +86,9 @@ def load_image_stream(args: argparse.Namespace) -> datasets.IterableDataset:
 
 class ImageStream:
     """This process's part of a streamed image data set, as endless batches ``{"images": (B, C, H, W), "labels": (B,),
-    "keys": [...]}`` on ``device`` (``labels`` with ``label_column``; ``keys`` when the rows have a ``__key__``, as
-    WebDataset samples do).
+    "captions": [[...], ...], "keys": [...]}`` on ``device`` (``labels`` with ``label_column``; ``captions``, each
+    example's list of captions, with ``caption_column``; ``keys`` when the rows have a ``__key__``, as WebDataset
+    samples do).
 
     ``shuffle_buffer``: buffer-shuffle with ``seed`` (``seed + epoch`` in epoch ``epoch``) before splitting; ``None``
     reads the shards in their order. Random crops come from a generator seeded by (seed, process, epoch, position),
@@ -99,6 +106,7 @@ class ImageStream:
         label_column: str | None = None,
         num_classes: int | None = None,
         seed: int = 0,
+        caption_column: str | None = None,
         shuffle_buffer: int | None = None,
         process_index: int = 0,
         num_processes: int = 1,
@@ -128,6 +136,9 @@ class ImageStream:
             if num_classes is not None and declared is not None and declared > num_classes:
                 raise ValueError(f"Label column {label_column!r} has {declared} classes, more than --num_classes={num_classes}.")
             self.num_classes = num_classes or declared
+        if caption_column is not None and caption_column not in dataset.column_names:
+            raise ValueError(f"Caption column {caption_column!r} not in the data set; its columns are {dataset.column_names}.")
+        self.caption_column = caption_column
         self.channels = channels
         self.decoder = datasets.Image(mode=feature.mode)
         # Undecoded rows: shuffling and a replay move bytes only, and a bad file is named by its path.
@@ -147,7 +158,8 @@ class ImageStream:
     def from_args(cls, args: argparse.Namespace, accelerator: Accelerator) -> "ImageStream":
         return cls(
             load_image_stream(args), args.image_column, args.resolution, args.num_channels, args.center_crop,
-            args.label_column, args.num_classes, args.seed, args.shuffle_buffer, accelerator.process_index,
+            args.label_column, args.num_classes, args.seed, getattr(args, "caption_column", None), args.shuffle_buffer,
+            accelerator.process_index,
             accelerator.num_processes, args.train_batch_size, accelerator.device,
         )
 
@@ -158,11 +170,10 @@ class ImageStream:
     def __iter__(self) -> Iterator[dict]:
         while True:
             items = [self._item(next(self._rows())) for _ in range(self.batch_size)]
-            batch = torch.utils.data.default_collate([{k: v for k, v in item.items() if k != "keys"} for item in items])
+            lists = {key: [item.pop(key) for item in items] for key in ("keys", "captions") if key in items[0]}
+            batch = torch.utils.data.default_collate(items)
             batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
-            if "keys" in items[0]:
-                batch["keys"] = [item["keys"] for item in items]
-            yield batch
+            yield {**batch, **lists}  # host strings stay lists (one list of captions per example)
 
     # -------------------------------------------------------------------------------------------- rows
     def _rows(self) -> Iterator[tuple[dict, int, int]]:
@@ -207,6 +218,15 @@ class ImageStream:
             if not 0 <= label < self.num_classes:
                 raise ValueError(f"Training image {name}: label {label} is outside [0, {self.num_classes}).")
             item["labels"] = label
+        if self.caption_column is not None:
+            captions = row[self.caption_column]
+            captions = [captions] if isinstance(captions, str) else captions
+            if not isinstance(captions, list) or not captions or not all(isinstance(c, str) for c in captions):
+                raise ValueError(
+                    f"Training image {name}: caption column {self.caption_column!r} holds {captions!r:.80}, not a "
+                    "string or a non-empty list of strings."
+                )
+            item["captions"] = captions
         if "__key__" in row:
             item["keys"] = row["__key__"]
         return item

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ..models.latent_codec import LatentCodec
 from ..process_state import multi_process_cpu
 from .arguments import parse_args, result_arguments, save_args
+from .captions import check_caption_column, collate_with_captions
 from .checkpoints import (
     OutputWriteError,
     check_checkpoint_matches,
@@ -96,6 +97,7 @@ def make_dataloader(dataset: ImageDataset, args: argparse.Namespace) -> torch.ut
     return torch.utils.data.DataLoader(
         dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True, num_workers=args.dataloader_num_workers,
         generator=torch.Generator().manual_seed(args.seed),
+        collate_fn=collate_with_captions if args.caption_column is not None else None,
     )
 
 
@@ -154,6 +156,9 @@ class Trainer:
                 self.num_classes = inspect_labels(dataset, args.label_column, args.num_classes)
             channels = image_channels(dataset, args.image_column, args.num_channels)
         self.image_channels = channels
+        captions = first_captions = None
+        if args.caption_column is not None and not args.streaming:  # a stream's captions are checked per row
+            captions, first_captions = check_caption_column(dataset, args.caption_column)
 
         self.vae = None
         self.codec = None
@@ -178,6 +183,7 @@ class Trainer:
         data = RecipeData(
             num_classes=self.num_classes, image_channels=self.image_channels, sample_size=sample_size, channels=channels,
             vae=self.vae, codec=self.codec, validation_dataset=validation_dataset,
+            captions=captions, first_captions=first_captions,
         )
         self.recipe: Recipe = select_recipe(args)(args, data, accelerator)
         self.model = self.recipe.build_model()
@@ -187,7 +193,8 @@ class Trainer:
             self.train_dataset.register_for_checkpointing(accelerator)  # each process's position
         else:
             self.train_dataset = ImageDataset(
-                dataset, args.image_column, args.resolution, self.image_channels, args.center_crop, args.label_column, args.seed
+                dataset, args.image_column, args.resolution, self.image_channels, args.center_crop, args.label_column, args.seed,
+                caption_column=args.caption_column,
             )
             dataloader = make_dataloader(self.train_dataset, args)
         self.global_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
@@ -245,7 +252,7 @@ class Trainer:
             accelerator.init_trackers("diffusers-edm", config=tracked)
 
     # ---------------------------------------------------------------------------------------------- one step
-    def _batch_inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _batch_inputs(self, batch: dict) -> tuple[torch.Tensor, object]:
         images = batch["images"]
         if self.args.random_flip:
             # Drawn from the checkpointed torch RNG in step order, so a resumed run flips the same images.
@@ -253,12 +260,12 @@ class Trainer:
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         if self.codec is not None:
             images = self.codec.encode(images)
-        labels = batch.get("labels")
-        return images, labels
+        # Class labels or text embeddings: the recipe decides (after the flips and latents, in this RNG order).
+        return images, self.recipe.conditioning(batch)
 
-    def _loss(self, images: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+    def _loss(self, images: torch.Tensor, conditioning: object) -> tuple[torch.Tensor, dict]:
         """The recipe's batch loss and device-tensor statistics for the logs."""
-        return self.recipe.loss(self.model, images, labels)
+        return self.recipe.loss(self.model, images, conditioning)
 
     def _train_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """One micro-batch: loss and backward; when it completes an optimizer step (``accelerator.sync_gradients``),
@@ -268,8 +275,8 @@ class Trainer:
         """
         accelerator = self.accelerator
         with accelerator.accumulate(self.model):
-            images, labels = self._batch_inputs(batch)
-            loss, stats = self._loss(images, labels)
+            images, conditioning = self._batch_inputs(batch)
+            loss, stats = self._loss(images, conditioning)
             torch.logical_or(self.non_finite_loss, ~torch.isfinite(loss.detach()), out=self.non_finite_loss)
             accelerator.backward(loss)
             if accelerator.sync_gradients:

@@ -8,6 +8,7 @@ arguments                                recipe                              tra
 ``--task denoiser`` (default)            :class:`DenoisingRecipe`            EDM / VP / VE / iDDPM denoiser (``--precond``)
 ``--task denoiser --precond edm2``       :class:`EDM2Recipe`                 EDM denoiser, EDM2's learned-uncertainty loss
 ``--task denoiser --loss hybrid``        :class:`HybridRecipe`               learned-variance DDPM (hybrid loss)
+``--task denoiser --caption_column C``   :class:`TextDenoisingRecipe`        text-to-image denoiser (``--precond``)
 ``--task classifier``                    :class:`ClassifierRecipe`           noise-conditional classifier
 =======================================  ==================================  ===========================================
 """
@@ -21,8 +22,9 @@ from .classifier import ClassifierRecipe
 from .denoising import DenoisingRecipe
 from .edm2 import EDM2Recipe
 from .hybrid import HybridRecipe
+from .text import TextDenoisingRecipe
 
-RECIPES: tuple[type[Recipe], ...] = (DenoisingRecipe, EDM2Recipe, HybridRecipe, ClassifierRecipe)
+RECIPES: tuple[type[Recipe], ...] = (DenoisingRecipe, EDM2Recipe, HybridRecipe, ClassifierRecipe, TextDenoisingRecipe)
 
 
 def select_recipe(args: argparse.Namespace) -> type[Recipe]:
@@ -31,6 +33,8 @@ def select_recipe(args: argparse.Namespace) -> type[Recipe]:
         return ClassifierRecipe
     if args.loss == "hybrid":
         return HybridRecipe
+    if getattr(args, "caption_column", None) is not None:
+        return TextDenoisingRecipe
     return EDM2Recipe if args.precond == "edm2" else DenoisingRecipe
 
 
@@ -56,6 +60,7 @@ __all__ = [
     "HybridRecipe",
     "Recipe",
     "RecipeData",
+    "TextDenoisingRecipe",
     "reduce_loss",
     "resolve_recipe_args",
     "select_recipe",

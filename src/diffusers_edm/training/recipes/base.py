@@ -4,7 +4,9 @@ The training loop (:mod:`diffusers_edm.training.train`) is the same for every re
 learning-rate ramp, EMA, checkpoints and logging. It asks its recipe, through :class:`Recipe`, for
 
 - the model to train (:meth:`Recipe.build_model`), built from the arguments and the data's shape;
-- the batch loss (:meth:`Recipe.loss`), a scalar to back-propagate and device-tensor statistics for the logs;
+- what a batch conditions the model on (:meth:`Recipe.conditioning`: its class labels, or the text embeddings of its
+  captions) and the batch loss (:meth:`Recipe.loss`), a scalar to back-propagate and device-tensor statistics for the
+  logs;
 - the states to checkpoint besides the model, optimizer, EMA and RNGs (:meth:`Recipe.states`);
 - a validation artefact at every ``--validation_steps`` (:meth:`Recipe.validate`) and the export at the end
   (:meth:`Recipe.export`, :meth:`Recipe.write_model_card`), both with the EMA weights.
@@ -39,6 +41,10 @@ class RecipeData:
         vae: the frozen ``AutoencoderKL`` of latent training, or None.
         codec: its :class:`~diffusers_edm.models.LatentCodec`, or None.
         validation_dataset: the held-out images (``--validation_split``), or None.
+        captions: with ``--caption_column``, the column's distinct captions in data-set order (the local tokenizer's
+            vocabulary), else None.
+        first_captions: with ``--caption_column``, each row's first caption, distinct, in data-set order (the
+            default validation prompts are the first of them), else None.
     """
 
     num_classes: int
@@ -48,6 +54,8 @@ class RecipeData:
     vae: AutoencoderKL | None = None
     codec: LatentCodec | None = None
     validation_dataset: ImageDataset | None = None
+    captions: list[str] | None = None
+    first_captions: list[str] | None = None
 
 
 @dataclass
@@ -103,9 +111,15 @@ class Recipe(ABC):
         """Objects with ``state_dict`` / ``load_state_dict`` to checkpoint besides the loop's own (none by default)."""
         return {}
 
+    def conditioning(self, batch: dict) -> Any:
+        """What ``batch`` conditions the model on, handed to :meth:`loss` as its third argument: the class labels
+        (``None`` without ``--label_column``) by default; the text recipe's model inputs from the captions."""
+        return batch.get("labels")
+
     @abstractmethod
     def loss(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
-        """The batch loss (a scalar tensor) and statistics as device tensors; nothing here may wait for the device."""
+        """The batch loss (a scalar tensor) and statistics as device tensors, given :meth:`conditioning`'s value;
+        nothing here may wait for the device."""
 
     @abstractmethod
     def validate(self, model: torch.nn.Module, step: int, output_dir: Path) -> None:

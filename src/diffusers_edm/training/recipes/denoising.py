@@ -54,7 +54,10 @@ class DenoisingRecipe(SamplingRecipe):
         return model
 
     def loss(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
-        conditioning = {"class_labels": labels} if labels is not None else {}
+        return self.denoising_loss(model, images, {"class_labels": labels} if labels is not None else {})
+
+    def denoising_loss(self, model: torch.nn.Module, images: torch.Tensor, conditioning: dict) -> tuple[torch.Tensor, dict]:
+        """The family's loss of ``model(..., **conditioning)`` reduced per ``--loss_reduction``, and log statistics."""
         output = self.loss_fn(model, images, **conditioning)
         log_sigma = output.sigma.log()
         loss = reduce_loss(output.loss.flatten(1).mean(1), images[0].numel(), self.args.loss_reduction)
