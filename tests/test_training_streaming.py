@@ -168,7 +168,11 @@ def launch_two(rank_dir: Path, args: list[str]) -> list[dict]:
         str(SCRIPT), str(rank_dir), *args,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired as error:  # say where it stood
+        output = (error.stdout or "") + (error.stderr or "")
+        raise AssertionError(f"the 2-process launch ran past 600 s: {output[-4000:]}") from None
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return [torch.load(rank_dir / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
 
