@@ -171,7 +171,8 @@ def launch_two(rank_dir: Path, args: list[str]) -> list[dict]:
     try:
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired as error:  # say where it stood
-        output = (error.stdout or "") + (error.stderr or "")
+        output = "".join(part.decode(errors="replace") if isinstance(part, bytes) else part  # bytes, even with text=True
+                         for part in (error.stdout or "", error.stderr or ""))
         raise AssertionError(f"the 2-process launch ran past 600 s: {output[-4000:]}") from None
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return [torch.load(rank_dir / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
