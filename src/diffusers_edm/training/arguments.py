@@ -16,6 +16,7 @@ from ..option_types import integer, parse_or_raise, real, real_list
 from ..pipelines.prompt_encoding import EMPTY_PROMPT_CONVENTIONS
 from .posthoc_ema import snapshot_name
 from .recipes import resolve_recipe_args
+from .streaming import validate_streaming_args
 from .recipes.classifier import DEFAULT_NOISE_DRAWS, DEFAULT_SIGMA_EDGES, DEFAULT_SIGMA_RANGE, DEFAULT_VALIDATION_SPLIT, POOLINGS
 from .timestep_samplers import TIMESTEP_SAMPLERS
 
@@ -44,7 +45,7 @@ RESULT_ARGUMENTS = (
     "num_classes", "label_dropout", "caption_column", "text_encoder", "tokenizer", "proportion_empty_prompts",
     "empty_prompt", "resolution", "center_crop", "random_flip",
     "train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_rampup_kimg", "adam_beta1", "adam_beta2",
-    "adam_epsilon", "weight_decay", "max_grad_norm", "mixed_precision", "seed",
+    "adam_epsilon", "weight_decay", "max_grad_norm", "mixed_precision", "seed", "streaming", "shuffle_buffer",
     "ema_type", "ema_halflife_kimg", "ema_rampup_ratio", "ema_stds", "ema_snapshot_kimg",
 )
 NON_FINITE_HELP = (
@@ -177,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--center_crop", action=argparse.BooleanOptionalAction, default=True)
     data.add_argument("--random_flip", action="store_true", help="Random horizontal flips (not for digits!).")
     data.add_argument("--dataloader_num_workers", type=integer(0), default=0)
+    data.add_argument("--streaming", action="store_true",
+                      help="Read --dataset_name (a Hub id, or a folder of parquet files or WebDataset .tar shards) or "
+                      "--train_data_dir as a stream while training (datasets' streaming mode), split between processes; "
+                      "checkpoints hold each process's stream position (see README, 'Streaming data'). Needs "
+                      "--num_channels unless the image feature declares a mode, --num_classes unless the labels are a "
+                      "ClassLabel, and --dataloader_num_workers 0.")
+    data.add_argument("--shuffle_buffer", type=integer(1), default=None,
+                      help="--streaming: shuffle through a buffer of N examples (>= 1), seeded by --seed and reseeded "
+                      "every epoch. Default: no shuffling (the shards' order).")
     data.add_argument("--cache_dir", default=None)
 
     optim = parser.add_argument_group("optimization")
@@ -259,6 +269,7 @@ def validate_args(args: argparse.Namespace) -> None:
     """Reject bad combinations with a clear message before any data, model or process work."""
     resolve_recipe_args(args)
     validate_ema_args(args)
+    validate_streaming_args(args)
     presets = UNET_PRESETS if args.backbone == "unet" else DIT_PRESETS
     if args.model_size not in presets:
         raise ValueError(f"--model_size {args.model_size!r} is not a {args.backbone} preset; choose one of {presets}.")

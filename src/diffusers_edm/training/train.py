@@ -45,6 +45,7 @@ from .data import ImageDataset, held_out_split, image_channels, inspect_labels, 
 from .ema import EDMEMAModel, PowerFunctionEMA, make_ema
 from .posthoc_ema import EMASnapshotWriter
 from .preemption import PreemptionWatch, TrainingPreempted
+from .streaming import ImageStream
 from .recipes import Export, Recipe, RecipeData, select_recipe
 
 logger = logging.getLogger(__name__)
@@ -145,14 +146,18 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
         args, accelerator = self.args, self.accelerator
-        dataset = load_image_dataset(args.dataset_name, args.train_data_dir, args.dataset_config_name, cache_dir=args.cache_dir)
-        self.num_classes = 0
-        if args.label_column is not None:
-            self.num_classes = inspect_labels(dataset, args.label_column, args.num_classes)
-        channels = image_channels(dataset, args.image_column, args.num_channels)
+        if args.streaming:  # read as training goes; labels and channels from the declared features
+            self.train_dataset = ImageStream.from_args(args, accelerator)
+            self.num_classes, channels = self.train_dataset.num_classes, self.train_dataset.channels
+        else:
+            dataset = load_image_dataset(args.dataset_name, args.train_data_dir, args.dataset_config_name, cache_dir=args.cache_dir)
+            self.num_classes = 0
+            if args.label_column is not None:
+                self.num_classes = inspect_labels(dataset, args.label_column, args.num_classes)
+            channels = image_channels(dataset, args.image_column, args.num_channels)
         self.image_channels = channels
         captions = first_captions = None
-        if args.caption_column is not None:
+        if args.caption_column is not None and not args.streaming:  # a stream's captions are checked per row
             captions, first_captions = check_caption_column(dataset, args.caption_column)
 
         self.vae = None
@@ -183,11 +188,15 @@ class Trainer:
         self.recipe: Recipe = select_recipe(args)(args, data, accelerator)
         self.model = self.recipe.build_model()
 
-        self.train_dataset = ImageDataset(
-            dataset, args.image_column, args.resolution, self.image_channels, args.center_crop, args.label_column, args.seed,
-            caption_column=args.caption_column,
-        )
-        dataloader = make_dataloader(self.train_dataset, args)
+        if args.streaming:
+            dataloader = self.train_dataset  # yields batches on the device itself
+            self.train_dataset.register_for_checkpointing(accelerator)  # each process's position
+        else:
+            self.train_dataset = ImageDataset(
+                dataset, args.image_column, args.resolution, self.image_channels, args.center_crop, args.label_column, args.seed,
+                caption_column=args.caption_column,
+            )
+            dataloader = make_dataloader(self.train_dataset, args)
         self.global_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
 
         self.run_arguments = result_arguments(args, accelerator.num_processes)
@@ -201,6 +210,7 @@ class Trainer:
         )
         # Stepped by hand once per optimizer step (a prepared scheduler would step once per process).
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, edm_learning_rate_ramp(args.lr_rampup_kimg, self.global_batch))
+        # An ImageStream is not a DataLoader: prepare returns it as it is (Accelerate would dispatch it from rank 0).
         self.model, self.optimizer, self.dataloader = accelerator.prepare(self.model, optimizer, dataloader)
         self.recipe.prepare(self.model)
         # After prepare: the EMA tracks the parameters the optimizer updates (FSDP/DeepSpeed may replace them).
@@ -286,7 +296,8 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------- loop
     def train(self) -> TrainingResult:
         args, accelerator = self.args, self.accelerator
-        steps_per_epoch = len(self.dataloader) // args.gradient_accumulation_steps
+        # A stream is one endless pass (each process counts its own epochs); it resumes from its checkpointed position.
+        steps_per_epoch = args.max_train_steps if args.streaming else len(self.dataloader) // args.gradient_accumulation_steps
         if steps_per_epoch < 1:
             raise ValueError("One epoch holds fewer batches than --gradient_accumulation_steps; lower it or the batch size.")
         progress_bar = tqdm(
@@ -300,7 +311,7 @@ class Trainer:
             self.dataloader.set_epoch(epoch)
             self.train_dataset.set_epoch(epoch)
             batches = self.dataloader
-            if position:
+            if position and not args.streaming:
                 batches = accelerator.skip_first_batches(self.dataloader, position * args.gradient_accumulation_steps)
             for batch in batches:
                 loss, stats = self._train_step(batch)
