@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import datasets
