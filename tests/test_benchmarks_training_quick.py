@@ -1,5 +1,5 @@
-"""The training benchmarks (issue #6, parts 3 and 4; issue #10's low-budget samplers on a trained model; issue #11's
-guidance on a trained model) run in ``--quick`` mode, write their outputs and give sane numbers.
+"""The training benchmarks (issue #6, parts 3 and 4, and issue #18's command vs bare loop; issue #10's low-budget
+samplers on a trained model; issue #11's guidance on a trained model) run in ``--quick`` mode, write their outputs and give sane numbers.
 
 Quick runs are far too small to judge speed or quality; these tests keep the scripts from rotting and check that
 what they measure is complete and plausible. The full runs and their results are in ``benchmarks/README.md``.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import statistics
 from pathlib import Path
 
 import pytest
@@ -55,27 +56,49 @@ def quality(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_training_throughput_measures_every_variant(throughput: dict) -> None:
     files = throughput["files"]
     table = Path(files["markdown"]).read_text()
-    assert "Trainer step" in table and "overhead" in table
+    assert "command" in table and "bare loop" in table and "ratio" in table
     assert Path(files["json"]).stat().st_size > 0
+    assert "data loading" in Path(files["profile"]).read_text()
     if HAS_MATPLOTLIB:
         assert Path(files["png"]).read_bytes()[:8] == PNG_MAGIC
-    rows = throughput["results"]
-    assert {r["variant"] for r in rows} == set(training_throughput.VARIANTS)
-    for row in rows:
-        assert row["seconds_per_step"] > 0 and row["images_per_second"] > 0
-        # Quick timings are tiny and noisy: only check the ratio is a ratio of like things, not the 5% target.
-        assert -0.5 < row["overhead"] < 2.0 and -0.5 < row["fastest_overhead"] < 2.0
-    assert next(r for r in rows if r["variant"] == "bare")["overhead"] == 0.0
-    # "Trainer step" is the training script's own step: every timed step (warm-up included) went through it
     settings = training_throughput.QUICK
-    size = settings.sizes[0]
-    timed = (settings.warmup + settings.repetitions[size]) * settings.steps_per_block[size]
+    rows = {r["variant"]: r for r in throughput["results"]}
+    assert set(rows) == set(training_throughput.VARIANTS)
+    blocks = throughput["throughput"]["blocks"]
+    for name, row in rows.items():
+        assert len(blocks[name]) == settings.repetitions and all(seconds > 0 for seconds in blocks[name])
+        assert row["seconds_per_step"] == pytest.approx(statistics.median(blocks[name]))
+        assert row["steps_per_second"] == pytest.approx(1 / row["seconds_per_step"])
+        assert row["images_per_second"] == pytest.approx(settings.batch / row["seconds_per_step"])
+    # The ratio is command time over bare time, of each repetition's adjacent pair of blocks.
+    paired = [c / b for c, b in zip(blocks["command"], blocks["bare loop"])]
+    assert throughput["throughput"]["paired_ratios"] == pytest.approx(paired)
+    assert throughput["ratio"] == pytest.approx(statistics.median(paired))
+    assert throughput["throughput"]["paired_ratio_spread"] == pytest.approx([min(paired), max(paired)])
+    # "command" is the training command's own loop: every timed step (warm-up included) went through its step.
+    timed = (settings.warmup + settings.repetitions) * settings.steps_per_block
     assert len(throughput["trainer_step_calls"]) >= timed
+
+
+def test_training_throughput_counts_host_syncs_and_profiles_both_loops(throughput: dict) -> None:
+    syncs = throughput["host_syncs"]
+    assert syncs["bare loop"]["max_outside_logging_steps"] == 0
+    assert syncs["command"]["max_outside_logging_steps"] == 0, syncs["command"]["calls"]
+    breakdown = {row["part"]: row for row in throughput["profile"]}
+    assert {"data loading", "forward + loss", "backward", "optimizer (+ lr ramp)", "EMA",
+            "logging, checks, progress bar", "rest of the loop", "total (profiled)"} <= set(breakdown)
+    for name in training_throughput.VARIANTS:
+        parts = sum(row[name] for part, row in breakdown.items() if part != "total (profiled)")
+        assert parts == pytest.approx(breakdown["total (profiled)"][name])
+        # Every loop spends time in its forward pass, backward pass, optimizer and EMA.
+        for part in ("forward + loss", "backward", "optimizer (+ lr ramp)", "EMA"):
+            assert breakdown[part][name] > 0, (name, part)
+    assert breakdown["data loading"]["command"] > 0
 
 
 def test_training_throughput_reports_peak_memory(throughput: dict) -> None:
     memory = throughput["memory"]
-    assert {m["variant"] for m in memory} == set(training_throughput.QUICK.memory_variants)
+    assert {m["variant"] for m in memory} == set(training_throughput.VARIANTS)
     for record in memory:
         # A fresh process with torch and diffusers imported holds ~100 MB or more; a training step adds to it.
         assert 50 * 2**20 < record["peak_bytes"] < 8 * 2**30

@@ -22,6 +22,8 @@ from ..image_modes import CHANNEL_MODES, HIGH_RANGE_MODES, eight_bit_image, imag
 logger = logging.getLogger(__name__)
 
 EMBEDDED_DATASET = "sklearn-digits"
+#: ImageDataset keeps decoded, resized images when all of them (float32) fit in this many bytes.
+DECODED_CACHE_BYTES = 2**30
 
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -224,7 +226,9 @@ class ImageDataset(torch.utils.data.Dataset):
     Random crops (when ``center_crop`` is False) come from a generator seeded by (seed, epoch, index): a new crop
     each epoch, and the same one in a resumed run. The training loop calls :meth:`set_epoch`.
     Images are decoded here, when first read (none up front): one that cannot be decoded is a ``ValueError`` naming
-    its file.
+    its file. With ``center_crop`` (the same pixels every epoch) and a data set whose images fit in ``cache_bytes``
+    as float32, each item is kept once read, so later epochs pay no decoding or resizing (in each worker process of
+    the loader, when it has some).
     """
 
     def __init__(
@@ -237,6 +241,7 @@ class ImageDataset(torch.utils.data.Dataset):
         label_column: str | None = None,
         seed: int = 0,
         caption_column: str | None = None,
+        cache_bytes: int = DECODED_CACHE_BYTES,
     ):
         feature = _image_feature(dataset, image_column)
         # Undecoded rows keep the file name for the error; the feature decodes exactly as datasets would.
@@ -245,6 +250,8 @@ class ImageDataset(torch.utils.data.Dataset):
         self.image_column, self.label_column, self.caption_column = image_column, label_column, caption_column
         self.resolution, self.channels, self.center_crop, self.seed = resolution, channels, center_crop, seed
         self.epoch = 0
+        fits = len(dataset) * channels * resolution * resolution * 4 <= cache_bytes
+        self.decoded: dict[int, dict] | None = {} if center_crop and fits else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -253,6 +260,8 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
+        if self.decoded is not None and int(index) in self.decoded:
+            return dict(self.decoded[int(index)])
         row = self.dataset[int(index)]
         entry = row[self.image_column]
         try:
@@ -270,4 +279,6 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.caption_column is not None:  # checked once per data set (captions.check_caption_column)
             captions = row[self.caption_column]
             item["captions"] = [captions] if isinstance(captions, str) else list(captions)
+        if self.decoded is not None:
+            self.decoded[int(index)] = dict(item)
         return item

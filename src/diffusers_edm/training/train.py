@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -99,6 +99,14 @@ def make_dataloader(dataset: ImageDataset, args: argparse.Namespace) -> torch.ut
         generator=torch.Generator().manual_seed(args.seed),
         collate_fn=collate_with_captions if args.caption_column is not None else None,
     )
+
+
+def adam_implementation(device: torch.device) -> dict[str, bool]:
+    """The fastest of torch's AdamW implementations on ``device``: the fused kernels on CUDA, else the multi-tensor
+    (``foreach``) one, which torch picks by default on CUDA only. Both compute Loshchilov & Hutter's AdamW update
+    (Algorithm 2); ``foreach`` on the CPU gives the very numbers of the per-tensor loop, the fused kernel may differ
+    from the others in the last bits."""
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
 
 
 def edm_learning_rate_ramp(lr_rampup_kimg: float, global_batch: int) -> Callable[[int], float]:
@@ -206,7 +214,7 @@ class Trainer:
 
         optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-            eps=args.adam_epsilon, weight_decay=args.weight_decay,
+            eps=args.adam_epsilon, weight_decay=args.weight_decay, **adam_implementation(accelerator.device),
         )
         # Stepped by hand once per optimizer step (a prepared scheduler would step once per process).
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, edm_learning_rate_ramp(args.lr_rampup_kimg, self.global_batch))
@@ -216,6 +224,7 @@ class Trainer:
         # After prepare: the EMA tracks the parameters the optimizer updates (FSDP/DeepSpeed may replace them).
         # The list is taken once: unwrapping the model on every step would sit in the hot loop for nothing.
         self.ema_parameters = list(self.unwrapped_model().parameters())
+        self.trained_parameters = list(self.model.parameters())  # what the step walks, also taken once
         self.ema = make_ema(args, self.ema_parameters, self.global_batch)
         # --ema_type power: the snapshots of post-hoc EMA (None otherwise).
         self.snapshots = EMASnapshotWriter.for_run(
@@ -280,12 +289,12 @@ class Trainer:
             torch.logical_or(self.non_finite_loss, ~torch.isfinite(loss.detach()), out=self.non_finite_loss)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
-                for param in self.model.parameters():
+                for param in self.trained_parameters:
                     if param.grad is not None:
                         # EDM replaces NaN/inf gradients rather than skipping the step.
                         torch.nan_to_num(param.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=param.grad)
                 if self.args.max_grad_norm is not None:
-                    stats["grad_norm"] = accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+                    stats["grad_norm"] = accelerator.clip_grad_norm_(self.trained_parameters, self.args.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         if accelerator.sync_gradients:
@@ -295,6 +304,25 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- loop
     def train(self) -> TrainingResult:
+        losses: list[float] = []
+        for _ in self.training_steps(losses):
+            pass
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        exported = self._export()
+        accelerator.end_training()
+        return TrainingResult(
+            model=self.unwrapped_model(), ema=self.ema, global_step=self.progress.global_step,
+            output_dir=self.output_dir, artefacts=exported.artefacts, metrics=exported.metrics,
+            summary=exported.summary, losses=losses,
+        )
+
+    def training_steps(self, losses: list[float]) -> Iterator[int]:
+        """The training loop up to ``--max_train_steps``: yields the number of each optimizer step once its
+        bookkeeping (logs, appended to ``losses``; checks, checkpoints, snapshots, validation) is done.
+
+        :meth:`train` runs it to the end and exports; ``benchmarks/training_throughput.py`` times it in blocks.
+        """
         args, accelerator = self.args, self.accelerator
         # A stream is one endless pass (each process counts its own epochs); it resumes from its checkpointed position.
         steps_per_epoch = args.max_train_steps if args.streaming else len(self.dataloader) // args.gradient_accumulation_steps
@@ -304,7 +332,6 @@ class Trainer:
             total=args.max_train_steps, initial=self.progress.global_step, desc="training",
             disable=not accelerator.is_local_main_process,
         )
-        losses: list[float] = []
         started = time.perf_counter()
         while self.progress.global_step < args.max_train_steps:
             epoch, position = divmod(self.progress.global_step, steps_per_epoch)
@@ -345,17 +372,10 @@ class Trainer:
                     self._stop_preempted(step, checkpointed=step % args.checkpointing_steps == 0)
                 if step % args.validation_steps == 0 and step != args.max_train_steps:
                     self._validate(step)
+                yield step
                 if step >= args.max_train_steps:
                     break
         progress_bar.close()
-        accelerator.wait_for_everyone()
-        exported = self._export()
-        accelerator.end_training()
-        return TrainingResult(
-            model=self.unwrapped_model(), ema=self.ema, global_step=self.progress.global_step,
-            output_dir=self.output_dir, artefacts=exported.artefacts, metrics=exported.metrics,
-            summary=exported.summary, losses=losses,
-        )
 
     def _stop_preempted(self, step: int, checkpointed: bool) -> None:
         """After a preemption signal: checkpoint ``step`` (unless done already), as every regular checkpoint, and
