@@ -34,6 +34,11 @@ distance against ``w``) and ``text_to_image_quality_grid_<backbone>_w<w>.png`` (
 
 Run: ``python -m benchmarks.text_to_image_quality [--quick] [--work-dir DIR] [--device cpu|cuda] [--output-dir DIR]``.
 ``--quick`` trains both for a few steps at 8x8 and samples two images per prompt at 3 Heun steps (seconds).
+
+``--pipeline PATH`` (repeatable) trains nothing: it scores already trained ``EDMTextToImagePipeline`` directories with
+the same arms (prompts, seeds, ``w``, sampler, scorer; the scorer is fitted at the pipeline's resolution, as it is at
+the trained models' resolution) and writes ``text_to_image_quality_pretrained.{md,json,png}`` and
+``text_to_image_quality_pretrained_grid_<name>_w<w>.png`` (``<name>``: the directory's name).
 """
 
 from __future__ import annotations
@@ -186,8 +191,9 @@ def verdict_lines(runs: list[ArmRun], spread_std: float) -> tuple[list[str], lis
     """Does guidance raise adherence (per backbone, highest w vs w = 1, paired)? Which backbone is better at each w?"""
     by_key = {(r.backbone, r.scale): r for r in runs}
     scales = sorted({r.scale for r in runs})
+    backbones = list(dict.fromkeys(r.backbone for r in runs))
     lines, records = [], []
-    for backbone in BACKBONES:
+    for backbone in backbones:
         base = by_key[(backbone, scales[0])]
         for scale in scales[1:]:
             guided = by_key[(backbone, scale)]
@@ -200,7 +206,7 @@ def verdict_lines(runs: list[ArmRun], spread_std: float) -> tuple[list[str], lis
                          f"(paired SE {se * 100:.1f}) -> " + (("raises" if gain > 0 else "lowers") if resolved else
                                                               "not resolved (within 2 SE)")
                          + f"; Frechet {base.scores['frechet']:.2f} -> {guided.scores['frechet']:.2f}")
-    for scale in scales:
+    for scale in scales if set(BACKBONES) <= set(backbones) else ():
         unet, pixart = by_key[("unet", scale)], by_key[("pixart", scale)]
         gap = unet.scores["accuracy"] - pixart.scores["accuracy"]
         se = math.sqrt(unet.scores["accuracy_se"] ** 2 + pixart.scores["accuracy_se"] ** 2)
@@ -231,12 +237,13 @@ def plot_runs(runs: list[ArmRun], spread: dict[str, float], floor: dict[str, flo
     if plt is None:
         return None
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for backbone, colour in zip(BACKBONES, ("tab:blue", "tab:orange")):
+    backbones = list(dict.fromkeys(r.backbone for r in runs))
+    for backbone, colour in zip(backbones, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")):
         points = sorted((r.scale, r) for r in runs if r.backbone == backbone)
         scales = [s for s, _ in points]
         axes[0].errorbar(scales, [r.scores["accuracy"] * 100 for _, r in points],
                          yerr=[2 * r.scores["accuracy_se"] * 100 for _, r in points], fmt="o-", color=colour, capsize=3,
-                         label=f"{backbone} ({BACKBONES[backbone]})")
+                         label=f"{backbone} ({BACKBONES[backbone]})" if backbone in BACKBONES else backbone)
         axes[1].plot(scales, [r.scores["frechet"] for _, r in points], "o-", color=colour, label=backbone)
     axes[0].axhline(floor["accuracy"] * 100, color="black", linestyle=":", linewidth=1, label="real digits")
     axes[0].axhline(10, color="grey", linestyle="--", linewidth=1, label="chance")
@@ -253,12 +260,111 @@ def plot_runs(runs: list[ArmRun], spread: dict[str, float], floor: dict[str, flo
 
 
 # ------------------------------------------------------------------------------------------------ run
+def score_runs(runs: list[ArmRun], settings: TextSettings, device: torch.device) -> dict[str, Any]:
+    """Fit the digit scorer at the samples' resolution, score every arm; the real-digit floor and distance spread."""
+    resolutions = {r.images.shape[-1] for r in runs}
+    if len(resolutions) != 1:
+        raise ValueError(f"every arm must be sampled at one resolution (one scorer), got {sorted(resolutions)}.")
+    resolution = resolutions.pop()
+    scorer = fit_digit_scorer(resolution, settings.classifier_epochs, device)
+    count = len(PROMPTS) * settings.per_prompt
+    real_index = scorer.real_in_label_order(count)
+    floor = scorer.frechet.score(scorer.split.train_images[real_index], scorer.split.train_labels[real_index])
+    spread = real_frechet_spread(scorer.frechet, scorer.split.train_images, scorer.split.train_labels, count)
+    for run in runs:
+        score_arm(run, scorer)
+    return {"resolution": resolution, "scorer": scorer, "count": count, "floor": floor, "spread": spread}
+
+
+def write_grids(runs: list[ArmRun], output_dir: Path, prefix: str, columns: int) -> dict[str, str]:
+    """One grid per arm (rows: prompts, columns: seeds), ``<prefix>_grid_<backbone>_w<w>.png``."""
+    grids = {}
+    for run in runs:
+        by_prompt = [(PROMPTS[d], run.images[run.labels == d]) for d in range(len(PROMPTS))]
+        grids[run.key] = str(budget_grid(by_prompt, output_dir / f"{prefix}_grid_{run.backbone}_w{run.scale:g}.png", columns))
+    return grids
+
+
+def sampling_header(settings: TextSettings, scored: dict[str, Any], device: torch.device, minutes: float) -> str:
+    resolution, count = scored["resolution"], scored["count"]
+    return (f"Text-to-image on the embedded digits ({resolution}x{resolution}, pixels), prompts \"a handwritten 0\" ... "
+            f"\"a handwritten 9\", {settings.per_prompt} seeds per prompt ({count} images per arm, the same seeds in "
+            f"every arm), EDMHeunScheduler {settings.heun_steps} steps ({2 * settings.heun_steps - 1} guided calls), "
+            f"on {device} ({minutes:.1f} min)")
+
+
+def scoring_note(scored: dict[str, Any]) -> str:
+    spread = scored["spread"]
+    return (f"Adherence: the scoring classifier's accuracy of reading the prompt's digit (held-out accuracy on real "
+            f"digits {scored['scorer'].heldout_accuracy * 100:.1f}%), +/- its binomial standard error sqrt(p(1-p)/n). "
+            f"Frechet: in that classifier's 64-d features, to the held-out real digits; the 'real digits' row is "
+            f"{scored['count']} real training digits, mean +/- std over {spread['draws']} class-balanced draws (the noise "
+            f"of a distance).")
+
+
+def score_pretrained(paths: Sequence[Path], settings: TextSettings, device: torch.device, output_dir: Path,
+                     quick: bool) -> dict[str, Any]:
+    """``--pipeline``: sample and score already trained text pipelines with the benchmark's arms; train nothing."""
+    started = time.perf_counter()
+    runs: list[ArmRun] = []
+    models: dict[str, Any] = {}
+    for path in paths:
+        name = Path(path).resolve().name
+        if name in models:
+            raise ValueError(f"--pipeline {path}: two pipelines named {name!r}; give directories with distinct names.")
+        pipeline = EDMTextToImagePipeline.from_pretrained(path).to(device)
+        pipeline.set_progress_bar_config(disable=True)
+        flops, parameters = forward_flops(pipeline)
+        models[name] = {"dir": str(path), "denoiser": type(pipeline.denoiser.backbone).__name__,
+                        "forward_flops_per_image": flops, "parameters": parameters}
+        for scale in settings.guidance_scales:
+            runs.append(sample_arm(pipeline, name, scale, settings))
+            print(f"  sampled {runs[-1].key} in {runs[-1].seconds:.1f} s", flush=True)
+    scored = score_runs(runs, settings, device)
+    lines, records = verdict_lines(runs, scored["spread"]["std"])
+    grids = write_grids(runs, output_dir, "text_to_image_quality_pretrained", settings.grid_columns)
+    total_minutes = (time.perf_counter() - started) / 60
+    header = sampling_header(settings, scored, device, total_minutes)
+    models_line = "Pipelines (already trained; nothing trained here): " + "; ".join(
+        f"{name} = {model['dir']} ({model['denoiser']}, {model['parameters'] / 1e6:.2f} M parameters, forward "
+        f"{model['forward_flops_per_image'] / 1e6:.1f} M FLOPs per image)" for name, model in models.items()) + "."
+    table = results_table(runs, scored["spread"], scored["floor"])
+    note = scoring_note(scored)
+    print(f"\n{header}\n\n{models_line}\n\n{table}\n\n{note}\n\n" + "\n".join(lines))
+    machine = machine_description(device)
+    png = plot_runs(runs, scored["spread"], scored["floor"], output_dir / "text_to_image_quality_pretrained.png",
+                    f"Text-to-image digits, already trained pipelines, {scored['count']} images per point")
+    markdown_path = output_dir / "text_to_image_quality_pretrained.md"
+    markdown_path.write_text(
+        f"# Text-to-image quality of already trained pipelines ({'quick' if quick else 'full'} arms, "
+        f"{machine['date']}, device {device}, {total_minutes:.1f} min)\n\n{header}.\n\n{models_line}\n\n{table}\n\n"
+        f"{note}\n\n## Verdicts\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"
+    )
+    result = {
+        "settings": {**settings.__dict__, "prompts": PROMPTS, "seed": SEED, "resolution": scored["resolution"]},
+        "machine": machine,
+        "quick": quick,
+        "models": models,
+        "classifier_accuracy": scored["scorer"].heldout_accuracy,
+        "floor": {**scored["floor"], "spread": scored["spread"]},
+        "rows": [{"arm": r.key, "backbone": r.backbone, "w": r.scale, "seconds": r.seconds, **r.scores} for r in runs],
+        "verdicts": records,
+        "minutes": total_minutes,
+        "files": {"markdown": str(markdown_path), "png": str(png) if png else None, "grids": grids},
+    }
+    write_record(output_dir / "text_to_image_quality_pretrained.json", result)
+    return result
+
+
 @restores_torch_threads
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Train both backbones at equal compute, sample every (backbone, w) arm, score; write table, verdicts, plot, grids."""
     parser = common_arguments(__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, default=None,
                         help=f"where the two models are trained (default {DEFAULT_WORK_DIR}; --quick: a temporary directory)")
+    parser.add_argument("--pipeline", type=Path, action="append", default=None, metavar="PATH",
+                        help="score this already trained EDMTextToImagePipeline directory instead of training "
+                             "(repeatable); writes text_to_image_quality_pretrained.*")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     settings = QUICK if args.quick else FULL
@@ -267,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     diffusers_logging.set_verbosity_error()
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if args.pipeline:
+        return score_pretrained(args.pipeline, settings, device, output_dir, args.quick)
     started = time.perf_counter()
 
     runs: list[ArmRun] = []
@@ -284,22 +392,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for scale in settings.guidance_scales:
                 runs.append(sample_arm(pipeline, backbone, scale, settings))
                 print(f"  sampled {runs[-1].key} in {runs[-1].seconds:.1f} s", flush=True)
-    resolution = runs[0].images.shape[-1]
-
-    scorer = fit_digit_scorer(resolution, settings.classifier_epochs, device)
-    count = len(PROMPTS) * settings.per_prompt
-    real_index = scorer.real_in_label_order(count)
-    floor = scorer.frechet.score(scorer.split.train_images[real_index], scorer.split.train_labels[real_index])
-    spread = real_frechet_spread(scorer.frechet, scorer.split.train_images, scorer.split.train_labels, count)
-    for run in runs:
-        score_arm(run, scorer)
+    scored = score_runs(runs, settings, device)
+    resolution, scorer, count = scored["resolution"], scored["scorer"], scored["count"]
+    floor, spread = scored["floor"], scored["spread"]
     lines, records = verdict_lines(runs, spread["std"])
-
-    grids = {}
-    for run in runs:
-        by_prompt = [(PROMPTS[d], run.images[run.labels == d]) for d in range(len(PROMPTS))]
-        name = f"text_to_image_quality_grid_{run.backbone}_w{run.scale:g}.png"
-        grids[run.key] = str(budget_grid(by_prompt, output_dir / name, settings.grid_columns))
+    grids = write_grids(runs, output_dir, "text_to_image_quality", settings.grid_columns)
 
     total_minutes = (time.perf_counter() - started) / 60
     unet, pixart = models["unet"], models["pixart"]
@@ -312,14 +409,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                f"{unet['seconds'] / 60:.1f} min, pixart {pixart['seconds'] / 60:.1f} min (shared CPU: a rough figure); "
                f"final logged loss unet {unet['losses'][-1] if unet['losses'] else float('nan'):.4f}, pixart "
                f"{pixart['losses'][-1] if pixart['losses'] else float('nan'):.4f}.")
-    header = (f"Text-to-image on the embedded digits ({resolution}x{resolution}, pixels), prompts \"a handwritten 0\" ... "
-              f"\"a handwritten 9\", {settings.per_prompt} seeds per prompt ({count} images per arm, the same seeds in "
-              f"every arm), EDMHeunScheduler {settings.heun_steps} steps ({2 * settings.heun_steps - 1} guided calls), "
-              f"on {device} ({total_minutes:.1f} min)")
-    note = (f"Adherence: the scoring classifier's accuracy of reading the prompt's digit (held-out accuracy on real "
-            f"digits {scorer.heldout_accuracy * 100:.1f}%), +/- its binomial standard error sqrt(p(1-p)/n). Frechet: in "
-            f"that classifier's 64-d features, to the held-out real digits; the 'real digits' row is {count} real "
-            f"training digits, mean +/- std over {spread['draws']} class-balanced draws (the noise of a distance).")
+    header = sampling_header(settings, scored, device, total_minutes)
+    note = scoring_note(scored)
     table = results_table(runs, spread, floor)
     print(f"\n{header}\n\n{compute}\n\n{table}\n\n{note}\n\n" + "\n".join(lines))
 

@@ -340,8 +340,10 @@ def test_guidance_quality_weak_model_and_classifier_use_the_readme_data_and_trai
 # ------------------------------------------------------------------------------------------------ text-to-image (issue #16)
 @pytest.fixture(scope="module")
 def text_to_image(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    # --quick trains both backbones for 3 steps at 8x8 in a temporary directory and samples 2 images per prompt.
-    return text_to_image_quality.main(["--quick", "--output-dir", str(tmp_path_factory.mktemp("text_to_image"))])
+    # --quick trains both backbones for 3 steps at 8x8 and samples 2 images per prompt; --work-dir keeps the models
+    # for the --pipeline test.
+    return text_to_image_quality.main(["--quick", "--output-dir", str(tmp_path_factory.mktemp("text_to_image")),
+                                       "--work-dir", str(tmp_path_factory.mktemp("text_to_image_models"))])
 
 
 def test_text_to_image_quality_trains_both_backbones_at_equal_compute(text_to_image: dict) -> None:
@@ -388,6 +390,32 @@ def test_text_to_image_quality_writes_table_plot_and_a_grid_per_arm(text_to_imag
     assert len(files["grids"]) == len(text_to_image["rows"])
     for grid in files["grids"].values():
         assert Path(grid).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_text_to_image_quality_scores_a_trained_pipeline_with_the_same_arms(
+    text_to_image: dict, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    settings = text_to_image_quality.QUICK
+    unet_dir = Path(text_to_image["models"]["unet"]["dir"])
+    output_dir = tmp_path_factory.mktemp("text_to_image_pretrained")
+    result = text_to_image_quality.main(["--quick", "--pipeline", str(unet_dir), "--output-dir", str(output_dir)])
+    name = unet_dir.resolve().name
+    assert [(r["backbone"], r["w"]) for r in result["rows"]] == [(name, w) for w in settings.guidance_scales]
+    # The same prompts, seeds, sampler and scorer as the benchmark's own arms: the trained UNet scored through
+    # --pipeline gives the fixture's UNet rows exactly.
+    trained = [r for r in text_to_image["rows"] if r["backbone"] == "unet"]
+    for ours, theirs in zip(result["rows"], trained):
+        assert ours["images"] == theirs["images"] == settings.per_prompt * 10
+        assert ours["per_digit_accuracy"] == theirs["per_digit_accuracy"]
+        assert ours["frechet"] == pytest.approx(theirs["frechet"])
+    # guidance verdicts per pipeline only (no backbone comparison without both backbones)
+    assert [v["question"] for v in result["verdicts"]] == ["guidance raises adherence"] * (len(settings.guidance_scales) - 1)
+    files = result["files"]
+    assert Path(files["markdown"]).name == "text_to_image_quality_pretrained.md"
+    assert json.loads((output_dir / "text_to_image_quality_pretrained.json").read_text())["models"][name]["dir"] == str(unet_dir)
+    assert sorted(Path(g).name for g in files["grids"].values()) == sorted(
+        f"text_to_image_quality_pretrained_grid_{name}_w{w:g}.png" for w in settings.guidance_scales)
+    assert not (output_dir / "text_to_image_quality.json").exists()
 
 
 def test_text_to_image_quality_verdicts_use_the_paired_and_binomial_errors() -> None:
