@@ -14,6 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file
@@ -113,6 +115,32 @@ def test_fsdp2_accepts_the_default_options():
     check_sharded_run(_args(), _accelerator("fsdp"))
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    engine=st.sampled_from(["fsdp", "deepspeed", "ddp"]), fsdp_version=st.sampled_from([1, 2]),
+    zero_stage=st.sampled_from([1, 2, 3]), compile=st.booleans(), ema_type=st.sampled_from(["edm", "power"]),
+    task=st.sampled_from(["denoiser", "classifier"]),
+)
+def test_a_launch_is_refused_exactly_when_an_option_cannot_be_sharded(engine, fsdp_version, zero_stage, compile, ema_type, task):
+    # what cannot be sharded, stated independently: option -> the text the error must name
+    offending = {} if engine == "ddp" else {
+        "fsdp_version": engine == "fsdp" and fsdp_version != 2,
+        "--compile": engine == "fsdp" and compile,
+        "zero_stage 3": engine == "deepspeed" and zero_stage == 3,
+        "--ema_type power": ema_type == "power",
+        "--task classifier": task == "classifier",
+    }
+    named = [text for text, bad in offending.items() if bad]
+    arguments = _args(compile=compile, ema_type=ema_type, task=task)
+    accelerator = _accelerator(engine, fsdp_version=fsdp_version, zero_stage=zero_stage)
+    if not named:
+        check_sharded_run(arguments, accelerator)
+        return
+    with pytest.raises(ValueError) as raised:
+        check_sharded_run(arguments, accelerator)
+    assert any(text in str(raised.value) for text in named), (named, str(raised.value))
+
+
 # ------------------------------------------------------------------------------------------------ FSDP2 end to end
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -123,7 +151,9 @@ def _free_port() -> int:
 def _launch(launcher: list[str], arguments: list[str]) -> None:
     command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--main_process_port", str(_free_port()),
                str(SCRIPT), *arguments]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # always gloo on CPU (the shim of fsdp_training_script.py), also where CUDA is present; the GPU path is
+    # benchmarks/gpu_check_fsdp.sh's
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 

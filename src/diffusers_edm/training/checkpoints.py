@@ -363,7 +363,8 @@ def check_checkpoint_matches(
             with safe_open(str(path / "model.safetensors"), framework="pt") as handle:
                 saved = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
     except Exception as error:  # safetensors / torch.distributed.checkpoint raise their own types for a bad file
-        raise ValueError(f"Checkpoint {str(path)!r}: its model weights are unreadable ({error}).") from error
+        what = f"{SHARDED_MODEL_DIR} is not a readable sharded checkpoint" if sharded else "model.safetensors is not a safetensors file"
+        raise ValueError(f"Checkpoint {str(path)!r}: {what} ({error}).") from error
     missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
     if missing or unexpected:
         raise ValueError(
