@@ -154,7 +154,11 @@ def _launch(launcher: list[str], arguments: list[str]) -> None:
     # always gloo on CPU (the shim of fsdp_training_script.py), also where CUDA is present; the GPU path is
     # benchmarks/gpu_check_fsdp.sh's
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired as expired:
+        output = (expired.stdout or b"") + (expired.stderr or b"")
+        pytest.fail(f"the launch took over 600 s: {output[-4000:].decode(errors='replace')}")
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
 
