@@ -59,6 +59,8 @@ from packaging import version
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from .sharding import rank_state_stem
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -67,6 +69,10 @@ INCOMPLETE_SUFFIX = ".incomplete"
 MANIFEST_NAME = "manifest.json"
 STATE_TENSORS_NAME = "training_state.safetensors"
 STATE_JSON_NAME = "training_state.json"
+# Under FSDP, save_state writes the model as a torch.distributed.checkpoint folder (shards + .metadata) instead,
+# its tensors named "model.<name>".
+SHARDED_MODEL_DIR = "pytorch_model_fsdp_0"
+SHARDED_MODEL_METADATA = f"{SHARDED_MODEL_DIR}/.metadata"
 RUN_ARGUMENTS_NAME = "run_arguments.json"
 EXPORT_STAGING_NAME = ".export.incomplete"
 EXPORT_PREVIOUS_NAME = ".export.previous"
@@ -201,18 +207,18 @@ def join_state(skeleton: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     return skeleton
 
 
-def save_training_state(states: Mapping[str, Stateful], directory: str | os.PathLike) -> None:
-    """Write every ``states[name].state_dict()`` into ``training_state.safetensors`` and ``training_state.json``."""
+def save_training_state(states: Mapping[str, Stateful], directory: str | os.PathLike, stem: str = "training_state") -> None:
+    """Write every ``states[name].state_dict()`` into ``<stem>.safetensors`` and ``<stem>.json``."""
     directory = Path(directory)
     tensors, skeleton = split_state({name: obj.state_dict() for name, obj in states.items()})
-    save_file(tensors, str(directory / STATE_TENSORS_NAME))
-    (directory / STATE_JSON_NAME).write_text(json.dumps(skeleton, indent=1))
+    save_file(tensors, str(directory / f"{stem}.safetensors"))
+    (directory / f"{stem}.json").write_text(json.dumps(skeleton, indent=1))
 
 
-def read_training_state(directory: str | os.PathLike, names: list[str]) -> dict[str, Any]:
+def read_training_state(directory: str | os.PathLike, names: list[str], stem: str = "training_state") -> dict[str, Any]:
     """Read :func:`save_training_state`'s files (CPU tensors); ``ValueError`` naming a bad file or a state mismatch."""
     directory = Path(directory)
-    json_path, tensor_path = directory / STATE_JSON_NAME, directory / STATE_TENSORS_NAME
+    json_path, tensor_path = directory / f"{stem}.json", directory / f"{stem}.safetensors"
     try:
         skeleton = json.loads(json_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -278,7 +284,8 @@ def verify_checkpoint(path: str | os.PathLike) -> None:
         hashes = {name: str(entry["sha256"]) for name, entry in listed.items()}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
         raise ValueError(f"Checkpoint {str(path)!r}: {MANIFEST_NAME} is unreadable ({error!r}).") from error
-    for required in ("model.safetensors", STATE_TENSORS_NAME, STATE_JSON_NAME):
+    model_file = SHARDED_MODEL_METADATA if SHARDED_MODEL_METADATA in sizes else "model.safetensors"
+    for required in (model_file, STATE_TENSORS_NAME, STATE_JSON_NAME):
         if required not in sizes:
             raise ValueError(
                 f"Checkpoint {str(path)!r}: {MANIFEST_NAME} does not list {required}; not a checkpoint of this script."
@@ -341,15 +348,23 @@ def check_checkpoint_matches(
     up front.
     """
     path = Path(path)
-    if not (path / "model.safetensors").is_file():
+    sharded = (path / SHARDED_MODEL_METADATA).is_file()
+    if not (sharded or (path / "model.safetensors").is_file()):
         raise ValueError(f"Checkpoint {str(path)!r} has no model.safetensors: it is not a checkpoint of this script.")
     verify_checkpoint(path)
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     try:
-        with safe_open(str(path / "model.safetensors"), framework="pt") as handle:
-            saved = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
-    except Exception as error:  # safetensors raises its own error type for a malformed header
-        raise ValueError(f"Checkpoint {str(path)!r}: model.safetensors is not a safetensors file ({error}).") from error
+        if sharded:  # the full shapes, from the sharded checkpoint's metadata
+            from torch.distributed.checkpoint import FileSystemReader
+
+            metadata = FileSystemReader(str(path / SHARDED_MODEL_DIR)).read_metadata().state_dict_metadata
+            saved = {name.removeprefix("model."): tuple(entry.size) for name, entry in metadata.items() if hasattr(entry, "size")}
+        else:
+            with safe_open(str(path / "model.safetensors"), framework="pt") as handle:
+                saved = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except Exception as error:  # safetensors / torch.distributed.checkpoint raise their own types for a bad file
+        what = f"{SHARDED_MODEL_DIR} is not a readable sharded checkpoint" if sharded else "model.safetensors is not a safetensors file"
+        raise ValueError(f"Checkpoint {str(path)!r}: {what} ({error}).") from error
     missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
     if missing or unexpected:
         raise ValueError(
@@ -369,10 +384,12 @@ def check_checkpoint_matches(
 def save_checkpoint(
     accelerator: Accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None,
     states: Mapping[str, Stateful], arguments: Mapping[str, Any] | None = None,
+    rank_states: Mapping[str, Stateful] | None = None,
 ) -> Path:
     """``accelerator.save_state``, ``states`` and the run's ``arguments`` (``run_arguments.json``, when given) into a
     temporary directory, manifest it, rename it to ``checkpoint-{step}`` and keep the newest ``total_limit``
-    checkpoints.
+    checkpoints. ``rank_states`` (each process's own part of a sharded state, e.g. the EMA's shards) are written by
+    every process into ``training_state_rank<k>.*``.
 
     Every process must call this (Accelerate saves each process's RNG state).
     """
@@ -391,6 +408,8 @@ def save_checkpoint(
     failure = None
     try:
         accelerator.save_state(str(temporary))
+        if rank_states:
+            save_training_state(rank_states, temporary, rank_state_stem(accelerator.process_index))
         if accelerator.is_main_process:
             save_training_state(states, temporary)
             if arguments is not None:
@@ -552,7 +571,10 @@ def _refuse_code_in_pickles(path: Path) -> None:
                 )
 
 
-def load_checkpoint(accelerator: Accelerator, path: str | os.PathLike, states: Mapping[str, Stateful]) -> None:
+def load_checkpoint(
+    accelerator: Accelerator, path: str | os.PathLike, states: Mapping[str, Stateful],
+    rank_states: Mapping[str, Stateful] | None = None,
+) -> None:
     """Restore ``accelerator.load_state(path)`` (weights-only) and ``states``; call :func:`check_checkpoint_matches` first.
 
     Refuses, with a ``ValueError`` naming the file, this process's RNG state missing or unreadable (Accelerate would
@@ -577,8 +599,11 @@ def load_checkpoint(accelerator: Accelerator, path: str | os.PathLike, states: M
     if not (isinstance(rng_state, dict) and {"random_state", "numpy_random_seed", "torch_manual_seed"} <= set(rng_state)):
         raise ValueError(f"Checkpoint {str(path)!r}: {rng_file.name} does not hold Accelerate's RNG states.")
     state = read_training_state(path, list(states))
+    rank_state = read_training_state(path, list(rank_states), rank_state_stem(accelerator.process_index)) if rank_states else {}
     try:
         accelerator.load_state(str(path), load_kwargs={"weights_only": True})
     except pickle.UnpicklingError as error:
         raise ValueError(f"Checkpoint {str(path)!r}: weights-only loading refused a file: {error}") from error
     apply_training_state(states, state)
+    if rank_states:
+        apply_training_state(rank_states, rank_state)

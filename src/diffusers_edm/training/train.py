@@ -47,6 +47,7 @@ from .posthoc_ema import EMASnapshotWriter
 from .preemption import PreemptionWatch, TrainingPreempted
 from .streaming import ImageStream
 from .recipes import Export, Recipe, RecipeData, select_recipe
+from .sharding import check_sharded_run, gathered_model, local_shards, sharding_engine
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,9 @@ class Trainer:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
             dynamo_backend="inductor" if args.compile else None,
         )
+        check_sharded_run(args, self.accelerator)
+        # FSDP / DeepSpeed: the EMA and its checkpoints follow the model's shards (see training/sharding.py).
+        self.sharded = sharding_engine(self.accelerator) is not None
         set_seed(args.seed)
         self.progress = TrainingProgress()
         self.preemption = PreemptionWatch(self.accelerator, args.preemption_check_steps)
@@ -225,6 +229,8 @@ class Trainer:
         # The list is taken once: unwrapping the model on every step would sit in the hot loop for nothing.
         self.ema_parameters = list(self.unwrapped_model().parameters())
         self.trained_parameters = list(self.model.parameters())  # what the step walks, also taken once
+        if self.sharded:
+            self.ema_parameters = local_shards(self.ema_parameters)
         self.ema = make_ema(args, self.ema_parameters, self.global_batch)
         # --ema_type power: the snapshots of post-hoc EMA (None otherwise).
         self.snapshots = EMASnapshotWriter.for_run(
@@ -234,6 +240,8 @@ class Trainer:
             self.vae.to(accelerator.device)
         # Saved as safetensors + JSON by save_checkpoint, not registered with Accelerate (which pickles them).
         self.checkpointed = {"ema": self.ema, "lr_scheduler": self.lr_scheduler, "progress": self.progress, **self.recipe.states()}
+        # Sharded: each process saves its own EMA shards (training_state_rank<k>.*).
+        self.rank_checkpointed = {"ema": self.checkpointed.pop("ema")} if self.sharded else {}
 
         # Whether any loss since the last check was NaN/inf: updated on the device every step, read only at checks.
         self.non_finite_loss = torch.zeros((), dtype=torch.bool, device=accelerator.device)
@@ -251,7 +259,7 @@ class Trainer:
                 self.snapshots.discard_after(resumed_nimg)
         accelerator.wait_for_everyone()
         if resume_path is not None:
-            load_checkpoint(accelerator, resume_path, self.checkpointed)
+            load_checkpoint(accelerator, resume_path, self.checkpointed, self.rank_checkpointed)
             if self.progress.global_step != checkpoint_step(resume_path):
                 raise ValueError(f"Checkpoint {str(resume_path)!r} records step {self.progress.global_step}, not its name's.")
             logger.info("Resumed from %s at step %d", resume_path, self.progress.global_step)
@@ -366,7 +374,7 @@ class Trainer:
                 if step % args.checkpointing_steps == 0:
                     save_checkpoint(
                         accelerator, self.output_dir, step, args.checkpoints_total_limit, self.checkpointed,
-                        self.run_arguments,
+                        self.run_arguments, self.rank_checkpointed,
                     )
                 if self.preemption.requested(step):
                     self._stop_preempted(step, checkpointed=step % args.checkpointing_steps == 0)
@@ -385,7 +393,7 @@ class Trainer:
             self._check_finite(step)
             save_checkpoint(
                 self.accelerator, self.output_dir, step, self.args.checkpoints_total_limit, self.checkpointed,
-                self.run_arguments,
+                self.run_arguments, self.rank_checkpointed,
             )
         stop = TrainingPreempted(signum, step, self.output_dir / f"checkpoint-{step}")
         logger.warning("%s", stop)
@@ -401,7 +409,7 @@ class Trainer:
         """Stop with :class:`NonFiniteTrainingError` if a loss since the last check, or a weight or EMA weight now,
         is NaN/inf on any process. One host synchronisation; called only before what logs, checkpoints, snapshots,
         validates or exports (not per step), so it names the first such step at or after the one that went wrong."""
-        tensors = [*self.model.parameters(), *self._ema_tensors()]
+        tensors = [*self.ema_parameters, *self._ema_tensors()]  # the weights (sharded: this process's shards)
         weights_finite = torch.stack([torch.isfinite(tensor).all() for tensor in tensors]).all()
         flags = torch.stack([self.non_finite_loss, ~weights_finite]).to(torch.int32).reshape(1, 2)
         loss_bad, weights_bad = (bool(flag) for flag in self.accelerator.gather(flags).amax(dim=0).tolist())
@@ -421,13 +429,14 @@ class Trainer:
     def _with_ema_weights(self, function):
         model = self.unwrapped_model()
         was_training = model.training
-        self.ema.store(model.parameters())
-        self.ema.copy_to(model.parameters())
+        self.ema.store(self.ema_parameters)
+        self.ema.copy_to(self.ema_parameters)
         model.eval()
         try:
-            return function(model)
+            # Sharded: the full EMA model, gathered onto the main process (the others keep their shards).
+            return function((gathered_model(self.accelerator, self.model) if self.sharded else None) or model)
         finally:
-            self.ema.restore(model.parameters())
+            self.ema.restore(self.ema_parameters)
             model.train(was_training)
 
     def _validate(self, step: int) -> None:
