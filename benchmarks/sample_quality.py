@@ -178,7 +178,7 @@ def train_diffusers_recipe(settings: QualitySettings, data_dir: Path, device: to
     model = make_backbone("unet", "tiny", settings.resolution, 1, False, NUM_CLASSES).to(device)
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     dataset = ImageDataset(load_image_dataset(train_data_dir=str(data_dir)), "image", settings.resolution, 1, True, "label", SEED)
-    loader_args = argparse.Namespace(train_batch_size=settings.batch, dataloader_num_workers=0, seed=SEED)
+    loader_args = argparse.Namespace(train_batch_size=settings.batch, dataloader_num_workers=0, seed=SEED, caption_column=None)
     dataloader = package_training.make_dataloader(dataset, loader_args)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
