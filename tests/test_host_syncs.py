@@ -202,3 +202,22 @@ def test_ddp_does_not_broadcast_the_iddpm_table(tmp_path):
         assert list(wrapped.modules_buffers) == [] and not wrapped.will_sync_module_buffers()
     finally:
         torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("kind", ["sd_epsilon", "sdxl_text_time"])
+def test_pretrained_discrete_vp_denoiser_forward_makes_no_host_synchronisation(kind, tmp_path):
+    """The fractional timestep is interpolated on the device from the table buffer; SDXL's pooled vector is split on
+    the device."""
+    from diffusers_edm import pretrained_denoiser
+    from tiny_stable_diffusion import make_tiny_sd_pipeline, make_tiny_sdxl_base_pipeline
+
+    pipe = (make_tiny_sd_pipeline if kind == "sd_epsilon" else make_tiny_sdxl_base_pipeline)(tmp_path)
+    model = pretrained_denoiser(pipe.unet, pipe.scheduler)
+    extra = {"encoder_hidden_states": torch.randn(2, 3, model.context_width)}
+    if model.pooled_text_width is not None:
+        extra["pooled_text_embeds"] = torch.randn(2, model.pooled_text_width)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad(), count_host_syncs() as syncs:
+        model(x, torch.tensor([0.3, 7.0], dtype=torch.float64), **extra)
+        model(x, 0.7, **extra)
+    assert syncs.count == 0, syncs.calls

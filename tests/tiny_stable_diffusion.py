@@ -12,6 +12,10 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
+    DDIMScheduler,
+    EDMDPMSolverMultistepScheduler,
+    EDMEulerScheduler,
+    EulerDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
@@ -33,6 +37,51 @@ SD15_SCHEDULER_CONFIG = {
     "trained_betas": None,
     "clip_sample": False,
 }
+
+
+# Stable Diffusion 2.x (stabilityai/stable-diffusion-2-1, scheduler/scheduler_config.json): the SD table, v-prediction.
+SD2_SCHEDULER_CONFIG = {
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
+
+# SDXL (stabilityai/stable-diffusion-xl-base-1.0, scheduler/scheduler_config.json).
+SDXL_SCHEDULER_CONFIG = {
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+}
+
+# An EDM-formulated SDXL (playgroundai/playground-v2.5-1024px-aesthetic, scheduler/scheduler_config.json).
+PLAYGROUND_SCHEDULER_CONFIG = {
+    "algorithm_type": "dpmsolver++",
+    "final_sigmas_type": "zero",
+    "lower_order_final": True,
+    "prediction_type": "epsilon",
+    "rho": 7.0,
+    "sigma_data": 0.5,
+    "sigma_max": 80.0,
+    "sigma_min": 0.002,
+    "solver_order": 2,
+    "solver_type": "midpoint",
+}
+
+# A CosXL-style EDM formulation: v-prediction with sigma_data 1 (stabilityai/cosxl's EDMEulerScheduler settings).
+COSXL_SCHEDULER_CONFIG = {"prediction_type": "v_prediction", "sigma_data": 1.0, "sigma_min": 0.002, "sigma_max": 120.0}
 
 
 def _byte_level_alphabet() -> list[str]:
@@ -118,6 +167,38 @@ def make_tiny_sdxl_pipeline(tmp_dir: Path, scheduler) -> StableDiffusionXLPipeli
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def make_tiny_sd2_pipeline(tmp_dir: Path) -> StableDiffusionPipeline:
+    """A StableDiffusionPipeline in SD 2.x form (linear attention projections, v-prediction DDIM config)."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32), layers_per_block=1, sample_size=IMAGE_SIZE // 2, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8,
+    )
+    pipe = StableDiffusionPipeline(
+        unet=unet.eval(), vae=_vae().eval(), text_encoder=CLIPTextModel(_text_config()).eval(),
+        tokenizer=make_clip_tokenizer(tmp_dir / "tokenizer"), scheduler=DDIMScheduler.from_config(SD2_SCHEDULER_CONFIG),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def make_tiny_sdxl_base_pipeline(tmp_dir: Path) -> StableDiffusionXLPipeline:
+    """The tiny SDXL with SDXL's own EulerDiscreteScheduler config (a discrete VP table, epsilon)."""
+    return make_tiny_sdxl_pipeline(tmp_dir, EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG))
+
+
+def make_tiny_edm_sdxl_pipeline(tmp_dir: Path, cosxl: bool = False) -> StableDiffusionXLPipeline:
+    """The tiny SDXL in EDM's formulation: Playground v2.5's EDMDPMSolverMultistepScheduler config (sigma_data 0.5),
+    or with ``cosxl`` CosXL's v-prediction EDMEulerScheduler config (sigma_data 1)."""
+    scheduler = (
+        EDMEulerScheduler.from_config(COSXL_SCHEDULER_CONFIG) if cosxl
+        else EDMDPMSolverMultistepScheduler.from_config(PLAYGROUND_SCHEDULER_CONFIG)
+    )
+    return make_tiny_sdxl_pipeline(tmp_dir, scheduler)
 
 
 class CallRecorder:

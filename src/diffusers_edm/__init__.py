@@ -23,6 +23,8 @@ from .losses import (
     vlb_term_bits,
 )
 from .models import (
+    DiscreteVPPrecond,
+    EDMFormulatedPrecond,
     EDMPrecond,
     IDDPMPrecond,
     LatentCodec,
@@ -33,6 +35,8 @@ from .models import (
     Preconditioning,
     VEPrecond,
     VPPrecond,
+    checkpoint_formulation,
+    pretrained_denoiser,
 )
 from .pipelines import (
     EDMPipeline,
@@ -41,6 +45,7 @@ from .pipelines import (
     LearnedVarianceTextToImagePipeline,
     PromptEncoder,
 )
+from .pipelines.stable_diffusion_export import export_stable_diffusion
 from .schedulers import (
     EDMHeunDiscreteScheduler,
     EDMHeunScheduler,
@@ -62,7 +67,9 @@ __all__ = [
     "BitsPerDimOutput",
     "DenoisingLossOutput",
     "DiscreteGaussianDiffusion",
+    "DiscreteVPPrecond",
     "EDMEMAModel",
+    "EDMFormulatedPrecond",
     "EDMHeunDiscreteScheduler",
     "EDMHeunScheduler",
     "EDMMultistepDiscreteScheduler",
@@ -94,10 +101,13 @@ __all__ = [
     "VPLoss",
     "VPPrecond",
     "bits_per_dim",
+    "checkpoint_formulation",
     "create_timestep_sampler",
     "discretized_gaussian_log_likelihood",
+    "export_stable_diffusion",
     "hybrid_loss",
     "normal_kl",
+    "pretrained_denoiser",
     "prior_bits",
     "space_timesteps",
     "vlb_term_bits",

@@ -100,6 +100,23 @@ def sigmas_from_betas(betas: np.ndarray) -> np.ndarray:
     return np.sqrt((1.0 - alphas_cumprod) / alphas_cumprod)
 
 
+def table_timestep(log_sigma: torch.Tensor, log_table_sigmas: torch.Tensor) -> torch.Tensor:
+    """Fractional training timestep of each noise level of a discrete VP table: linear interpolation of ``log sigma``
+    over the table's increasing ``log sigma_t`` (timestep ``t`` at entry ``t``), clamped to the table's ends.
+
+    ``t = i + (log sigma - log sigma_i) / (log sigma_{i+1} - log sigma_i)`` with ``sigma_i <= sigma < sigma_{i+1}``,
+    so a table level gives exactly its integer timestep. Runs where the tensors live (host or device), in the
+    promoted dtype of the two, without a look at the values (no host synchronisation).
+    """
+    dtype = torch.promote_types(log_sigma.dtype, log_table_sigmas.dtype)
+    table = log_table_sigmas.to(device=log_sigma.device, dtype=dtype)
+    value = torch.clamp(log_sigma.to(dtype), min=table[0], max=table[-1])
+    # Index i of the interval [log sigma_i, log sigma_{i+1}] holding the value; the last level falls in the last one.
+    lower = (torch.searchsorted(table, value, right=True) - 1).clamp(0, table.shape[0] - 2)
+    low, high = table[lower], table[lower + 1]
+    return lower.to(dtype) + (value - low) / (high - low)
+
+
 # --------------------------------------------------------------------------------------------
 # Continuous-time schedules of EDM's generalized sampler
 # --------------------------------------------------------------------------------------------

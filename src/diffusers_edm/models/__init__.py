@@ -11,8 +11,11 @@ from .preconditioned_denoisers import (
     VPPrecond,
 )
 from .preconditioning import Preconditioning
+from .pretrained_denoisers import DiscreteVPPrecond, EDMFormulatedPrecond, checkpoint_formulation, pretrained_denoiser
 
 __all__ = [
+    "DiscreteVPPrecond",
+    "EDMFormulatedPrecond",
     "EDMPrecond",
     "IDDPMPrecond",
     "LatentCodec",
@@ -23,4 +26,6 @@ __all__ = [
     "Preconditioning",
     "VEPrecond",
     "VPPrecond",
+    "checkpoint_formulation",
+    "pretrained_denoiser",
 ]

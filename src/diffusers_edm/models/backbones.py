@@ -11,7 +11,11 @@ of text embeddings (``encoder_hidden_states``). A pooled text vector is added to
 has an input for it (GLIDE, Nichol et al. 2022, section 2.3, projects the final token's state): a
 ``UNet2DConditionModel`` with ``class_embed_type="projection"`` or ``"simple_projection"`` takes it in place of class
 labels. A UNet with ``addition_embed_type="text"`` pools the sequence itself (its ``TextTimeEmbedding`` reads
-``encoder_hidden_states``), so it needs nothing more.
+``encoder_hidden_states``), so it needs nothing more. SDXL's ``addition_embed_type="text_time"`` (Podell et al. 2023,
+section 2.2) adds the second text encoder's pooled embedding and the six micro-conditioning numbers
+``(orig_h, orig_w, crop_top, crop_left, target_h, target_w)``: here they travel as one pooled vector, the pooled
+embedding followed by those six numbers, split into diffusers' ``added_cond_kwargs`` only when the UNet is called (so
+guidance batches and caption dropout treat them as one vector).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ SUPPORTED_BACKBONES: dict[str, type[torch.nn.Module]] = {
 
 #: UNet2DConditionModel class-embedding types that project a vector (here: the pooled text embedding), not label ids.
 POOLED_EMBED_TYPES = ("projection", "simple_projection")
+#: SDXL's micro-conditioning numbers per sample: ``(orig_h, orig_w, crop_top, crop_left, target_h, target_w)``.
+SDXL_TIME_IDS = 6
 
 
 def backbone_class(name: str) -> type[torch.nn.Module]:
@@ -164,7 +170,18 @@ def pooled_text_width(backbone: torch.nn.Module) -> int | None:
     ``projection_class_embeddings_input_dim`` channels."""
     if isinstance(backbone, UNet2DConditionModel) and backbone.config.class_embed_type in POOLED_EMBED_TYPES:
         return int(backbone.config.projection_class_embeddings_input_dim)
+    if takes_sdxl_time_ids(backbone):
+        # The add embedding reads the pooled text embedding and the Fourier features of the six micro-conditions.
+        config = backbone.config
+        text_width = int(config.projection_class_embeddings_input_dim) - SDXL_TIME_IDS * int(config.addition_time_embed_dim)
+        return text_width + SDXL_TIME_IDS
     return None
+
+
+def takes_sdxl_time_ids(backbone: torch.nn.Module) -> bool:
+    """Whether the backbone is an SDXL UNet (``addition_embed_type="text_time"``): its pooled vector ends with the
+    :data:`SDXL_TIME_IDS` micro-conditioning numbers."""
+    return isinstance(backbone, UNet2DConditionModel) and backbone.config.addition_embed_type == "text_time"
 
 
 #: ``call(module, sample, noise_label, class_labels, encoder_hidden_states, pooled_text_embeds=None)``.
@@ -179,12 +196,18 @@ def _call_unet_condition(
     encoder_hidden_states: torch.Tensor | None,
     pooled_text_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    # A UNet with a projection class embedding reads the pooled text vector where others read label ids.
-    if pooled_text_embeds is not None:
+    added_cond_kwargs = None
+    if pooled_text_embeds is not None and module.config.addition_embed_type == "text_time":
+        # SDXL: the pooled vector is the pooled text embedding followed by the six micro-conditioning numbers.
+        added_cond_kwargs = {
+            "text_embeds": pooled_text_embeds[:, :-SDXL_TIME_IDS], "time_ids": pooled_text_embeds[:, -SDXL_TIME_IDS:]
+        }
+    elif pooled_text_embeds is not None:
+        # A UNet with a projection class embedding reads the pooled text vector where others read label ids.
         class_labels = pooled_text_embeds
     return module(
         sample, timestep=noise_label, encoder_hidden_states=encoder_hidden_states, class_labels=class_labels,
-        return_dict=False,
+        added_cond_kwargs=added_cond_kwargs, return_dict=False,
     )[0]
 
 

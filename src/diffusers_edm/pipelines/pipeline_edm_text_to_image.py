@@ -37,7 +37,9 @@ from ..guidance import (
     check_guidance_scale,
 )
 from ..guidance.guided_denoiser import GuidanceTerm
-from ..models import PreconditionedDenoiser
+from ..models import PreconditionedDenoiser, pretrained_denoiser
+from ..models.backbones import takes_sdxl_time_ids
+from ..schedulers import EDMMultistepScheduler
 from ..schedulers.planned_schedule import check_generator
 from ..value_checks import check_integer
 from .model_card import TrainingRecord, build_model_card
@@ -48,6 +50,7 @@ from .prompt_encoding import (
     check_context_width,
     check_latents_count,
     check_empty_prompt,
+    sdxl_time_ids,
     text_hidden_size,
 )
 
@@ -55,10 +58,11 @@ USAGE_EXAMPLE_PROMPTS = ["a photograph of an astronaut riding a horse"]
 
 
 def check_text_components(
-    denoiser: PreconditionedDenoiser, text_encoder: torch.nn.Module, guidance_denoiser: PreconditionedDenoiser | None
+    denoiser: PreconditionedDenoiser, text_encoder: torch.nn.Module, guidance_denoiser: PreconditionedDenoiser | None,
+    text_encoder_2: torch.nn.Module | None = None,
 ) -> None:
-    """``ValueError`` naming both sides unless the text encoder's hidden states fit the denoiser's cross-attention
-    (and the weak ``guidance_denoiser``'s, which must model the same data)."""
+    """``ValueError`` naming both sides unless the text encoder's hidden states (SDXL: both encoders', concatenated)
+    fit the denoiser's cross-attention (and the weak ``guidance_denoiser``'s, which must model the same data)."""
     backbone = denoiser.config.backbone_class
     if not denoiser.uses_cross_attention:
         raise ValueError(
@@ -70,10 +74,17 @@ def check_text_components(
             f"EDMTextToImagePipeline conditions on text only; the denoiser has num_classes={denoiser.config.num_classes} "
             "(use EDMPipeline with encoder_hidden_states for a class- and text-conditional model)."
         )
+    encoders = [text_encoder] if text_encoder_2 is None else [text_encoder, text_encoder_2]
     check_context_width(
-        text_hidden_size(text_encoder), denoiser.context_width,
-        source=f"The text encoder {type(text_encoder).__name__} (hidden size)", target=f"the denoiser's {backbone}",
+        sum(text_hidden_size(encoder) for encoder in encoders), denoiser.context_width,
+        source=f"The text encoder {' + '.join(type(encoder).__name__ for encoder in encoders)} (hidden size)",
+        target=f"the denoiser's {backbone}",
     )
+    if takes_sdxl_time_ids(denoiser.backbone) and text_encoder_2 is None:
+        raise ValueError(
+            f"The denoiser's {backbone} is an SDXL UNet (addition_embed_type='text_time'): it needs SDXL's second "
+            "tokenizer and text encoder (tokenizer_2, text_encoder_2) for its pooled text vector."
+        )
     if guidance_denoiser is not None:
         check_guidance_denoiser(denoiser, guidance_denoiser)
         check_context_width(
@@ -100,14 +111,19 @@ class EDMTextToImagePipeline(TextPromptsMixin, EDMSamplingPipeline):
         empty_prompt: the unconditional input's convention, ``"encode"`` or ``"zeros"`` (saved in the config; use
             the one the model was trained with).
         latent_space: whether samples are latents (default: whether a vae is given).
+        tokenizer_2, text_encoder_2: SDXL's second tokenizer and text encoder (``CLIPTextModelWithProjection``); the
+            denoiser then reads both encoders' penultimate hidden states, concatenated, and a pooled vector made of
+            the second encoder's ``text_embeds`` and SDXL's micro-conditioning numbers.
+
+    :meth:`from_stable_diffusion` builds one over a loaded ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline``.
 
     ``guidance_scale = w != 1`` without a ``guidance_denoiser`` is classifier-free guidance against the negative
     prompt or the empty prompt (module docstring); with one it is autoguidance. ``guidance_interval`` limits either
     to ``sigma_lo < sigma <= sigma_hi`` (Kynkaenniemi et al. 2024).
     """
 
-    model_cpu_offload_seq = "text_encoder->denoiser->guidance_denoiser->vae"
-    _optional_components = ["vae", "guidance_denoiser"]
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->denoiser->guidance_denoiser->vae"
+    _optional_components = ["vae", "guidance_denoiser", "tokenizer_2", "text_encoder_2"]
 
     def __init__(
         self,
@@ -119,16 +135,65 @@ class EDMTextToImagePipeline(TextPromptsMixin, EDMSamplingPipeline):
         guidance_denoiser: PreconditionedDenoiser | None = None,
         empty_prompt: str = "encode",
         latent_space: bool | None = None,
+        tokenizer_2: Any = None,
+        text_encoder_2: torch.nn.Module | None = None,
     ):
         super().__init__()
         latent_space = self._register_sampling_components(denoiser, scheduler, vae, latent_space)
         empty_prompt = check_empty_prompt(empty_prompt)
-        check_text_components(denoiser, text_encoder, guidance_denoiser)
+        check_text_components(denoiser, text_encoder, guidance_denoiser, text_encoder_2)
         self.register_modules(
             denoiser=denoiser, scheduler=scheduler, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
-            guidance_denoiser=guidance_denoiser,
+            guidance_denoiser=guidance_denoiser, tokenizer_2=tokenizer_2, text_encoder_2=text_encoder_2,
         )
         self.register_to_config(empty_prompt=empty_prompt, latent_space=latent_space)
+
+    @classmethod
+    def from_stable_diffusion(
+        cls, pipe: DiffusionPipeline, scheduler: SchedulerMixin | None = None
+    ) -> "EDMTextToImagePipeline":
+        """The package's text pipeline over a loaded ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``
+        (its modules are shared, not copied), so the package's samplers and guidance run on the checkpoint.
+
+        The denoiser is :func:`~diffusers_edm.models.pretrained_denoiser` of ``pipe.unet`` and ``pipe.scheduler``
+        (a discrete VP table, or an EDM formulation); the empty prompt is ``"zeros"`` for an SDXL pipeline whose
+        config has ``force_zeros_for_empty_prompt``, else ``"encode"`` (``""`` through the text encoder(s)), as the
+        checkpoint's own pipeline does. ``scheduler`` defaults to :class:`~diffusers_edm.EDMMultistepScheduler`
+        (each call samples within the denoiser's noise range).
+        """
+        for name in ("unet", "scheduler", "tokenizer", "text_encoder"):
+            if getattr(pipe, name, None) is None:
+                raise ValueError(
+                    f"from_stable_diffusion needs a Stable Diffusion (XL) pipeline with a {name}; "
+                    f"{type(pipe).__name__} has none."
+                )
+        text_encoder_2 = getattr(pipe, "text_encoder_2", None)
+        force_zeros = text_encoder_2 is not None and bool(pipe.config.get("force_zeros_for_empty_prompt", False))
+        if scheduler is None:
+            scheduler = EDMMultistepScheduler()
+        return cls(
+            denoiser=pretrained_denoiser(pipe.unet, pipe.scheduler), scheduler=scheduler, tokenizer=pipe.tokenizer,
+            text_encoder=pipe.text_encoder, vae=getattr(pipe, "vae", None), empty_prompt="zeros" if force_zeros else "encode",
+            tokenizer_2=getattr(pipe, "tokenizer_2", None), text_encoder_2=text_encoder_2,
+        )
+
+    def _micro_conditioning(
+        self,
+        original_size: tuple[int, int] | None,
+        crops_coords_top_left: tuple[int, int],
+        target_size: tuple[int, int] | None,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> torch.Tensor | None:
+        """SDXL's ``add_time_ids`` for this call (``None`` for other backbones): sizes in pixels, default the size
+        generated (the denoiser's sample size times the vae's scale factor), crop ``(0, 0)``, as diffusers' SDXL
+        pipeline."""
+        if not takes_sdxl_time_ids(self.denoiser.backbone):
+            return None
+        height, width = (size * self.vae_scale_factor for size in self.denoiser.sample_size)
+        return sdxl_time_ids(
+            original_size or (height, width), crops_coords_top_left, target_size or (height, width), device, dtype
+        )
 
     # ------------------------------------------------------------------------------------------ guidance
     def _guided_denoiser(
@@ -181,6 +246,9 @@ class EDMTextToImagePipeline(TextPromptsMixin, EDMSamplingPipeline):
         clip_tokenizer: Any = None,
         clip_guidance_scale: float | None = None,
         clip_image_processor: Any = None,
+        original_size: tuple[int, int] | None = None,
+        crops_coords_top_left: tuple[int, int] = (0, 0),
+        target_size: tuple[int, int] | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Generate images from prompts (the call conventions of diffusers' ``StableDiffusionPipeline``).
 
@@ -210,6 +278,9 @@ class EDMTextToImagePipeline(TextPromptsMixin, EDMSamplingPipeline):
                 ``NoiseAwareCLIPModel``), its tokenizer, ``s`` in ``[0, 1000]`` (0: off, exactly the unguided images)
                 and optionally its ``CLIPImageProcessor`` (mean and std); adds ``s sigma^2 grad_x cos(E_img(D(x;
                 sigma)), E_txt(prompt))`` at guided calls, with ``D`` decoded by the vae for latents.
+            original_size, crops_coords_top_left, target_size: SDXL's micro-conditioning (pixels; default: the size
+                generated, crop ``(0, 0)``), appended to the pooled vector of both guidance halves; ignored by other
+                backbones. ``pooled_prompt_embeds`` are the second text encoder's part only, as in diffusers.
 
         Every argument is checked here, once per call; the sampling loop never waits for the device.
         """
@@ -220,8 +291,11 @@ class EDMTextToImagePipeline(TextPromptsMixin, EDMSamplingPipeline):
         guidance_scale = check_guidance_scale(guidance_scale)
         guidance_interval = check_guidance_interval(guidance_interval)
         # Components may have been swapped since __init__ (pipe.register_modules, from_pretrained overrides).
-        check_text_components(self.denoiser, self.text_encoder, self.guidance_denoiser)
+        check_text_components(self.denoiser, self.text_encoder, self.guidance_denoiser, self.text_encoder_2)
         device = self._execution_device
+        time_ids = self._micro_conditioning(
+            original_size, crops_coords_top_left, target_size, device, self.denoiser.dtype
+        )
         classifier_free = guidance_scale != 1.0 and self.guidance_denoiser is None
         conditional, unconditional = self.encode_prompt(
             prompt, prompt_embeds, pooled_prompt_embeds, negative_prompt, negative_prompt_embeds,
@@ -234,6 +308,9 @@ class EDMTextToImagePipeline(TextPromptsMixin, EDMSamplingPipeline):
         if latents is not None:
             check_latents(latents, shape)
         check_generator(generator, batch_size)
+        if time_ids is not None:
+            conditional = conditional.with_time_ids(time_ids)
+            unconditional = None if unconditional is None else unconditional.with_time_ids(time_ids)
         conditional, unconditional = self.embeddings_for_model(
             conditional, unconditional, num_images_per_prompt, self.denoiser.pooled_text_width,
             f"The denoiser's {self.denoiser.config.backbone_class}",

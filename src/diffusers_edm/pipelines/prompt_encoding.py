@@ -11,6 +11,12 @@ Two conventions are in use, recorded in the pipeline's config as ``empty_prompt`
 
 - ``"encode"``: the empty string ``""`` encoded by the text encoder (Stable Diffusion 1.x / 2.x);
 - ``"zeros"``: all-zero sequence and pooled embeddings of the same shapes (SDXL's ``force_zeros_for_empty_prompt``).
+
+SDXL (Podell et al. 2023, section 2.1) has two tokenizers and text encoders: the sequence is the concatenation (along
+the channels) of both encoders' penultimate hidden states, the pooled vector the second encoder's projected final
+token (``text_embeds``). Its UNet also reads six micro-conditioning numbers (section 2.2),
+``add_time_ids = (orig_h, orig_w, crop_top, crop_left, target_h, target_w)``: :func:`sdxl_time_ids` builds them and
+:meth:`PromptEmbeddings.with_time_ids` appends them to the pooled vector, the form the package's denoisers take.
 """
 
 from __future__ import annotations
@@ -108,6 +114,15 @@ class PromptEmbeddings:
             None if self.pooled is None else torch.cat([self.pooled, other.pooled]),
         )
 
+    def with_time_ids(self, time_ids: torch.Tensor) -> "PromptEmbeddings":
+        """SDXL: the pooled vector followed by the micro-conditioning numbers ``time_ids`` (``(6,)`` for every row,
+        or ``(B, 6)``), the pooled input of a denoiser over an SDXL UNet (``addition_embed_type="text_time"``)."""
+        if self.pooled is None:
+            raise ValueError("SDXL's micro-conditioning needs a pooled text vector (the second text encoder's).")
+        time_ids = time_ids.to(device=self.pooled.device, dtype=self.pooled.dtype)
+        time_ids = time_ids.reshape(-1, time_ids.shape[-1]).expand(len(self), time_ids.shape[-1])
+        return PromptEmbeddings(self.embeds, torch.cat([self.pooled, time_ids], dim=1))
+
     def where(self, replace: torch.Tensor, replacement: "PromptEmbeddings") -> "PromptEmbeddings":
         """Rows of ``replacement`` where ``replace`` (a ``(B,)`` bool tensor) is true, else these rows: caption dropout
         with ``replacement = encoder.empty(B, ...)``, decided on the device (no host synchronisation)."""
@@ -124,6 +139,39 @@ class PromptEmbeddings:
         return PromptEmbeddings(embeds, pooled)
 
 
+def sequence_length(tokenizer, text_encoder: torch.nn.Module, name: str = "tokenizer") -> int:
+    """The tokenizer's ``model_max_length`` (the padded prompt length); ``ValueError`` naming it unless it is a
+    length the text encoder can read."""
+    length = getattr(tokenizer, "model_max_length", None)
+    if not isinstance(length, int) or not 0 < length <= MAX_SEQUENCE_LENGTH:
+        raise ValueError(
+            f"The {name}'s model_max_length must be the text encoder's sequence length (1..{MAX_SEQUENCE_LENGTH}), "
+            f"got {length!r}; set it in its tokenizer_config.json."
+        )
+    positions = getattr(text_encoder.config, "max_position_embeddings", None)
+    if positions is not None and length > positions:
+        raise ValueError(
+            f"The {name} pads prompts to model_max_length={length} tokens but the text encoder "
+            f"{type(text_encoder).__name__} has max_position_embeddings={positions}."
+        )
+    return length
+
+
+def sdxl_time_ids(
+    original_size: tuple[int, int], crops_coords_top_left: tuple[int, int], target_size: tuple[int, int],
+    device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """SDXL's micro-conditioning ``(orig_h, orig_w, crop_top, crop_left, target_h, target_w)`` as a ``(6,)`` tensor
+    (Podell et al. 2023, section 2.2; built once per call or batch, on the host)."""
+    values = [*original_size, *crops_coords_top_left, *target_size]
+    if len(values) != 6 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(
+            "SDXL's micro-conditioning needs original_size, crops_coords_top_left and target_size as pairs of numbers, "
+            f"got {original_size!r}, {crops_coords_top_left!r}, {target_size!r}."
+        )
+    return torch.tensor(values, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
 class PromptEncoder:
     """Tokenizer + frozen text encoder + the empty-prompt convention (see the module docstring).
 
@@ -133,36 +181,51 @@ class PromptEncoder:
             ``T5EncoderModel``, ...); its ``last_hidden_state`` is the sequence, its ``pooler_output`` (or
             ``text_embeds`` for CLIP with projection) the pooled vector, where it has one.
         empty_prompt: ``"encode"`` or ``"zeros"``, the unconditional input's convention.
+        tokenizer_2, text_encoder_2: SDXL's second tokenizer and text encoder (``CLIPTextModelWithProjection``).
+            With them the sequence is both encoders' penultimate hidden states concatenated along the channels, and
+            the pooled vector the second encoder's ``text_embeds``.
     """
 
-    def __init__(self, tokenizer, text_encoder: torch.nn.Module, empty_prompt: str = "encode"):
+    def __init__(
+        self, tokenizer, text_encoder: torch.nn.Module, empty_prompt: str = "encode", tokenizer_2=None,
+        text_encoder_2: torch.nn.Module | None = None,
+    ):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
+        self.tokenizer_2 = tokenizer_2
+        self.text_encoder_2 = text_encoder_2
         self.empty_prompt = check_empty_prompt(empty_prompt)
-        length = getattr(tokenizer, "model_max_length", None)
-        if not isinstance(length, int) or not 0 < length <= MAX_SEQUENCE_LENGTH:
+        if (tokenizer_2 is None) != (text_encoder_2 is None):
             raise ValueError(
-                f"The tokenizer's model_max_length must be the text encoder's sequence length (1..{MAX_SEQUENCE_LENGTH}), "
-                f"got {length!r}; set it in its tokenizer_config.json."
+                "SDXL's second text encoder needs its tokenizer: give both tokenizer_2 and text_encoder_2 or neither, "
+                f"got tokenizer_2={type(tokenizer_2).__name__} and text_encoder_2={type(text_encoder_2).__name__}."
             )
-        positions = getattr(text_encoder.config, "max_position_embeddings", None)
-        if positions is not None and length > positions:
-            raise ValueError(
-                f"The tokenizer pads prompts to model_max_length={length} tokens but the text encoder "
-                f"{type(text_encoder).__name__} has max_position_embeddings={positions}."
-            )
-        self.max_length = length
+        self.max_length = sequence_length(tokenizer, text_encoder)
+        if text_encoder_2 is not None:
+            length_2 = sequence_length(tokenizer_2, text_encoder_2, "tokenizer_2")
+            if length_2 != self.max_length:
+                raise ValueError(
+                    f"SDXL's two tokenizers must pad to the same length (their sequences are concatenated along the "
+                    f"channels), got model_max_length {self.max_length} and {length_2}."
+                )
         # The one-row empty-prompt embeddings per (device, dtype): encoded once, then only expanded.
         self._empty: dict[tuple[torch.device, torch.dtype], PromptEmbeddings] = {}
 
     @property
     def hidden_size(self) -> int:
-        """Width C of the sequence embeddings (checked against the backbone's cross-attention width)."""
-        return text_hidden_size(self.text_encoder)
+        """Width C of the sequence embeddings (checked against the backbone's cross-attention width): the text
+        encoder's, or the sum of SDXL's two."""
+        return sum(text_hidden_size(encoder) for encoder in self.text_encoders)
 
-    def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        """``input_ids`` (and ``attention_mask``) of ``prompts``, padded to ``max_length`` and truncated there."""
-        return self.tokenizer(
+    @property
+    def text_encoders(self) -> tuple[torch.nn.Module, ...]:
+        """The text encoder, and SDXL's second one where there is one."""
+        return (self.text_encoder,) if self.text_encoder_2 is None else (self.text_encoder, self.text_encoder_2)
+
+    def tokenize(self, prompts: list[str], tokenizer=None) -> dict[str, torch.Tensor]:
+        """``input_ids`` (and ``attention_mask``) of ``prompts`` by ``tokenizer`` (default: the first), padded to
+        ``max_length`` and truncated there."""
+        return (tokenizer or self.tokenizer)(
             list(prompts), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
         )
 
@@ -172,6 +235,8 @@ class PromptEncoder:
     ) -> PromptEmbeddings:
         """The text encoder's embeddings of ``prompts`` (a list of strings), on ``device`` in ``dtype``."""
         prompts = check_prompts(prompts)
+        if self.text_encoder_2 is not None:
+            return self._encode_sdxl(prompts).to(device=device, dtype=dtype)
         tokens = self.tokenize(prompts)
         encoder_device = self.text_encoder.device
         # As Stable Diffusion's pipelines: the attention mask only for encoders configured to use one.
@@ -183,6 +248,20 @@ class PromptEncoder:
         if pooled is None:
             pooled = getattr(output, "text_embeds", None)
         return PromptEmbeddings(output.last_hidden_state, pooled).to(device=device, dtype=dtype)
+
+    def _encode_sdxl(self, prompts: list[str]) -> PromptEmbeddings:
+        """SDXL: both encoders' penultimate hidden states, concatenated along the channels; the second's
+        ``text_embeds`` (projected final token) as the pooled vector. SDXL's pipelines pass no attention mask."""
+        sequences = []
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            ids = self.tokenize(prompts, tokenizer)["input_ids"].to(encoder.device)
+            output = encoder(ids, output_hidden_states=True, return_dict=True)
+            sequences.append(output.hidden_states[-2])
+        pooled = getattr(output, "text_embeds", None)
+        if pooled is None:
+            pooled = output.pooler_output
+        device = sequences[0].device
+        return PromptEmbeddings(torch.cat([sequence.to(device) for sequence in sequences], dim=-1), pooled.to(device))
 
     def empty(
         self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -208,9 +287,9 @@ class PromptEncoder:
     def check_fits(self, width: int, target: str) -> None:
         """``ValueError`` naming both sides unless the encoder's hidden size is ``width``, what ``target``'s
         cross-attention reads."""
+        names = " + ".join(type(encoder).__name__ for encoder in self.text_encoders)
         check_context_width(
-            self.hidden_size, width, source=f"The text encoder {type(self.text_encoder).__name__} (hidden size)",
-            target=target,
+            self.hidden_size, width, source=f"The text encoder {names} (hidden size)", target=target,
         )
 
 
@@ -256,11 +335,13 @@ class TextPromptsMixin:
         """The :class:`~diffusers_edm.pipelines.prompt_encoding.PromptEncoder` of the current tokenizer, text encoder
         and ``empty_prompt`` (rebuilt when a component is swapped; it caches the empty prompt's embeddings)."""
         cached = self.__dict__.get("_prompt_encoder")
+        tokenizer_2, text_encoder_2 = getattr(self, "tokenizer_2", None), getattr(self, "text_encoder_2", None)
         if (
             cached is None or cached.tokenizer is not self.tokenizer or cached.text_encoder is not self.text_encoder
+            or cached.tokenizer_2 is not tokenizer_2 or cached.text_encoder_2 is not text_encoder_2
             or cached.empty_prompt != self.config.empty_prompt
         ):
-            cached = PromptEncoder(self.tokenizer, self.text_encoder, self.config.empty_prompt)
+            cached = PromptEncoder(self.tokenizer, self.text_encoder, self.config.empty_prompt, tokenizer_2, text_encoder_2)
             self.__dict__["_prompt_encoder"] = cached
         return cached
 

@@ -35,7 +35,13 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 
-from ..noise_schedules import PREDICTION_TYPES, betas_for_schedule, check_sigma_steps, sigmas_from_betas
+from ..noise_schedules import (
+    PREDICTION_TYPES,
+    betas_for_schedule,
+    check_sigma_steps,
+    sigmas_from_betas,
+    table_timestep,
+)
 from ..value_checks import check_real
 
 # User-given levels this close (relative) to the ends of a training table are clamped to them: published schedules
@@ -181,7 +187,6 @@ class DiscreteVPModelCall(ModelCall):
                 f"{self.train_sigmas[:4].tolist()} ... {self.train_sigmas[-2:].tolist()}."
             )
         self.max_sigma = float(self.train_sigmas[-1])
-        self._timestep_grid = np.arange(len(self.train_sigmas), dtype=np.float64)
         low, high = self.table_range
         self.sigma_min, self.sigma_max = self._checked_range(
             low if sigma_min is None else sigma_min, high if sigma_max is None else sigma_max
@@ -241,7 +246,8 @@ class DiscreteVPModelCall(ModelCall):
 
     def sigma_to_timestep(self, sigmas: Sequence[float] | np.ndarray) -> np.ndarray:
         """Fractional training timestep of each noise level: linear interpolation of log-sigma over the table."""
-        return np.interp(np.log(np.asarray(sigmas, dtype=np.float64)), self.log_train_sigmas, self._timestep_grid)
+        log_sigmas = torch.from_numpy(np.log(np.asarray(sigmas, dtype=np.float64)))
+        return table_timestep(log_sigmas, torch.from_numpy(self.log_train_sigmas)).numpy()
 
     def timesteps_for(self, call_sigmas: Sequence[float], device: str | torch.device | None = None) -> torch.Tensor:
         return torch.from_numpy(self.sigma_to_timestep(call_sigmas)).to(device=device, dtype=torch.float32)
