@@ -48,6 +48,7 @@ TRAIN_OPTIONS = {
     "checkpoints_total_limit": integer(1), "preemption_check_steps": integer(1), "logging_steps": integer(1),
     "validation_steps": integer(1),
     "num_validation_images": integer(1), "sample_steps": integer(1), "guidance_scale": real(),
+    "lora_rank": integer(1), "lora_alpha": real(0, lo_open=True),
 }
 POSTHOC_OPTIONS = {"std": real(0, MAX_EMA_STD, True, True), "at_kimg": real(0), "max_profile_error": real(0, lo_open=True)}
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ..noise_schedules import iddpm_sigma_table, vp_sigma
+from .weighting import edm_loss_weight
 
 
 @dataclass
@@ -71,7 +72,7 @@ class EDMLoss(DenoisingLoss):
         return (torch.randn(batch_size, device=device) * self.P_std + self.P_mean).exp()
 
     def weight(self, sigma: torch.Tensor) -> torch.Tensor:
-        return (sigma.square() + self.sigma_data**2) / (sigma * self.sigma_data).square()
+        return edm_loss_weight(sigma, self.sigma_data)
 
 
 class VPLoss(DenoisingLoss):

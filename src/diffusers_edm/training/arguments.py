@@ -6,12 +6,14 @@ import argparse
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from .checkpoints import list_checkpoints
 from .data import EMBEDDED_DATASET
 from .ema import MAX_SIGMA_REL, sigma_rel_to_gamma
+from ..losses.weighting import LOSS_WEIGHTINGS
 from ..option_types import integer, parse_or_raise, real, real_list
 from ..pipelines.prompt_encoding import EMPTY_PROMPT_CONVENTIONS
 from .posthoc_ema import snapshot_name
@@ -29,6 +31,7 @@ LOSS_REDUCTIONS = ("sum", "mean")
 BACKBONES = ("unet", "dit")
 UNET_PRESETS = ("xs", "tiny", "small", "base")
 DIT_PRESETS = ("tiny", "S/2", "B/2")
+LOSS_WEIGHTING_NAMES = tuple(LOSS_WEIGHTINGS)
 MAX_SEED = 2**32 - 1  # numpy's RandomState, seeded by accelerate's set_seed, takes no more
 
 # The arguments that determine the trained weights: every checkpoint records them (``run_arguments.json``) and a
@@ -47,7 +50,11 @@ RESULT_ARGUMENTS = (
     "train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_rampup_kimg", "adam_beta1", "adam_beta2",
     "adam_epsilon", "weight_decay", "max_grad_norm", "mixed_precision", "seed", "streaming", "shuffle_buffer",
     "ema_type", "ema_halflife_kimg", "ema_rampup_ratio", "ema_stds", "ema_snapshot_kimg",
+    "pretrained_model_name_or_path", "revision", "loss_weighting", "lora_rank", "lora_alpha", "train_text_encoder",
+    "use_8bit_adam",
 )
+#: The --backbone / --model_size defaults of a run that builds its model (a fine-tuning run takes the checkpoint's).
+DEFAULT_BACKBONE, DEFAULT_MODEL_SIZE, DEFAULT_SIGMA_DATA = "unet", "tiny", 0.5
 NON_FINITE_HELP = (
     "Non-finite values: a numeric option that is not a finite number in its range is refused before any work. During "
     "training, a loss that becomes NaN/inf at any step is remembered on the device (no wait per step) and checked at "
@@ -84,18 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "Default: sum for --loss precond (as EDM), mean for --loss hybrid (as Improved DDPM, whose "
                        "lambda = 0.001 and learning rates were set for per-dimension means); --task classifier averages "
                        "its cross-entropy over the batch (mean).")
-    model.add_argument("--backbone", choices=BACKBONES, default="unet",
+    model.add_argument("--backbone", choices=BACKBONES, default=None,
                        help="diffusers UNet2DModel or DiTTransformer2DModel; with --caption_column their text-conditional "
                        "counterparts UNet2DConditionModel (Latent Diffusion) or PixArtTransformer2DModel (PixArt-alpha), "
                        "whose cross-attention reads the text encoder's hidden states.")
-    model.add_argument("--model_size", default="tiny",
-                       help=f"Backbone preset: unet {UNET_PRESETS}, dit {DIT_PRESETS}; with --task classifier the encoder "
+    model.add_argument("--model_size", default=None,
+                       help=f"Backbone preset (default tiny): unet {UNET_PRESETS}, dit {DIT_PRESETS}; with --task classifier the encoder "
                        f"half of the unet preset {UNET_PRESETS}. A smaller preset (or fewer --max_train_steps) also makes "
                        "the weak model of autoguidance.")
     model.add_argument("--backbone_config", default=None,
                        help="JSON file with backbone config keys, applied over the preset (e.g. block_out_channels); with "
                        "--task classifier, NoiseConditionalClassifier config keys.")
-    model.add_argument("--sigma_data", type=real(0, exclusive_minimum=True), default=0.5, help="Standard deviation of the data (> 0).")
+    model.add_argument("--sigma_data", type=real(0, exclusive_minimum=True), default=None,
+                       help="Standard deviation of the data (> 0). Default 0.5 (images in [-1, 1]); with "
+                       "--pretrained_model_name_or_path, measured on the training latents at start-up.")
     model.add_argument("--P_mean", type=real(), default=None,
                        help="EDM / EDM2 loss (and --task classifier): mean of ln(sigma); default -1.2 (EDM), -0.4 with "
                        "--precond edm2 (EDM2). Lower it to train a classifier more at low noise.")
@@ -128,6 +137,39 @@ def build_parser() -> argparse.ArgumentParser:
                             help=f"Edges of the accuracy buckets on sigma (default {' '.join(f'{e:g}' for e in DEFAULT_SIGMA_EDGES)}).")
     classifier.add_argument("--validation_noise_draws", type=integer(1), default=None,
                             help=f"Noise draws per held-out image and bucket (default {DEFAULT_NOISE_DRAWS}).")
+
+    finetune = parser.add_argument_group(
+        "fine-tuning",
+        "--pretrained_model_name_or_path: fine-tune a Stable Diffusion 1.x / 2.x or SDXL checkpoint (discrete VP table, "
+        "eps or v) or an EDM-formulated one (Playground v2.5, CosXL) with EDM's loss: ln(sigma) ~ N(P_mean, P_std^2) "
+        "truncated to the checkpoint's noise range, the weight of --loss_weighting, captions of --caption_column "
+        "(default 'text') through the checkpoint's own text encoder(s) with caption dropout. The export is a folder that "
+        "stock diffusers loads (StableDiffusionPipeline / StableDiffusionXLPipeline), the same model as an "
+        "EDMTextToImagePipeline in OUTPUT_DIR/edm, or with --lora_rank the LoRA weights that load_lora_weights reads.",
+    )
+    finetune.add_argument("--pretrained_model_name_or_path", default=None,
+                          help="A diffusers StableDiffusionPipeline / StableDiffusionXLPipeline folder or Hub id. Its "
+                          "UNet, VAE, text encoder(s), tokenizer(s) and noise table are used; --backbone, --model_size, "
+                          "--backbone_config, --precond, --text_encoder and --tokenizer do not apply.")
+    finetune.add_argument("--revision", default=None, help="Hub revision of --pretrained_model_name_or_path.")
+    finetune.add_argument("--loss_weighting", choices=LOSS_WEIGHTING_NAMES, default=None,
+                          help="lambda(sigma) on |D - y|^2: 'edm' (sigma^2 + sd^2)/(sigma sd)^2 (default), 'uniform' 1, "
+                          "'min-snr' min(1/sigma^2, 5) (Min-SNR-5's eps weight min(SNR, 5)/SNR).")
+    finetune.add_argument("--lora_rank", type=integer(1), default=None,
+                          help="Train LoRA adapters of this rank (>= 1, at most the adapted layers' width) on the UNet's "
+                          "attention projections to_k, to_q, to_v, to_out.0 (peft; pip install 'diffusers-edm[lora]') "
+                          "instead of every weight.")
+    finetune.add_argument("--lora_alpha", type=real(0, exclusive_minimum=True), default=None,
+                          help="LoRA scaling alpha (> 0; the update is alpha/rank * B A). Default: --lora_rank.")
+    finetune.add_argument("--train_text_encoder", action="store_true", default=None,
+                          help="Not supported yet: the text encoder(s) stay frozen.")
+    finetune.add_argument("--gradient_checkpointing", action="store_true", default=None,
+                          help="Recompute the UNet's activations in the backward pass (less memory, slower).")
+    finetune.add_argument("--use_8bit_adam", action="store_true", default=None,
+                          help="bitsandbytes' 8-bit AdamW (pip install 'diffusers-edm[bnb]').")
+    finetune.add_argument("--cache_latents", action="store_true", default=None,
+                          help="Encode every training image with the VAE once, at start-up (its posterior, sampled "
+                          "anew every step). Needs --center_crop and no --random_flip.")
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", default=None,
@@ -261,18 +303,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parse_or_raise(build_parser(), argv)
+    if args.pretrained_model_name_or_path is not None:  # the exact command, for the fine-tuning model card
+        args.command_line = command_line(sys.argv[1:] if argv is None else argv)
     validate_args(args)
     return args
 
 
+def command_line(argv: list[str]) -> list[str]:
+    """The command's arguments as given (for the model card of a fine-tuning run), the Hub token's value hidden."""
+    hidden, hide_next = [], False
+    for argument in argv:
+        if hide_next:
+            argument, hide_next = "HUB_TOKEN", False
+        elif argument == "--hub_token":
+            hide_next = True
+        elif argument.startswith("--hub_token="):
+            argument = "--hub_token=HUB_TOKEN"
+        hidden.append(argument)
+    return hidden
+
+
 def validate_args(args: argparse.Namespace) -> None:
     """Reject bad combinations with a clear message before any data, model or process work."""
+    if args.pretrained_model_name_or_path is None:
+        args.backbone = args.backbone or DEFAULT_BACKBONE
+        args.model_size = args.model_size or DEFAULT_MODEL_SIZE
+        args.sigma_data = DEFAULT_SIGMA_DATA if args.sigma_data is None else args.sigma_data
     resolve_recipe_args(args)
     validate_ema_args(args)
     validate_streaming_args(args)
+    if args.pretrained_model_name_or_path is not None:
+        validate_output_args(args)
+        return
     presets = UNET_PRESETS if args.backbone == "unet" else DIT_PRESETS
     if args.model_size not in presets:
         raise ValueError(f"--model_size {args.model_size!r} is not a {args.backbone} preset; choose one of {presets}.")
+    validate_output_args(args)
+
+
+def validate_output_args(args: argparse.Namespace) -> None:
+    """The checks of the data, guidance, Hub and output options that every recipe shares."""
     if args.backbone == "dit" and args.vae is None:
         raise ValueError("--backbone dit works in latent space: pass --vae (an AutoencoderKL directory or Hub id).")
     if args.backbone_config is not None and not Path(args.backbone_config).is_file():

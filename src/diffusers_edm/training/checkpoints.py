@@ -82,7 +82,7 @@ EXPORT_PREVIOUS_NAME = ".export.previous"
 RUN_ENTRIES = (
     "training_args.json", "model_index.json", "README.md", "samples.png", "samples", "logs", "ema_snapshots",
     "accuracy.json", "accuracy", "config.json", "diffusion_pytorch_model.safetensors", EXPORT_STAGING_NAME,
-    EXPORT_PREVIOUS_NAME,
+    EXPORT_PREVIOUS_NAME, "edm", "pytorch_lora_weights.safetensors",  # a fine-tuning run's EDM pipeline, LoRA weights
 )
 # torch < 2.6 lets a crafted file run code even under weights_only=True (CVE-2025-32434).
 MIN_TORCH_FOR_RESUME = "2.6"

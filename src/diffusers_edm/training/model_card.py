@@ -177,3 +177,86 @@ def write_classifier_model_card(args: argparse.Namespace, output_dir: Path, accu
     path = output_dir / "README.md"
     card.save(path)
     return path
+
+
+FINETUNE_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+{{ summary }}
+
+## Usage
+
+{{ usage }}
+
+## With diffusers-edm's samplers and guidance
+
+The same model as an `EDMTextToImagePipeline` (diffusers-edm's samplers, classifier-free guidance and guidance
+intervals){{ edm_note }}:
+
+```python
+from diffusers_edm import EDMTextToImagePipeline  # pip install diffusers-edm
+
+edm_pipe = EDMTextToImagePipeline.from_stable_diffusion(pipe)
+images = edm_pipe({{ prompts }}, num_inference_steps={{ steps }}, guidance_scale={{ guidance }}).images
+```
+
+## Training
+
+Base model: `{{ base_model }}`. Recipe: {{ recipe }}
+
+```sh
+{{ command }}
+```
+"""
+
+
+def write_finetune_model_card(args: argparse.Namespace, output_dir: Path, pipeline_class: str, steps: int) -> Path:
+    """Write ``output_dir/README.md`` of a fine-tuning run (``--pretrained_model_name_or_path``): base model, recipe,
+    the exact command and a usage example with stock diffusers (the exported folder, or ``load_lora_weights`` on the
+    base model for a LoRA run) and with the package's ``EDMTextToImagePipeline``; the examples run as written."""
+    import shlex
+
+    output_dir = Path(output_dir)
+    repo = args.hub_model_id or str(output_dir)
+    base = args.pretrained_model_name_or_path
+    lora = args.lora_rank is not None
+    prompts = json.dumps(list(args.validation_prompts[:TEXT_EXAMPLE_PROMPTS]))
+    load = (
+        f"pipe = DiffusionPipeline.from_pretrained({json.dumps(base)})\npipe.load_lora_weights({json.dumps(repo)})"
+        if lora else f"pipe = DiffusionPipeline.from_pretrained({json.dumps(repo)})"
+    )
+    usage = (
+        ("LoRA weights for the base model, loaded with diffusers alone:\n\n" if lora else
+         f"A {pipeline_class} folder that diffusers loads alone (its scheduler is set to the sampler diffusers-edm's "
+         "benchmarks favour for it):\n\n")
+        + "```python\nfrom diffusers import DiffusionPipeline\n\n" + load
+        + f"\nimages = pipe({prompts}, num_inference_steps={args.sample_steps}).images\n```"
+    )
+    weighting = {"edm": "EDM's lambda = (sigma^2 + sd^2) / (sigma sd)^2", "uniform": "uniform weight",
+                 "min-snr": "Min-SNR-5 weight"}[args.loss_weighting]
+    recipe = (
+        f"EDM's denoising loss (Karras et al. 2022) with ln(sigma) ~ N({args.P_mean:g}, {args.P_std:g}^2) truncated "
+        f"to the model's noise range, {weighting} (sigma_data {args.sigma_data:.4g}), caption dropout "
+        f"{args.proportion_empty_prompts:g}, {steps} steps of batch {args.train_batch_size}, learning rate "
+        f"{args.learning_rate:g}; " + (f"LoRA rank {args.lora_rank}, alpha {args.lora_alpha:g} on "
+                                      "to_k, to_q, to_v, to_out.0." if lora else "full fine-tuning of the UNet.")
+    )
+    tags = ["text-to-image", "diffusers", "diffusers-edm", "edm"] + (["lora"] if lora else [])
+    card = ModelCard.from_template(
+        ModelCardData(library_name="diffusers", base_model=base, tags=tags),
+        template_str=FINETUNE_CARD_TEMPLATE,
+        title=repo.rstrip("/").split("/")[-1],
+        summary=f"`{base}` fine-tuned with [diffusers-edm](https://pypi.org/project/diffusers-edm/)"
+        + (" (LoRA)." if lora else "."),
+        usage=usage,
+        edm_note="" if lora else "; also saved whole in the `edm/` folder",
+        prompts=prompts, steps=args.sample_steps, guidance=args.guidance_scale,
+        base_model=base, recipe=recipe,
+        command=shlex.join(["diffusers-edm-train", *getattr(args, "command_line", [])]),
+    )
+    path = output_dir / "README.md"
+    card.save(path)
+    return path

@@ -216,14 +216,18 @@ class Trainer:
         if resume_path is not None:
             check_checkpoint_matches(resume_path, self.model, self.run_arguments)
 
-        optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-            eps=args.adam_epsilon, weight_decay=args.weight_decay, **adam_implementation(accelerator.device),
+        optimizer_class = self.recipe.optimizer_class()
+        # torch's AdamW takes the implementation choice; others (bitsandbytes' 8-bit AdamW) have their own kernels.
+        implementation = adam_implementation(accelerator.device) if optimizer_class is torch.optim.AdamW else {}
+        optimizer = optimizer_class(
+            self.recipe.trainable_parameters(self.model), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon, weight_decay=args.weight_decay, **implementation,
         )
         # Stepped by hand once per optimizer step (a prepared scheduler would step once per process).
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, edm_learning_rate_ramp(args.lr_rampup_kimg, self.global_batch))
         # An ImageStream is not a DataLoader: prepare returns it as it is (Accelerate would dispatch it from rank 0).
         self.model, self.optimizer, self.dataloader = accelerator.prepare(self.model, optimizer, dataloader)
+        self.recipe.train_dataset = self.train_dataset
         self.recipe.prepare(self.model)
         # After prepare: the EMA tracks the parameters the optimizer updates (FSDP/DeepSpeed may replace them).
         # The list is taken once: unwrapping the model on every step would sit in the hot loop for nothing.
@@ -276,7 +280,7 @@ class Trainer:
             flip = torch.rand(images.shape[0], device=images.device) < 0.5
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         if self.codec is not None:
-            images = self.codec.encode(images)
+            images = self.recipe.latents(images, batch)
         # Class labels or text embeddings: the recipe decides (after the flips and latents, in this RNG order).
         return images, self.recipe.conditioning(batch)
 

@@ -10,6 +10,7 @@ arguments                                recipe                              tra
 ``--task denoiser --loss hybrid``        :class:`HybridRecipe`               learned-variance DDPM (hybrid loss)
 ``--task denoiser --caption_column C``   :class:`TextDenoisingRecipe`        text-to-image denoiser (``--precond``)
 ``--task classifier``                    :class:`ClassifierRecipe`           noise-conditional classifier
+``--pretrained_model_name_or_path P``    :class:`FineTuneRecipe`             a pretrained SD / SDXL checkpoint (text)
 =======================================  ==================================  ===========================================
 """
 
@@ -21,10 +22,13 @@ from .base import Export, Recipe, RecipeData, reduce_loss
 from .classifier import ClassifierRecipe
 from .denoising import DenoisingRecipe
 from .edm2 import EDM2Recipe
+from .finetune import FineTuneRecipe
 from .hybrid import HybridRecipe
 from .text import TextDenoisingRecipe
 
-RECIPES: tuple[type[Recipe], ...] = (DenoisingRecipe, EDM2Recipe, HybridRecipe, ClassifierRecipe, TextDenoisingRecipe)
+RECIPES: tuple[type[Recipe], ...] = (
+    DenoisingRecipe, EDM2Recipe, HybridRecipe, ClassifierRecipe, TextDenoisingRecipe, FineTuneRecipe,
+)
 
 
 def select_recipe(args: argparse.Namespace) -> type[Recipe]:
@@ -33,6 +37,8 @@ def select_recipe(args: argparse.Namespace) -> type[Recipe]:
         return ClassifierRecipe
     if args.loss == "hybrid":
         return HybridRecipe
+    if getattr(args, "pretrained_model_name_or_path", None) is not None:
+        return FineTuneRecipe
     if getattr(args, "caption_column", None) is not None:
         return TextDenoisingRecipe
     return EDM2Recipe if args.precond == "edm2" else DenoisingRecipe
@@ -57,6 +63,7 @@ __all__ = [
     "DenoisingRecipe",
     "EDM2Recipe",
     "Export",
+    "FineTuneRecipe",
     "HybridRecipe",
     "Recipe",
     "RecipeData",

@@ -19,7 +19,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from accelerate import Accelerator
@@ -93,6 +93,9 @@ class Recipe(ABC):
     #: ``(P_mean, P_std)`` of ``ln sigma`` when ``--P_mean`` / ``--P_std`` are not given (EDM's, Karras et al. 2022).
     ln_sigma_distribution: tuple[float, float] = (-1.2, 1.2)
 
+    #: The training images, set by the loop after :meth:`build_model` and before :meth:`prepare`.
+    train_dataset: ImageDataset | None = None
+
     def __init__(self, args: argparse.Namespace, data: RecipeData, accelerator: Accelerator):
         self.args, self.data, self.accelerator = args, data, accelerator
 
@@ -103,6 +106,18 @@ class Recipe(ABC):
     @abstractmethod
     def build_model(self) -> torch.nn.Module:
         """The freshly initialised model to train (the module that is checkpointed and whose EMA is exported)."""
+
+    def trainable_parameters(self, model: torch.nn.Module) -> Iterable[torch.nn.Parameter]:
+        """The parameters the optimizer updates (every parameter by default)."""
+        return model.parameters()
+
+    def optimizer_class(self) -> type[torch.optim.Optimizer]:
+        """The optimizer (AdamW by default), built by the loop with the run's learning rate, betas and decay."""
+        return torch.optim.AdamW
+
+    def latents(self, images: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The model latents of a batch's images in latent training (``data.codec``): a VAE posterior sample."""
+        return self.data.codec.encode(images)
 
     def prepare(self, model: torch.nn.Module) -> None:
         """Called once after ``accelerator.prepare``, with the wrapped model the loop trains (nothing by default)."""

@@ -1,0 +1,64 @@
+"""The fine-tuning loss of a pretrained checkpoint in EDM's frame (Karras et al. 2022, eq. 8):
+``lambda(sigma) |D(y + sigma n; sigma) - y|^2`` with ``ln sigma`` drawn from EDM's log-normal ``N(P_mean, P_std^2)``
+*truncated* to the checkpoint's noise range ``[sigma_min, sigma_max]`` (a discrete table has no model outside it).
+
+Truncation, not clamping or resampling: ``ln sigma = P_mean + P_std * Phi^-1(u)``,
+``u ~ U(Phi(a), Phi(b))``, ``a = (ln sigma_min - P_mean) / P_std``, ``b = (ln sigma_max - P_mean) / P_std``
+(inverse-CDF sampling of the truncated normal: one draw per sample, no rejection loop, so no host synchronisation).
+The weight is one of :data:`~diffusers_edm.losses.weighting.LOSS_WEIGHTINGS`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .denoising import DenoisingLoss
+from .weighting import LOSS_WEIGHTINGS
+
+
+def standard_normal_cdf(value: float) -> float:
+    """``Phi(value)``, the standard normal CDF, on the host (``+/-inf`` give 1 / 0)."""
+    return 0.5 * math.erfc(-value / math.sqrt(2.0))
+
+
+class TruncatedLogNormalLoss(DenoisingLoss):
+    """``lambda(sigma) |D - y|^2`` with ``ln sigma ~ N(P_mean, P_std^2)`` truncated to ``[sigma_min, sigma_max]``.
+
+    Args:
+        sigma_min, sigma_max: the checkpoint's noise range (``0 < sigma_min < sigma_max``; ``sigma_max`` may be inf).
+        P_mean, P_std: the log-normal's parameters before truncation (EDM: -1.2, 1.2).
+        weighting: ``"edm"``, ``"uniform"`` or ``"min-snr"`` (:data:`LOSS_WEIGHTINGS`).
+        sigma_data: the data's standard deviation (EDM's weight reads it).
+    """
+
+    def __init__(
+        self, sigma_min: float, sigma_max: float, P_mean: float = -1.2, P_std: float = 1.2, weighting: str = "edm",
+        sigma_data: float = 0.5,
+    ):
+        if not (0 < sigma_min < sigma_max):
+            raise ValueError(f"The noise range needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}.")
+        if not (P_std > 0 and math.isfinite(P_mean) and sigma_data > 0):
+            raise ValueError(f"Needs a finite P_mean, P_std > 0 and sigma_data > 0, got {P_mean}, {P_std}, {sigma_data}.")
+        if weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"Unknown loss weighting {weighting!r}; expected one of {tuple(LOSS_WEIGHTINGS)}.")
+        self.sigma_min, self.sigma_max, self.P_mean, self.P_std = float(sigma_min), float(sigma_max), P_mean, P_std
+        self.weighting, self.sigma_data = weighting, float(sigma_data)
+        self.log_range = (math.log(self.sigma_min), math.log(self.sigma_max))
+        self.cdf_range = tuple(standard_normal_cdf((end - P_mean) / P_std) for end in self.log_range)
+        if not self.cdf_range[1] > self.cdf_range[0]:
+            raise ValueError(
+                f"ln sigma ~ N({P_mean}, {P_std}^2) has no probability mass in [{sigma_min}, {sigma_max}] at float "
+                "precision; move --P_mean into the model's noise range."
+            )
+
+    def sample_sigma(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        low, high = self.cdf_range
+        u = low + (high - low) * torch.rand(batch_size, device=device)
+        log_sigma = self.P_mean + self.P_std * torch.special.ndtri(u)
+        # Rounding at the CDF's ends may step a hair outside the range.
+        return log_sigma.clamp(*self.log_range).exp()
+
+    def weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        return LOSS_WEIGHTINGS[self.weighting](sigma, self.sigma_data)
