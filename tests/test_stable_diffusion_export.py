@@ -16,7 +16,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from safetensors.torch import load_file
 
 from diffusers_edm import pretrained_denoiser
-from diffusers_edm.pipelines.stable_diffusion_export import export_stable_diffusion
+from diffusers_edm.training.stable_diffusion_export import export_stable_diffusion
 from tiny_stable_diffusion import make_tiny_edm_sdxl_pipeline, make_tiny_sd_pipeline, make_tiny_sdxl_base_pipeline
 
 BUILDERS = {"sd1": make_tiny_sd_pipeline, "sdxl": make_tiny_sdxl_base_pipeline, "edm_sdxl": make_tiny_edm_sdxl_pipeline}
@@ -100,7 +100,7 @@ def test_exports_load_in_stock_diffusers_without_the_package(tmp_path):
 def test_a_v_prediction_checkpoint_keeps_its_prediction_type(tmp_path):
     from tiny_stable_diffusion import make_tiny_sd2_pipeline
 
-    from diffusers_edm.pipelines.stable_diffusion_export import diffusers_scheduler_for
+    from diffusers_edm.training.stable_diffusion_export import diffusers_scheduler_for
 
     base = make_tiny_sd2_pipeline(tmp_path)
     assert diffusers_scheduler_for(base.scheduler).config.prediction_type == "v_prediction"

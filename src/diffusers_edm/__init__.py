@@ -45,7 +45,7 @@ from .pipelines import (
     LearnedVarianceTextToImagePipeline,
     PromptEncoder,
 )
-from .pipelines.stable_diffusion_export import export_stable_diffusion
+from .training.stable_diffusion_export import export_stable_diffusion
 from .schedulers import (
     EDMHeunDiscreteScheduler,
     EDMHeunScheduler,

@@ -18,7 +18,7 @@ in full or through LoRA adapters (Hu et al. 2021).
   ``(resolution, resolution, 0, 0, resolution, resolution)``.
 - Latents: the checkpoint's VAE through :class:`~diffusers_edm.models.LatentCodec` (``scaling_factor``,
   ``shift_factor``, ``latents_mean`` / ``latents_std``); ``--cache_latents`` keeps each image's posterior.
-- Export: the folder stock diffusers loads (:func:`~diffusers_edm.pipelines.stable_diffusion_export.save_stable_diffusion`)
+- Export: the folder stock diffusers loads (:func:`~diffusers_edm.training.stable_diffusion_export.save_stable_diffusion`)
   plus the same model as an ``EDMTextToImagePipeline`` in ``edm/``; with ``--lora_rank`` the LoRA weights
   (``pytorch_lora_weights.safetensors``) that ``pipe.load_lora_weights`` reads on the base model.
 """
@@ -41,7 +41,7 @@ from ...models import EDMFormulatedPrecond, checkpoint_formulation, pretrained_d
 from ...models.backbones import pooled_text_width, takes_sdxl_time_ids
 from ...pipelines import EDMTextToImagePipeline
 from ...pipelines.prompt_encoding import PromptEncoder, sdxl_time_ids
-from ...pipelines.stable_diffusion_export import save_stable_diffusion
+from ..stable_diffusion_export import save_stable_diffusion
 from ...schedulers import EDMHeunScheduler, EDMMultistepScheduler
 from ..captions import CaptionConditioner
 from .base import Export

@@ -36,7 +36,7 @@ from diffusers import (
 from huggingface_hub import ModelCard
 
 from ..models import PreconditionedDenoiser, checkpoint_formulation
-from ..training.checkpoints import write_export
+from .checkpoints import write_export
 
 #: The pipeline classes an export writes (diffusers' own, so the folder loads without this package).
 EXPORTABLE_PIPELINES = (StableDiffusionPipeline, StableDiffusionXLPipeline)
