@@ -234,6 +234,13 @@ class PromptEncoder:
         self, prompts: list[str], device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> PromptEmbeddings:
         """The text encoder's embeddings of ``prompts`` (a list of strings), on ``device`` in ``dtype``."""
+        return self.encode_differentiable(prompts, device, dtype)
+
+    def encode_differentiable(
+        self, prompts: list[str], device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> PromptEmbeddings:
+        """:meth:`encode` with autograd recording: the embeddings carry the gradient to the text encoder(s), for
+        training them (``--train_text_encoder``)."""
         prompts = check_prompts(prompts)
         if self.text_encoder_2 is not None:
             return self._encode_sdxl(prompts).to(device=device, dtype=dtype)

@@ -162,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--lora_alpha", type=real(0, exclusive_minimum=True), default=None,
                           help="LoRA scaling alpha (> 0; the update is alpha/rank * B A). Default: --lora_rank.")
     finetune.add_argument("--train_text_encoder", action="store_true", default=None,
-                          help="Not supported yet: the text encoder(s) stay frozen.")
+                          help="Train the text encoder(s) (SDXL: both) with the UNet, float32 master weights: every "
+                          "weight, or with --lora_rank LoRA adapters on their q_proj, k_proj, v_proj, out_proj (as "
+                          "diffusers' DreamBooth LoRA scripts). Exported with the UNet. Not with "
+                          "--cache_text_embeddings. Default: frozen.")
     finetune.add_argument("--gradient_checkpointing", action="store_true", default=None,
                           help="Recompute the UNet's activations in the backward pass (less memory, slower).")
     finetune.add_argument("--use_8bit_adam", action="store_true", default=None,

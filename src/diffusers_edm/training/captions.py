@@ -17,8 +17,9 @@ So a resumed run draws exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import datasets
@@ -99,15 +100,27 @@ class CaptionConditioner:
         dtype: the dtype of the embeddings (the training dtype of the text encoder).
         cache: keep each caption's embeddings (keyed by the caption) after its first encoding; the dropout is still
             drawn per step, so the result equals the uncached one.
+        trainable: the text encoder(s) are trained with the model: every batch is encoded with autograd, and by the
+            "encode" convention the empty prompt too (it changes with the encoder, as in diffusers' scripts, which
+            encode ``""`` for a dropped caption); nothing can be cached.
+        autocast: with ``trainable``, the context the encoding runs in (the run's mixed-precision autocast: the
+            encoder keeps float32 weights, as the prepared model does).
     """
 
     def __init__(
-        self, prompt_encoder: PromptEncoder, proportion_empty_prompts: float, dtype: torch.dtype, cache: bool = False
+        self, prompt_encoder: PromptEncoder, proportion_empty_prompts: float, dtype: torch.dtype, cache: bool = False,
+        trainable: bool = False, autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
     ):
         if not 0.0 <= proportion_empty_prompts <= 1.0:
             raise ValueError(f"proportion_empty_prompts must lie in [0, 1], got {proportion_empty_prompts!r}.")
+        if cache and trainable:
+            raise ValueError(
+                "Caption embeddings cannot be cached while the text encoder is trained (--cache_text_embeddings with "
+                "--train_text_encoder): they change at every step. Drop one of them."
+            )
         self.prompt_encoder, self.p, self.dtype = prompt_encoder, float(proportion_empty_prompts), dtype
         self.cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = {} if cache else None
+        self.trainable, self.autocast = trainable, autocast or contextlib.nullcontext
 
     def encode(self, prompts: list[str], device: torch.device) -> PromptEmbeddings:
         """The embeddings of ``prompts`` (no dropout), through the cache when there is one."""
@@ -137,10 +150,33 @@ class CaptionConditioner:
         """The conditioning of a batch: :func:`draw_captions`, :meth:`encode`, then the rows of :meth:`dropout_mask`
         replaced by the empty prompt's embeddings (``PromptEncoder.empty``, by the run's convention)."""
         chosen = draw_captions(captions)
+        if self.trainable:
+            return self._trained_encoder_conditioning(chosen, device)
         encoded = self.encode(chosen, device)
         dropped = self.dropout_mask(len(chosen), device)
         # The empty prompt's row is encoded once by the PromptEncoder and only expanded here.
         return encoded.where(dropped, self.prompt_encoder.empty(len(chosen), device, self.dtype))
+
+    def _trained_encoder_conditioning(self, chosen: list[str], device: torch.device) -> PromptEmbeddings:
+        """``trainable``: the captions (and ``""`` by the "encode" convention, in the same encoder call) encoded with
+        autograd; the dropout mask drawn as in the frozen case, in the same RNG order."""
+        encoder, count = self.prompt_encoder, len(chosen)
+        encode_empty = encoder.empty_prompt == "encode"
+        with self.autocast():
+            encoded = encoder.encode_differentiable([*chosen, ""] if encode_empty else chosen, device, self.dtype)
+        dropped = self.dropout_mask(count, device)
+        pooled = encoded.pooled
+        captions_part = PromptEmbeddings(encoded.embeds[:count], None if pooled is None else pooled[:count])
+        if encode_empty:
+            empty = PromptEmbeddings(
+                encoded.embeds[count:].expand(count, *encoded.embeds.shape[1:]),
+                None if pooled is None else pooled[count:].expand(count, *pooled.shape[1:]),
+            )
+        else:  # "zeros": all-zero embeddings of the same shapes, no gradient to carry
+            empty = PromptEmbeddings(
+                torch.zeros_like(captions_part.embeds), None if pooled is None else torch.zeros_like(captions_part.pooled)
+            )
+        return captions_part.where(dropped, empty)
 
 
 # ---------------------------------------------------------------------------------------------- text encoders

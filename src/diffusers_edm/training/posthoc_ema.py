@@ -117,24 +117,31 @@ class EMASnapshotWriter:
     Args:
         directory: ``RUN/ema_snapshots``.
         ema: the power-function EMAs of the run.
-        model: the module whose parameters the EMA tracks (unwrapped; parameter order as ``ema``'s).
+        model: the module whose parameters the EMA tracks (unwrapped).
         every_nimg: snapshot interval in images (>= 1).
         metadata: extra metadata stored in every snapshot (the recipe data), JSON values.
         enabled: False on all but the main process (which alone writes).
+        parameters: the parameters of ``model`` the EMA tracks, in ``ema``'s order (default: all of them); the others
+            are stored as the model has them, as its buffers are.
     """
 
     def __init__(self, directory: Path, ema: PowerFunctionEMA, model: torch.nn.Module, every_nimg: int,
-                 metadata: dict[str, Any], enabled: bool = True):
+                 metadata: dict[str, Any], enabled: bool = True, parameters: Sequence[torch.Tensor] | None = None):
         if every_nimg < 1:
             raise ValueError(f"The snapshot interval must be >= 1 image, got {every_nimg}.")
         self.directory = Path(directory)
         self.ema, self.model, self.every_nimg = ema, model, int(every_nimg)
         self.metadata, self.enabled = dict(metadata), enabled
-        self.parameter_names = [name for name, _ in model.named_parameters()]
+        if parameters is None:
+            self.parameter_names = [name for name, _ in model.named_parameters()]
+        else:
+            names = {id(parameter): name for name, parameter in model.named_parameters()}
+            self.parameter_names = [names[id(parameter)] for parameter in parameters]
 
     @classmethod
     def for_run(cls, args: argparse.Namespace, output_dir: Path, ema: Any, model: torch.nn.Module, batch_size: int,
-                recipe_data: Any, enabled: bool) -> "EMASnapshotWriter | None":
+                recipe_data: Any, enabled: bool,
+                parameters: Sequence[torch.Tensor] | None = None) -> "EMASnapshotWriter | None":
         """The writer of a training run, or None when its EMA is not a power-function one (``--ema_type edm``).
 
         The interval is ``--ema_snapshot_kimg`` thousand images, rounded to whole images; without it, every
@@ -150,7 +157,7 @@ class EMASnapshotWriter:
         # The --backbone_config file's keys travel with the snapshots: the reconstruction must not depend on that file
         # still being where (or what) it was.
         metadata["backbone_config"] = json.loads(Path(args.backbone_config).read_text()) if args.backbone_config else None
-        return cls(Path(output_dir) / SNAPSHOT_DIR, ema, model, every_nimg, metadata, enabled)
+        return cls(Path(output_dir) / SNAPSHOT_DIR, ema, model, every_nimg, metadata, enabled, parameters)
 
     def discard_after(self, n_img: int) -> list[Path]:
         """Remove the snapshots of more than ``n_img`` images and any temporary file; return what was removed."""

@@ -229,16 +229,19 @@ class Trainer:
         self.model, self.optimizer, self.dataloader = accelerator.prepare(self.model, optimizer, dataloader)
         self.recipe.train_dataset = self.train_dataset
         self.recipe.prepare(self.model)
-        # After prepare: the EMA tracks the parameters the optimizer updates (FSDP/DeepSpeed may replace them).
+        # After prepare: the EMA tracks the parameters the optimizer updates (FSDP/DeepSpeed may replace them), and
+        # only those: a frozen weight's average is the weight itself (a LoRA run averages its adapters alone).
         # The list is taken once: unwrapping the model on every step would sit in the hot loop for nothing.
-        self.ema_parameters = list(self.unwrapped_model().parameters())
+        averaged = list(self.recipe.trainable_parameters(self.unwrapped_model()))
+        self.ema_parameters = averaged
         self.trained_parameters = list(self.model.parameters())  # what the step walks, also taken once
         if self.sharded:
             self.ema_parameters = local_shards(self.ema_parameters)
         self.ema = make_ema(args, self.ema_parameters, self.global_batch)
         # --ema_type power: the snapshots of post-hoc EMA (None otherwise).
         self.snapshots = EMASnapshotWriter.for_run(
-            args, self.output_dir, self.ema, self.unwrapped_model(), self.global_batch, data, accelerator.is_main_process
+            args, self.output_dir, self.ema, self.unwrapped_model(), self.global_batch, data, accelerator.is_main_process,
+            parameters=averaged,
         )
         if self.vae is not None:
             self.vae.to(accelerator.device)

@@ -10,17 +10,21 @@ in full or through LoRA adapters (Hu et al. 2021).
   ``sigma_data`` (EDM's weight) is ``--sigma_data``, else for a discrete VP checkpoint the standard deviation of
   the training latents (posterior means of the first :data:`SIGMA_DATA_IMAGES` images, measured once at start-up),
   and for an EDM-formulated one the ``sigma_data`` of its own preconditioning.
-- Text: the checkpoint's tokenizer(s) and frozen text encoder(s) through the one
+- Text: the checkpoint's tokenizer(s) and text encoder(s) through the one
   :class:`~diffusers_edm.pipelines.prompt_encoding.PromptEncoder`, captions and caption dropout as the text recipe
-  (:class:`~diffusers_edm.training.captions.CaptionConditioner`); SDXL's pooled text embedding and micro-conditioning
+  (:class:`~diffusers_edm.training.captions.CaptionConditioner`). The encoder(s) are frozen unless
+  ``--train_text_encoder``: then they are trained with the UNet (in full, or through LoRA adapters on their attention
+  projections), as one model with it (:class:`DenoiserWithTextEncoders`: prepared, checkpointed and averaged by the
+  EMA together). SDXL's pooled text embedding and micro-conditioning
   ``add_time_ids = (orig_h, orig_w, crop_top, crop_left, target_h, target_w)`` (Podell et al. 2023, section 2.2).
   The data pipeline resizes and center-crops every image to ``--resolution``, so these are
   ``(resolution, resolution, 0, 0, resolution, resolution)``.
 - Latents: the checkpoint's VAE through :class:`~diffusers_edm.models.LatentCodec` (``scaling_factor``,
   ``shift_factor``, ``latents_mean`` / ``latents_std``); ``--cache_latents`` keeps each image's posterior.
 - Export: the folder stock diffusers loads (:func:`~diffusers_edm.training.stable_diffusion_export.save_stable_diffusion`)
-  plus the same model as an ``EDMTextToImagePipeline`` in ``edm/``; with ``--lora_rank`` the LoRA weights
-  (``pytorch_lora_weights.safetensors``) that ``pipe.load_lora_weights`` reads on the base model.
+  plus the same model as an ``EDMTextToImagePipeline`` in ``edm/`` (both with the trained text encoder(s) after
+  ``--train_text_encoder``); with ``--lora_rank`` the LoRA weights (``pytorch_lora_weights.safetensors``, the text
+  encoders' adapters included) that ``pipe.load_lora_weights`` reads on the base model.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from ...pipelines.prompt_encoding import PromptEncoder, sdxl_time_ids
 from ..stable_diffusion_export import save_stable_diffusion
 from ...schedulers import EDMHeunScheduler, EDMMultistepScheduler
 from ..captions import CaptionConditioner
+from ..sharding import sharding_engine
 from .base import Export
 from .text import DEFAULT_PROPORTION_EMPTY_PROMPTS, MAX_DEFAULT_VALIDATION_PROMPTS, TextDenoisingRecipe, training_dtype
 
@@ -53,6 +58,8 @@ logger = logging.getLogger(__name__)
 FINETUNABLE_PIPELINES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
 #: LoRA target modules, as diffusers' text-to-image LoRA scripts (the attention projections).
 LORA_TARGET_MODULES = ("to_k", "to_q", "to_v", "to_out.0")
+#: LoRA target modules of a trained text encoder, as diffusers' DreamBooth LoRA scripts (CLIP's attention projections).
+TEXT_ENCODER_LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
 #: The EDMTextToImagePipeline of a full fine-tuning run is saved in this subfolder of the export.
 EDM_PIPELINE_FOLDER = "edm"
 #: The LoRA weights file of a LoRA run (diffusers' default name, which load_lora_weights looks for).
@@ -86,21 +93,58 @@ def load_base_pipeline(name_or_path: str, revision: str | None = None) -> Diffus
     return FINETUNABLE_PIPELINES[class_name].from_pretrained(name_or_path, revision=revision, **extra)
 
 
-def check_lora_rank(unet: torch.nn.Module, rank: int) -> None:
+def check_lora_rank(
+    model: torch.nn.Module, rank: int, target_modules: tuple[str, ...] = LORA_TARGET_MODULES, what: str = "UNet"
+) -> None:
     """``ValueError`` naming the rank, the narrowest adapted layer and its width unless ``rank`` is at most the
-    smaller dimension of every adapted ``Linear`` (a larger rank adds parameters but no expressiveness)."""
+    smaller dimension of every adapted ``Linear`` of ``model`` (the ``what``; a larger rank adds parameters but no
+    expressiveness)."""
     widths = {
         name: min(module.in_features, module.out_features)
-        for name, module in unet.named_modules()
-        if isinstance(module, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in LORA_TARGET_MODULES)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in target_modules)
     }
     if not widths:
-        raise ValueError(f"The UNet has none of the LoRA target layers {LORA_TARGET_MODULES}.")
+        raise ValueError(f"The {what} has none of the LoRA target layers {target_modules}.")
     name, width = min(widths.items(), key=lambda item: item[1])
     if rank > width:
         raise ValueError(
-            f"--lora_rank {rank} is above the width of the adapted layer {name!r} ({width}); choose 1..{width}."
+            f"--lora_rank {rank} is above the width of the adapted layer {name!r} ({width}) of the {what}; "
+            f"choose 1..{width}."
         )
+
+
+class DenoiserWithTextEncoders(torch.nn.Module):
+    """What a ``--train_text_encoder`` run trains, as the one model the training loop prepares (Accelerate: device,
+    DDP, mixed precision), checkpoints (``save_state``) and averages (EMA): the denoiser and the text encoder(s) whose
+    embeddings condition it (SDXL: both).
+
+    ``forward`` is the denoiser's: the prompt embeddings are computed before it, with autograd, by these very encoder
+    modules (:class:`~diffusers_edm.training.captions.CaptionConditioner` with ``trainable=True``), so the loss's
+    gradient reaches them.
+    """
+
+    def __init__(
+        self, denoiser: torch.nn.Module, text_encoder: torch.nn.Module, text_encoder_2: torch.nn.Module | None = None
+    ):
+        super().__init__()
+        self.denoiser = denoiser
+        self.text_encoder = text_encoder
+        self.text_encoder_2 = text_encoder_2
+
+    @property
+    def text_encoders(self) -> tuple[torch.nn.Module | None, torch.nn.Module | None]:
+        return self.text_encoder, self.text_encoder_2
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.denoiser(*args, **kwargs)
+
+
+def model_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, tuple[torch.nn.Module | None, ...]]:
+    """``(denoiser, trained text encoders)`` of a fine-tuning run's model (no trained encoder: ``()``)."""
+    if isinstance(model, DenoiserWithTextEncoders):
+        return model.denoiser, model.text_encoders
+    return model, ()
 
 
 class FineTuneRecipe(TextDenoisingRecipe):
@@ -124,8 +168,11 @@ class FineTuneRecipe(TextDenoisingRecipe):
         if args.label_dropout:
             raise ValueError("--label_dropout does not apply to fine-tuning a text-to-image checkpoint; use "
                              "--proportion_empty_prompts (caption dropout).")
-        if args.train_text_encoder:
-            raise ValueError("--train_text_encoder is not supported yet: the text encoder(s) stay frozen; drop it.")
+        if args.train_text_encoder and args.cache_text_embeddings:
+            raise ValueError(
+                "--train_text_encoder with --cache_text_embeddings: the caption embeddings change at every step while "
+                "the text encoder trains, so they cannot be cached; drop --cache_text_embeddings."
+            )
         if args.lora_alpha is not None and args.lora_rank is None:
             raise ValueError(f"--lora_alpha {args.lora_alpha} needs --lora_rank (it scales the LoRA update).")
         if args.lora_rank is not None:
@@ -172,6 +219,9 @@ class FineTuneRecipe(TextDenoisingRecipe):
         if args.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         denoiser = pretrained_denoiser(unet, pipe.scheduler)  # an unsupported scheduler config is refused here
+        train_text_encoder = bool(args.train_text_encoder)
+        if train_text_encoder and sharding_engine(self.accelerator) is not None:
+            raise ValueError("--train_text_encoder is not supported with a sharded launch (FSDP / DeepSpeed); use DDP.")
         if args.lora_rank is not None:
             from peft import LoraConfig
 
@@ -183,13 +233,15 @@ class FineTuneRecipe(TextDenoisingRecipe):
             ))
         self.denoiser = denoiser.train()
 
-        # The frozen text encoder(s) in the training dtype; the pipeline keeps its own (exported) in float32.
         dtype = training_dtype(self.accelerator.mixed_precision)
         encoders = [pipe.text_encoder, getattr(pipe, "text_encoder_2", None)]
-        encoders = [
-            None if encoder is None else (copy.deepcopy(encoder) if dtype != encoder.dtype else encoder).to(device, dtype)
-            .eval().requires_grad_(False) for encoder in encoders
-        ]
+        if train_text_encoder:  # the pipeline's own modules, trained in place, so that its export holds them
+            encoders = [None if encoder is None else self._trained_text_encoder(encoder) for encoder in encoders]
+        else:  # the frozen text encoder(s) in the training dtype; the pipeline keeps its own (exported) in float32
+            encoders = [
+                None if encoder is None else (copy.deepcopy(encoder) if dtype != encoder.dtype else encoder)
+                .to(device, dtype).eval().requires_grad_(False) for encoder in encoders
+            ]
         sdxl = isinstance(pipe, StableDiffusionXLPipeline)
         if args.empty_prompt is None:  # the checkpoint's own convention, as its pipeline samples
             args.empty_prompt = "zeros" if sdxl and pipe.config.get("force_zeros_for_empty_prompt", False) else "encode"
@@ -197,6 +249,8 @@ class FineTuneRecipe(TextDenoisingRecipe):
             pipe.tokenizer, encoders[0], args.empty_prompt, getattr(pipe, "tokenizer_2", None), encoders[1]
         )
         self.pooled_width = pooled_text_width(unet)
+        if train_text_encoder:
+            self._freeze_unread_text_encoder_parameters()
         self.time_ids = None
         if takes_sdxl_time_ids(unet):
             size = (args.resolution, args.resolution)
@@ -204,13 +258,66 @@ class FineTuneRecipe(TextDenoisingRecipe):
         if args.validation_prompts is None:
             args.validation_prompts = list(self.data.first_captions or [""])[:MAX_DEFAULT_VALIDATION_PROMPTS]
         self.conditioner = CaptionConditioner(
-            self.prompt_encoder, args.proportion_empty_prompts, dtype, cache=args.cache_text_embeddings
+            self.prompt_encoder, args.proportion_empty_prompts, dtype, cache=args.cache_text_embeddings,
+            trainable=train_text_encoder, autocast=self.accelerator.autocast,
         )
         self.latent_cache: torch.Tensor | None = None
+        if train_text_encoder:
+            return DenoiserWithTextEncoders(denoiser, *encoders)
         return denoiser
 
+    def _trained_text_encoder(self, encoder: torch.nn.Module) -> torch.nn.Module:
+        """``encoder`` made trainable in place, on the training device with float32 master weights (mixed precision
+        autocasts its computation, as the prepared UNet's): every weight, or with ``--lora_rank`` LoRA adapters on
+        :data:`TEXT_ENCODER_LORA_TARGET_MODULES` alone (the base weights frozen)."""
+        args = self.args
+        encoder.to(self.accelerator.device, torch.float32).train()
+        if args.lora_rank is None:
+            encoder.requires_grad_(True)
+        else:
+            from peft import LoraConfig, inject_adapter_in_model
+
+            check_lora_rank(encoder, args.lora_rank, TEXT_ENCODER_LORA_TARGET_MODULES, type(encoder).__name__)
+            encoder.requires_grad_(False)
+            # peft's own injection (what diffusers' add_adapter calls), not transformers' add_adapter: that one
+            # refuses the peft releases before its own minimum version, which the UNet's adapters work with.
+            inject_adapter_in_model(LoraConfig(
+                r=args.lora_rank, lora_alpha=args.lora_alpha, init_lora_weights="gaussian",
+                target_modules=list(TEXT_ENCODER_LORA_TARGET_MODULES),
+            ), encoder)
+        if args.gradient_checkpointing:
+            # Non-reentrant: the adapters' gradients flow although the frozen embeddings' outputs need none.
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return encoder
+
+    def _freeze_unread_text_encoder_parameters(self) -> None:
+        """Freeze the trainable text-encoder parameters that the UNet's inputs do not depend on: SDXL reads its first
+        encoder's penultimate hidden states (Podell et al. 2023, section 2.1), so that encoder's last layer and final
+        norm never get a gradient. Frozen, they stay out of the optimizer and the EMA (they would not change anyway),
+        and DDP, which expects a gradient for every trainable parameter, accepts the model. Found once, at start-up,
+        by differentiating a probe encoding (eval mode: no dropout draw from the run's RNG)."""
+        encoder = self.prompt_encoder
+        modules = [module for module in encoder.text_encoders]
+        trainable = [p for module in modules for p in module.parameters() if p.requires_grad]
+        for module in modules:
+            module.eval()
+        embeddings = encoder.encode_differentiable(["", "a photograph"], self.accelerator.device)
+        read = embeddings.embeds.sum()
+        if self.pooled_width is not None:
+            read = read + embeddings.pooled.sum()
+        gradients = torch.autograd.grad(read, trainable, allow_unused=True)
+        for module in modules:
+            module.train()
+        unread = [p for p, gradient in zip(trainable, gradients) if gradient is None]
+        for parameter in unread:
+            parameter.requires_grad_(False)
+        if unread:
+            logger.info("%d text-encoder parameter tensors do not reach the UNet's inputs: frozen.", len(unread))
+
     def trainable_parameters(self, model: torch.nn.Module) -> Iterable[torch.nn.Parameter]:
-        """The LoRA parameters with ``--lora_rank``, else every parameter of the UNet."""
+        """The parameters that require a gradient: with ``--lora_rank`` the LoRA adapters, else every parameter of the
+        UNet; with ``--train_text_encoder`` also the text encoders' (adapters). The optimizer updates them and the EMA
+        averages them (and only them: the frozen weights are the base model's)."""
         return [param for param in model.parameters() if param.requires_grad]
 
     def optimizer_class(self) -> type[torch.optim.Optimizer]:
@@ -280,8 +387,10 @@ class FineTuneRecipe(TextDenoisingRecipe):
 
     # ------------------------------------------------------------------------------------------ pipeline, export
     def pipeline(self, model: torch.nn.Module, scheduler: Any = None) -> EDMTextToImagePipeline:
-        """The package's text pipeline over ``model`` with the checkpoint's tokenizer(s), text encoder(s) and VAE."""
+        """The package's text pipeline over ``model`` with the checkpoint's tokenizer(s), text encoder(s) (the trained
+        ones after ``--train_text_encoder``: the same modules) and VAE."""
         pipe = self.base_pipe
+        model, _ = model_parts(model)
         if scheduler is None:
             sigma_min = max(EDMHeunScheduler().config.sigma_min, model.sigma_min)
             sigma_max = min(EDMHeunScheduler().config.sigma_max, model.sigma_max)
@@ -298,19 +407,28 @@ class FineTuneRecipe(TextDenoisingRecipe):
         if not self.accelerator.is_main_process:
             return Export()
         artefacts: dict[str, Path] = {}
+        denoiser, text_encoders = model_parts(model)
         if self.args.lora_rank is not None:
             from diffusers.utils import convert_state_dict_to_diffusers
             from peft.utils import get_peft_model_state_dict
 
-            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model.backbone))
+            # Each adapter's LoRA config travels as metadata: without it load_lora_weights assumes alpha = rank.
+            adapters = {"unet": denoiser.backbone}
+            adapters.update((name, encoder) for name, encoder in zip(("text_encoder", "text_encoder_2"), text_encoders)
+                            if encoder is not None)
+            saved = {}
+            for name, module in adapters.items():
+                saved[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
+                saved[f"{name}_lora_adapter_metadata"] = module.peft_config["default"].to_dict()
             type(self.base_pipe).save_lora_weights(
-                output_dir, unet_lora_layers=layers, weight_name=LORA_WEIGHTS_NAME, safe_serialization=True
+                output_dir, **saved, weight_name=LORA_WEIGHTS_NAME, safe_serialization=True
             )
             artefacts["lora_weights"] = output_dir / LORA_WEIGHTS_NAME
             summary = [f"LoRA weights (load_lora_weights on {self.args.pretrained_model_name_or_path}): "
                        f"{artefacts['lora_weights']}"]
         else:
-            save_stable_diffusion(output_dir, self.base_pipe, model)
+            # The base pipeline's text encoders are the trained ones after --train_text_encoder (the same modules).
+            save_stable_diffusion(output_dir, self.base_pipe, denoiser)
             self.pipeline(model, EDMMultistepScheduler()).save_pretrained(output_dir / EDM_PIPELINE_FOLDER)
             artefacts["edm_pipeline"] = output_dir / EDM_PIPELINE_FOLDER
             summary = [f"{type(self.base_pipe).__name__} (stock diffusers): {output_dir}",
@@ -326,4 +444,4 @@ class FineTuneRecipe(TextDenoisingRecipe):
         return write_finetune_model_card(self.args, output_dir, type(self.base_pipe).__name__, steps)
 
 
-__all__ = ["FineTuneRecipe", "check_lora_rank", "load_base_pipeline"]
+__all__ = ["DenoiserWithTextEncoders", "FineTuneRecipe", "check_lora_rank", "load_base_pipeline", "model_parts"]
