@@ -27,7 +27,7 @@ from test_training_finetune import SIGMA_DATA, digits, finetune
 from tiny_stable_diffusion import make_tiny_sd_pipeline, make_tiny_sdxl_base_pipeline
 from tiny_training import reset_accelerate_state
 
-BATCH = 4  # finetune()'s --train_batch_size
+BATCH = 2  # --train_batch_size of these runs (smaller than finetune()'s default: cheaper steps)
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +115,12 @@ def sdxl_held_out_edm_loss(pipe: StableDiffusionXLPipeline) -> float:
 
 # ---------------------------------------------------------------------------------------------- LoRA: EMA and text encoders
 def test_lora_ema_averages_the_adapters_alone_and_the_export_is_their_average(bases, tmp_path):
-    halflife_kimg, rampup, steps = 0.01, 0.5, 2  # betas 0 and 0.25: the average differs from the last weights
+    halflife_kimg, rampup, steps = 0.004, 0.5, 2  # betas 0 and 0.25: the average differs from the last weights
     out = tmp_path / "lora"
     result = finetune(
         bases["sdxl"], out, "--lora_rank", "4", "--lora_alpha", "8", "--learning_rate", "1e-2", "--train_text_encoder",
         "--max_train_steps", str(steps), "--checkpointing_steps", "1", "--ema_halflife_kimg", str(halflife_kimg),
-        "--ema_rampup_ratio", str(rampup),
+        "--ema_rampup_ratio", str(rampup), "--train_batch_size", str(BATCH),
     )
     model = result.model
     adapters = [(name, p) for name, p in model.named_parameters() if "lora_" in name]
@@ -134,6 +134,7 @@ def test_lora_ema_averages_the_adapters_alone_and_the_export_is_their_average(ba
     assert [name for name, _ in trained] == [name for name, _ in adapters if name not in unread]
     # The EMA holds exactly one tensor per trained adapter parameter (in the optimizer's order), no frozen weight.
     assert [tuple(s.shape) for s in result.ema.shadow_params] == [tuple(p.shape) for _, p in trained]
+    assert "and the text encoder(s)' q_proj, k_proj, v_proj, out_proj." in (out / "README.md").read_text()
     saved_ema = [key for key in load_file(out / f"checkpoint-{steps}" / "training_state.safetensors") if key.startswith("ema.")]
     assert len(saved_ema) == len(trained)
 
@@ -185,7 +186,8 @@ def test_full_text_encoder_training_lowers_the_loss_exports_both_sdxl_encoders_a
     base = StableDiffusionXLPipeline.from_pretrained(bases["sdxl"])
     before = sdxl_held_out_edm_loss(base)
     # Half-life 0: the EMA is the last weights, so the export equals the trained model itself.
-    run = ("--train_text_encoder", "--max_train_steps", "2", "--checkpointing_steps", "1", "--ema_halflife_kimg", "0")
+    run = ("--train_text_encoder", "--max_train_steps", "2", "--checkpointing_steps", "1", "--ema_halflife_kimg", "0",
+           "--train_batch_size", str(BATCH))
     result = finetune(bases["sdxl"], tmp_path / "straight", *run)
     stock = StableDiffusionXLPipeline.from_pretrained(tmp_path / "straight")
     edm = EDMTextToImagePipeline.from_pretrained(tmp_path / "straight" / "edm")
@@ -197,6 +199,7 @@ def test_full_text_encoder_training_lowers_the_loss_exports_both_sdxl_encoders_a
         assert all(torch.equal(getattr(edm, name).state_dict()[key], exported[key]) for key in exported)
         assert any(not torch.equal(exported[key], value) for key, value in getattr(base, name).state_dict().items())
     assert not torch.equal(stock.unet.conv_in.weight, base.unet.conv_in.weight)
+    assert "full fine-tuning of the UNet and the text encoder(s)." in (tmp_path / "straight" / "README.md").read_text()
     after = sdxl_held_out_edm_loss(stock)
     assert after < before, (before, after)
 

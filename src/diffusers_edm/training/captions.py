@@ -95,7 +95,7 @@ class CaptionConditioner:
     """The text conditioning of one training batch: a caption drawn per example, its embeddings, and caption dropout.
 
     Args:
-        prompt_encoder: the tokenizer + frozen text encoder, and the empty-prompt convention.
+        prompt_encoder: the tokenizer + text encoder (frozen unless ``trainable``), and the empty-prompt convention.
         proportion_empty_prompts: ``p``, each example's probability of the empty prompt, drawn at every step.
         dtype: the dtype of the embeddings (the training dtype of the text encoder).
         cache: keep each caption's embeddings (keyed by the caption) after its first encoding; the dropout is still

@@ -241,12 +241,15 @@ def write_finetune_model_card(args: argparse.Namespace, output_dir: Path, pipeli
         f"EDM's denoising loss (Karras et al. 2022) with ln(sigma) ~ N({args.P_mean:g}, {args.P_std:g}^2) truncated "
         f"to the model's noise range, {weighting} (sigma_data {args.sigma_data:.4g}), caption dropout "
         f"{args.proportion_empty_prompts:g}, {steps} steps of batch {args.train_batch_size}, learning rate "
-        f"{args.learning_rate:g}; " + (f"LoRA rank {args.lora_rank}, alpha {args.lora_alpha:g} on the UNet's "
-                                      "to_k, to_q, to_v, to_out.0" if lora else "full fine-tuning of the UNet")
-        + (("" if not args.train_text_encoder else " and the text encoder(s)' q_proj, k_proj, v_proj, out_proj")
-           if lora else (" and the text encoder(s)" if args.train_text_encoder else "; the text encoder(s) frozen"))
-        + "."
+        f"{args.learning_rate:g}; "
     )
+    if lora:
+        recipe += f"LoRA rank {args.lora_rank}, alpha {args.lora_alpha:g} on the UNet's to_k, to_q, to_v, to_out.0"
+        recipe += " and the text encoder(s)' q_proj, k_proj, v_proj, out_proj." if args.train_text_encoder else "."
+    else:
+        recipe += "full fine-tuning of the UNet" + (" and the text encoder(s)." if args.train_text_encoder else ".")
+    if not args.train_text_encoder:
+        recipe += " The text encoder(s) stayed frozen."
     tags = ["text-to-image", "diffusers", "diffusers-edm", "edm"] + (["lora"] if lora else [])
     card = ModelCard.from_template(
         ModelCardData(library_name="diffusers", base_model=base, tags=tags),
