@@ -72,11 +72,12 @@ def frozen_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def token_ids(tokenizer, prompt: str = "a handwritten 9") -> torch.Tensor:
-    return tokenizer([prompt], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    length = tokenizer.model_max_length
+    return tokenizer([prompt], padding="max_length", max_length=length, return_tensors="pt").input_ids
 
 
 @torch.no_grad()
-def sdxl_text_inputs(pipe: StableDiffusionXLPipeline, prompt: str = "a handwritten 9") -> tuple[torch.Tensor, torch.Tensor]:
+def sdxl_text_inputs(pipe: StableDiffusionXLPipeline, prompt: str = "a handwritten 9") -> tuple[torch.Tensor, ...]:
     """SDXL's text conditioning (Podell et al. 2023, section 2.1): both encoders' penultimate hidden states
     concatenated along the channels, and the second encoder's projected final token (``text_embeds``)."""
     hidden = []
@@ -113,7 +114,7 @@ def sdxl_held_out_edm_loss(pipe: StableDiffusionXLPipeline) -> float:
     return float((weight * (denoised - y) ** 2).mean())
 
 
-# ---------------------------------------------------------------------------------------------- LoRA: EMA and text encoders
+# ------------------------------------------------------------------------------------------ LoRA: EMA, text encoders
 def test_lora_ema_averages_the_adapters_alone_and_the_export_is_their_average(bases, tmp_path):
     halflife_kimg, rampup, steps = 0.004, 0.5, 2  # betas 0 and 0.25: the average differs from the last weights
     out = tmp_path / "lora"
@@ -128,14 +129,16 @@ def test_lora_ema_averages_the_adapters_alone_and_the_export_is_their_average(ba
     # SDXL reads the first text encoder's penultimate hidden states: the adapters of its last layer never get a
     # gradient, so they are frozen too. Every other adapter trains, and nothing else.
     last = model.text_encoder.config.num_hidden_layers - 1
-    unread = {name for name, _ in adapters if re.match(rf"text_encoder\.(text_model\.)?encoder\.layers\.{last}\.", name)}
+    last_layer = re.compile(rf"text_encoder\.(text_model\.)?encoder\.layers\.{last}\.")
+    unread = {name for name, _ in adapters if last_layer.match(name)}
     assert len(unread) == 8  # lora_A and lora_B of q, k, v and out
     trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     assert [name for name, _ in trained] == [name for name, _ in adapters if name not in unread]
     # The EMA holds exactly one tensor per trained adapter parameter (in the optimizer's order), no frozen weight.
     assert [tuple(s.shape) for s in result.ema.shadow_params] == [tuple(p.shape) for _, p in trained]
     assert "and the text encoder(s)' q_proj, k_proj, v_proj, out_proj." in (out / "README.md").read_text()
-    saved_ema = [key for key in load_file(out / f"checkpoint-{steps}" / "training_state.safetensors") if key.startswith("ema.")]
+    saved = load_file(out / f"checkpoint-{steps}" / "training_state.safetensors")
+    saved_ema = [key for key in saved if key.startswith("ema.")]
     assert len(saved_ema) == len(trained)
 
     # The exported weights are EDM's EMA of the raw adapter weights after each step (the checkpoints' model weights).
@@ -178,7 +181,8 @@ def test_lora_ema_averages_the_adapters_alone_and_the_export_is_their_average(ba
     assert not torch.allclose(trained_pooled, base_pooled, atol=1e-4)
     x, t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([500])
     torch.testing.assert_close(sdxl_unet_output(base.unet, x, t, trained_context, trained_pooled),
-                               sdxl_unet_output(trained.unet, x, t, trained_context, trained_pooled), rtol=1e-4, atol=1e-5)
+                               sdxl_unet_output(trained.unet, x, t, trained_context, trained_pooled),
+                               rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- full: export, resume
@@ -240,4 +244,24 @@ def test_cached_text_embeddings_are_refused_with_a_trained_text_encoder(bases, t
                     "--train_text_encoder", "--cache_text_embeddings"])
     pipe = sd1(bases["sd1"])
     with pytest.raises(ValueError, match="--cache_text_embeddings with --train_text_encoder"):
-        CaptionConditioner(PromptEncoder(pipe.tokenizer, pipe.text_encoder), 0.1, torch.float32, cache=True, trainable=True)
+        CaptionConditioner(PromptEncoder(pipe.tokenizer, pipe.text_encoder), 0.1, torch.float32, cache=True,
+                           trainable=True)
+
+
+def test_a_trained_encoder_encodes_the_captions_and_the_dropped_ones_as_the_empty_prompt_with_gradient(bases):
+    # Stable Diffusion's convention ("encode"): a dropped caption is "" through the (trained) text encoder.
+    pipe = sd1(bases["sd1"])
+    encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder.requires_grad_(True), "encode")
+    captions = [["a handwritten 1"], ["a handwritten 2", "a handwritten two"]]
+    for p, expected_prompts in ((0.0, None), (1.0, ["", ""])):
+        torch.manual_seed(0)
+        conditioner = CaptionConditioner(encoder, p, torch.float32, trainable=True)
+        embeddings = conditioner(captions, torch.device("cpu"))
+        torch.manual_seed(0)
+        chosen = expected_prompts or [options[min(int(u * len(options)), len(options) - 1)]
+                                       for u, options in zip(torch.rand(len(captions)).tolist(), captions)]
+        with torch.no_grad():
+            ids = token_ids(pipe.tokenizer, chosen[0]), token_ids(pipe.tokenizer, chosen[1])
+            expected = torch.cat([pipe.text_encoder(row)[0] for row in ids])
+        torch.testing.assert_close(embeddings.embeds.detach(), expected, rtol=1e-5, atol=1e-6)
+        assert embeddings.embeds.requires_grad

@@ -173,9 +173,8 @@ class CaptionConditioner:
                 None if pooled is None else pooled[count:].expand(count, *pooled.shape[1:]),
             )
         else:  # "zeros": all-zero embeddings of the same shapes, no gradient to carry
-            empty = PromptEmbeddings(
-                torch.zeros_like(captions_part.embeds), None if pooled is None else torch.zeros_like(captions_part.pooled)
-            )
+            zero_pooled = None if pooled is None else torch.zeros_like(captions_part.pooled)
+            empty = PromptEmbeddings(torch.zeros_like(captions_part.embeds), zero_pooled)
         return captions_part.where(dropped, empty)
 
 

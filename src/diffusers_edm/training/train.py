@@ -240,8 +240,8 @@ class Trainer:
         self.ema = make_ema(args, self.ema_parameters, self.global_batch)
         # --ema_type power: the snapshots of post-hoc EMA (None otherwise).
         self.snapshots = EMASnapshotWriter.for_run(
-            args, self.output_dir, self.ema, self.unwrapped_model(), self.global_batch, data, accelerator.is_main_process,
-            parameters=averaged,
+            args, self.output_dir, self.ema, self.unwrapped_model(), self.global_batch, data,
+            accelerator.is_main_process, parameters=averaged,
         )
         if self.vae is not None:
             self.vae.to(accelerator.device)
