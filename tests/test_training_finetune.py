@@ -5,6 +5,7 @@ diffusers, whose held-out EDM loss falls, and whose LoRA runs resume exactly."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -12,7 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UniPCMultistepScheduler
+from diffusers import (
+    EDMDPMSolverMultistepScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UniPCMultistepScheduler,
+)
+from PIL import Image
 from safetensors.torch import load_file
 
 from diffusers_edm import EDMTextToImagePipeline
@@ -21,6 +28,7 @@ from diffusers_edm.training.arguments import parse_args
 from diffusers_edm.training.train import main
 from test_model_cards import python_blocks
 from tiny_stable_diffusion import (
+    make_tiny_edm_sdxl_pipeline,
     make_tiny_sd2_pipeline,
     make_tiny_sd_pipeline,
     make_tiny_sdxl_base_pipeline,
@@ -61,13 +69,31 @@ def test_sigma_is_the_log_normal_truncated_to_the_model_range():
     assert np.mean(log_sigma <= math.log(sigma_min) + 1e-4) < 1e-3  # clamping would put ~2.6% here
 
 
+def test_the_loss_noise_is_drawn_in_logical_order_whatever_the_memory_layout():
+    # Eq. 8 with D(x; sigma) = x: lambda(sigma) |sigma n|^2, where (as the loss documents) one uniform per sample gives
+    # ln sigma = P_mean + P_std ndtri(u), u ~ U(Phi(a), Phi(b)), then n ~ N(0, I) of the images' shape, from one RNG state.
+    loss = TruncatedLogNormalLoss(0.03, 14.6, -1.2, 1.2, "uniform")
+    images = torch.randn(3, 4, 8, 8)
+    identity = lambda x, sigma, **_: type("Output", (), {"sample": x})()  # noqa: E731
+    torch.manual_seed(7)
+    low, high = loss.cdf_range
+    sigma = (-1.2 + 1.2 * torch.special.ndtri(low + (high - low) * torch.rand(3))).exp()
+    expected = (sigma.reshape(-1, 1, 1, 1) * torch.randn(3, 4, 8, 8)) ** 2
+    for layout in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(7)
+        output = loss(identity, images.to(memory_format=layout))
+        assert torch.allclose(output.loss, expected, rtol=1e-5, atol=1e-6), layout
+
+
 # ---------------------------------------------------------------------------------------------- checkpoints, runs
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory):
-    """The tiny checkpoints saved as folders: SD 1.x (eps), SD 2.x (v) and SDXL."""
+    """The tiny checkpoints saved as folders: SD 1.x (eps), SD 2.x (v), SDXL and the EDM-formulated SDXL
+    (Playground v2.5's scheduler config)."""
     root = tmp_path_factory.mktemp("bases")
     folders = {}
-    for name, make in (("sd1", make_tiny_sd_pipeline), ("sd2", make_tiny_sd2_pipeline), ("sdxl", make_tiny_sdxl_base_pipeline)):
+    for name, make in (("sd1", make_tiny_sd_pipeline), ("sd2", make_tiny_sd2_pipeline), ("sdxl", make_tiny_sdxl_base_pipeline),
+                       ("edm_sdxl", make_tiny_edm_sdxl_pipeline)):
         make(root / f"{name}-build").save_pretrained(root / name)
         folders[name] = root / name
     return folders
@@ -158,6 +184,47 @@ def test_sdxl_finetuning_exports_a_stock_sdxl_pipeline(bases, tmp_path):
     assert not torch.equal(stock.unet.conv_in.weight, base.unet.conv_in.weight)  # trained, SDXL conditions and all
 
 
+@torch.no_grad()
+def held_out_edm_sdxl_loss(pipe: StableDiffusionXLPipeline) -> float:
+    """EDM's weighted denoising loss of an EDM-formulated SDXL at fixed levels and fixed noise, from the UNet's raw
+    output F (Karras et al. 2022, Table 1, with diffusers' EDM noise label): sd = the scheduler's sigma_data,
+    x = y + sigma n, D = c_skip x + c_out F(c_in x; c_noise), c_skip = sd^2/(sigma^2+sd^2),
+    c_out = sigma sd/sqrt(sigma^2+sd^2), c_in = 1/sqrt(sigma^2+sd^2), c_noise = ln(sigma)/4; the UNet also reads the
+    pooled text embedding and time_ids (16, 16, 0, 0, 16, 16); loss = mean of (sigma^2+sd^2)/(sigma sd)^2 |D - y|^2."""
+    sd = pipe.scheduler.config.sigma_data
+    sigma = torch.tensor([0.02, 0.1, 0.3, 0.6, 1.0, 2.0, 5.0, 20.0]).reshape(-1, 1, 1, 1)
+    y = pipe.vae.encode(digits(len(sigma))).latent_dist.mean * pipe.vae.config.scaling_factor
+    noise = torch.randn(y.shape, generator=torch.Generator().manual_seed(123))
+    x = y + sigma * noise
+    context, _, pooled, _ = pipe.encode_prompt(
+        "a handwritten 9", device="cpu", num_images_per_prompt=len(sigma), do_classifier_free_guidance=False
+    )
+    time_ids = torch.tensor([[16.0, 16.0, 0.0, 0.0, 16.0, 16.0]]).expand(len(sigma), -1)
+    output = pipe.unet(x / (sigma**2 + sd**2).sqrt(), sigma.flatten().log() / 4, encoder_hidden_states=context,
+                       added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+    denoised = sd**2 / (sigma**2 + sd**2) * x + sigma * sd / (sigma**2 + sd**2).sqrt() * output
+    weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
+    return float((weight * (denoised - y) ** 2).mean())
+
+
+def test_edm_formulated_sdxl_finetuning_lowers_the_held_out_loss_and_exports_for_stock_diffusers(bases, tmp_path):
+    base = StableDiffusionXLPipeline.from_pretrained(bases["edm_sdxl"])
+    assert isinstance(base.scheduler, EDMDPMSolverMultistepScheduler) and base.scheduler.config.sigma_data == SIGMA_DATA
+    before = held_out_edm_sdxl_loss(base)
+    finetune(bases["edm_sdxl"], tmp_path / "out", "--max_train_steps", "3", "--learning_rate", "5e-3")
+
+    stock = StableDiffusionXLPipeline.from_pretrained(tmp_path / "out")
+    assert isinstance(stock.scheduler, EDMDPMSolverMultistepScheduler)
+    assert stock.scheduler.config.sigma_data == SIGMA_DATA and stock.scheduler.config.prediction_type == "epsilon"
+    after = held_out_edm_sdxl_loss(stock)
+    assert after < 0.9 * before, (before, after)
+    images = stock("a handwritten 3", num_inference_steps=2, output_type="np", height=16, width=16,
+                   generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
+    edm = EDMTextToImagePipeline.from_pretrained(tmp_path / "out" / "edm")
+    assert torch.equal(edm.denoiser.backbone.conv_in.weight, stock.unet.conv_in.weight)
+
+
 def lora_weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "pytorch_lora_weights.safetensors")
 
@@ -188,11 +255,102 @@ def test_lora_finetuning_lowers_the_loss_loads_on_the_base_and_resumes_exactly(b
     assert any(not torch.equal(at_two[k], weights[k]) for k in weights)  # steps 3 and 4 changed the weights
 
 
-@pytest.mark.xfail(strict=True, reason="open: the first cached step's loss differs from the uncached one although "
-                   "latents, text embeddings, weights and RNG state were found equal before it")
-def test_cached_latents_give_the_uncached_result(bases, tmp_path):
-    # --cache_latents: the posteriors are encoded once, each step samples them anew from the same RNG.
-    lora = ("--lora_rank", "4", "--learning_rate", "1e-2", "--max_train_steps", "2")
+# ---------------------------------------------------------------------------------------------- SDXL micro-conditioning
+IMAGE_SIZES = ((20, 36), (40, 18), (17, 29), (50, 22))  # (width, height): none square, none at the 16-pixel resolution
+
+
+@pytest.fixture
+def sized_images(tmp_path) -> tuple[Path, dict[tuple[int, int], Image.Image]]:
+    """An image folder of random RGB images of :data:`IMAGE_SIZES` with captions; and the images by (height, width)."""
+    folder, rng = tmp_path / "sized", np.random.default_rng(0)
+    folder.mkdir()
+    images, lines = {}, []
+    for number, (width, height) in enumerate(IMAGE_SIZES):
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        image.save(folder / f"{number}.png")
+        images[(height, width)] = image
+        lines.append(json.dumps({"file_name": f"{number}.png", "text": f"picture {number}"}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return folder, images
+
+
+def resized(image: Image.Image, resolution: int = 16) -> Image.Image:
+    """Shorter side to ``resolution``, each side ``round(side * resolution / shorter side)`` (bicubic)."""
+    scale = resolution / min(image.size)
+    return image.resize(tuple(round(side * scale) for side in image.size), Image.Resampling.BICUBIC)
+
+
+def record_sdxl_training_inputs(monkeypatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Lists that fill, per training step, with the pixels the recipe encodes and the ``time_ids`` the UNet receives
+    (its forward under autograd: sampling runs without)."""
+    from diffusers import UNet2DConditionModel
+
+    from diffusers_edm.training.recipes.finetune import FineTuneRecipe
+
+    pixels, time_ids = [], []
+    latents, forward = FineTuneRecipe.latents, UNet2DConditionModel.forward
+
+    def recording_latents(self, images, batch):
+        pixels.append(images.detach().clone())
+        return latents(self, images, batch)
+
+    def recording_forward(self, *args, added_cond_kwargs=None, **kwargs):
+        if torch.is_grad_enabled():
+            time_ids.append(added_cond_kwargs["time_ids"].detach().clone())
+        return forward(self, *args, added_cond_kwargs=added_cond_kwargs, **kwargs)
+
+    monkeypatch.setattr(FineTuneRecipe, "latents", recording_latents)
+    monkeypatch.setattr(UNet2DConditionModel, "forward", recording_forward)
+    return pixels, time_ids
+
+
+def test_sdxl_time_ids_are_each_images_size_and_center_crop_also_with_cached_latents(bases, sized_images, tmp_path, monkeypatch):
+    # Podell et al. 2023, section 2.2: (orig_h, orig_w, crop_top, crop_left, target_h, target_w); the image is resized
+    # to shorter side 16 (H', W') and center-cropped at top = floor((H' - 16) / 2), left = floor((W' - 16) / 2).
+    folder, images = sized_images
+    _, time_ids = record_sdxl_training_inputs(monkeypatch)
+    finetune(bases["sdxl"], tmp_path / "out", "--train_data_dir", str(folder), "--max_train_steps", "2",
+             "--cache_latents")
+    expected = []
+    for (height, width), image in images.items():
+        resized_width, resized_height = resized(image).size
+        expected.append((height, width, (resized_height - 16) // 2, (resized_width - 16) // 2, 16, 16))
+    rows = sorted(tuple(row) for step in time_ids for row in step.round().long().tolist())
+    assert rows == sorted(expected * 2)  # four images, batch 4: each image once per step
+
+
+def test_sdxl_time_ids_follow_random_crops_and_flips(bases, sized_images, tmp_path, monkeypatch):
+    # Each example's pixels are the crop at (crop_top, crop_left) of its image resized to shorter side 16, or, for a
+    # flipped example, of its flipped image resized (the flip comes first, as in diffusers' SDXL script).
+    folder, images = sized_images
+    pixels, time_ids = record_sdxl_training_inputs(monkeypatch)
+    finetune(bases["sdxl"], tmp_path / "out", "--train_data_dir", str(folder), "--max_train_steps", "2",
+             "--no-center_crop", "--random_flip")
+    assert len(pixels) == len(time_ids) == 2
+    flips, offsets = [], set()
+    for step_pixels, step_ids in zip(pixels, time_ids):
+        for seen, (height, width, top, left, target_h, target_w) in zip(step_pixels, step_ids.round().long().tolist()):
+            assert (target_h, target_w) == (16, 16)
+            image = images[(height, width)]
+            crops = {
+                flipped: torch.from_numpy(np.asarray(resized(source).crop((left, top, left + 16, top + 16)), np.float32)
+                                          / 127.5 - 1).permute(2, 0, 1)
+                for flipped, source in ((False, image), (True, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+            }
+            matches = [flipped for flipped, crop in crops.items() if torch.allclose(seen, crop, atol=1.5 / 127.5)]
+            assert len(matches) == 1, (height, width, top, left)
+            flips.append(matches[0])
+            offsets.add((top, left))
+    assert any(flips) and not all(flips)  # both kinds occurred
+    assert len(offsets) > len(IMAGE_SIZES)  # random crops: not one offset per image
+
+
+def test_cached_latents_give_the_uncached_result(bases, sized_images, tmp_path):
+    # --cache_latents: the posteriors are encoded once, each step samples them anew from the same RNG. Four images in
+    # batches of 3: the VAE returns channels-last latents, and the cache joins a batch of 3 and a batch of 1, which
+    # torch stores contiguous; the loss's noise must not depend on that memory layout.
+    lora = ("--lora_rank", "4", "--learning_rate", "1e-2", "--max_train_steps", "2",
+            "--train_data_dir", str(sized_images[0]), "--train_batch_size", "3")
     finetune(bases["sd1"], tmp_path / "uncached", *lora)
     finetune(bases["sd1"], tmp_path / "cached", *lora, "--cache_latents")
     uncached, cached = lora_weights(tmp_path / "uncached"), lora_weights(tmp_path / "cached")

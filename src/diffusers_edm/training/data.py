@@ -3,6 +3,9 @@
 Images become float tensors in [-1, 1] (C, H, W): read by their own bit depth (8-bit, 16-bit, ``I``, ``F``; see
 :func:`image_to_tensor`), resized so the shorter side is ``resolution``, then center- or randomly-cropped. Random horizontal flips are applied per batch in the training step (from the checkpointed
 torch RNG), not here, so a resumed run sees exactly the flips an uninterrupted one would.
+
+Each example also records where its pixels came from (:class:`SquareCrop`), what SDXL's micro-conditioning reads
+(Podell et al. 2023, section 2.2): its size before resizing and the top-left corner of the crop in the resized image.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import io
 import logging
 import random
 from collections import Counter
+from dataclasses import dataclass
 
 import datasets
 import numpy as np
@@ -188,9 +192,56 @@ def held_out_split(
     return dataset.select(training), dataset.select(held)
 
 
-def image_to_tensor(image: Image.Image, resolution: int, center_crop: bool, channels: int, rng: random.Random | None = None) -> torch.Tensor:
+@dataclass(frozen=True)
+class SquareCrop:
+    """Where :func:`image_to_tensor` takes a ``resolution`` x ``resolution`` image from: the image, ``original_size``
+    (height, width) in pixels, is resized to ``resized_size`` (height, width; shorter side ``resolution``), whose
+    pixels ``[top, top + resolution) x [left, left + resolution)`` are kept."""
+
+    original_size: tuple[int, int]
+    resized_size: tuple[int, int]
+    top: int
+    left: int
+
+    def fields(self) -> dict[str, torch.Tensor]:
+        """The example's ``original_size``, ``resized_size`` and ``crop_top_left`` as ``(2,)`` int64 tensors (batched
+        by the loader to ``(B, 2)``): SDXL's micro-conditioning of the example."""
+        return {
+            "original_size": torch.tensor(self.original_size),
+            "resized_size": torch.tensor(self.resized_size),
+            "crop_top_left": torch.tensor((self.top, self.left)),
+        }
+
+
+def square_crop(width: int, height: int, resolution: int, center_crop: bool, rng: random.Random | None = None) -> SquareCrop:
+    """The resize and crop of a ``width`` x ``height`` image: scale ``s = resolution / min(width, height)``, resized
+    size ``max(resolution, round(width s))`` x ``max(resolution, round(height s))``, then the crop's offsets are half
+    the excess (floor) with ``center_crop`` or without ``rng``, else uniform integers in ``[0, excess]`` from ``rng``."""
+    scale = resolution / min(width, height)
+    resized_width, resized_height = max(resolution, round(width * scale)), max(resolution, round(height * scale))
+    left_max, top_max = resized_width - resolution, resized_height - resolution
+    if center_crop or rng is None:
+        left, top = left_max // 2, top_max // 2
+    else:
+        left, top = rng.randint(0, left_max), rng.randint(0, top_max)
+    return SquareCrop((height, width), (resized_height, resized_width), top, left)
+
+
+def flipped_crop_top_left(crop_top_left: torch.Tensor, resized_size: torch.Tensor, resolution: int) -> torch.Tensor:
+    """The crop's top-left corner ``(top, W' - left - resolution)`` in the horizontally flipped resized image (width
+    ``W'``): a flipped example is the crop of the flipped image, whose micro-conditioning reads this corner (as
+    diffusers' SDXL script, which flips before cropping). Batched: ``(B, 2)`` tensors, on any device."""
+    top, left = crop_top_left.unbind(-1)
+    return torch.stack([top, resized_size[..., 1] - left - resolution], dim=-1)
+
+
+def image_to_tensor(
+    image: Image.Image, resolution: int, center_crop: bool, channels: int, rng: random.Random | None = None,
+    crop: SquareCrop | None = None,
+) -> torch.Tensor:
     """Resize (shorter side = resolution, bicubic), crop to a square, scale to [-1, 1]; shape (channels, res, res).
 
+    The resize and crop are ``crop`` when given, else :func:`square_crop` of the image's size.
     Each mode is read by its own bit depth: 8-bit modes by :func:`eight_bit_image` (``v / 127.5 - 1``); 16-bit,
     ``I`` and ``F`` images by :func:`image_intensities` (``2 u - 1`` for intensities ``u`` in [0, 1]), resized in
     float (integer ones clipped to [0, 1] after the bicubic filter, as an 8-bit image is) and repeated over 3
@@ -198,15 +249,10 @@ def image_to_tensor(image: Image.Image, resolution: int, center_crop: bool, chan
     """
     high_range = image.mode in HIGH_RANGE_MODES
     planes = [Image.fromarray(image_intensities(image), mode="F")] if high_range else [eight_bit_image(image, channels)]
-    width, height = image.size
-    scale = resolution / min(width, height)
-    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
-    left_max, top_max = size[0] - resolution, size[1] - resolution
-    if center_crop or rng is None:
-        left, top = left_max // 2, top_max // 2
-    else:
-        left, top = rng.randint(0, left_max), rng.randint(0, top_max)
-    box = (left, top, left + resolution, top + resolution)
+    if crop is None:
+        crop = square_crop(*image.size, resolution, center_crop, rng)
+    size = crop.resized_size[::-1]  # PIL's (width, height)
+    box = (crop.left, crop.top, crop.left + resolution, crop.top + resolution)
     planes = [(p.resize(size, Image.Resampling.BICUBIC) if size != p.size else p).crop(box) for p in planes]
     if not high_range:
         array = np.asarray(planes[0], dtype=np.float32) / 127.5 - 1.0
@@ -221,7 +267,8 @@ def image_to_tensor(image: Image.Image, resolution: int, center_crop: bool, chan
 
 class ImageDataset(torch.utils.data.Dataset):
     """Map-style view of a ``datasets.Dataset`` that yields ``{"images": (C, H, W), "labels": int, "index": int}``
-    (and ``"captions"``, the row's captions as a list of strings, with ``caption_column``).
+    with the example's :meth:`SquareCrop.fields` (and ``"captions"``, the row's captions as a list of strings, with
+    ``caption_column``).
 
     Random crops (when ``center_crop`` is False) come from a generator seeded by (seed, epoch, index): a new crop
     each epoch, and the same one in a resumed run. The training loop calls :meth:`set_epoch`.
@@ -269,11 +316,12 @@ class ImageDataset(torch.utils.data.Dataset):
         except Exception as error:  # PIL raises many types for bad files
             raise ValueError(f"Cannot read training image {_entry_name(entry, int(index))}: {error}") from error
         rng = None if self.center_crop else random.Random(f"{self.seed}-{self.epoch}-{int(index)}")
+        crop = square_crop(*image.size, self.resolution, self.center_crop, rng)
         try:
-            images = image_to_tensor(image, self.resolution, self.center_crop, self.channels, rng)
+            images = image_to_tensor(image, self.resolution, self.center_crop, self.channels, crop=crop)
         except ValueError as error:
             raise ValueError(f"Training image {_entry_name(entry, int(index))}: {error}") from error
-        item = {"images": images, "index": int(index)}
+        item = {"images": images, "index": int(index), **crop.fields()}
         if self.label_column is not None:
             item["labels"] = int(row[self.label_column])
         if self.caption_column is not None:  # checked once per data set (captions.check_caption_column)

@@ -35,7 +35,7 @@ import torch
 from accelerate import Accelerator
 from datasets.distributed import split_dataset_by_node
 
-from .data import EMBEDDED_DATASET, GRAYSCALE_MODES, _entry_name, _image_feature, image_to_tensor
+from .data import EMBEDDED_DATASET, GRAYSCALE_MODES, _entry_name, _image_feature, image_to_tensor, square_crop
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class ImageStream:
     """This process's part of a streamed image data set, as endless batches ``{"images": (B, C, H, W), "labels": (B,),
     "captions": [[...], ...], "keys": [...]}`` on ``device`` (``labels`` with ``label_column``; ``captions``, each
     example's list of captions, with ``caption_column``; ``keys`` when the rows have a ``__key__``, as WebDataset
-    samples do).
+    samples do), with each example's crop (:meth:`~diffusers_edm.training.data.SquareCrop.fields`, ``(B, 2)``).
 
     ``shuffle_buffer``: buffer-shuffle with ``seed`` (``seed + epoch`` in epoch ``epoch``) before splitting; ``None``
     reads the shards in their order. Random crops come from a generator seeded by (seed, process, epoch, position),
@@ -210,7 +210,9 @@ class ImageStream:
             raise ValueError(f"Cannot read training image {name}: {error}") from error
         rng = None if self.center_crop else random.Random(f"{self.seed}-{self.process_index}-{epoch}-{position}")
         try:
-            item = {"images": image_to_tensor(image, self.resolution, self.center_crop, self.channels, rng)}
+            crop = square_crop(*image.size, self.resolution, self.center_crop, rng)
+            images = image_to_tensor(image, self.resolution, self.center_crop, self.channels, crop=crop)
+            item = {"images": images, **crop.fields()}
         except ValueError as error:
             raise ValueError(f"Training image {name}: {error}") from error
         if self.label_column is not None:

@@ -282,6 +282,7 @@ class Trainer:
             # Drawn from the checkpointed torch RNG in step order, so a resumed run flips the same images.
             flip = torch.rand(images.shape[0], device=images.device) < 0.5
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            batch["flipped"] = flip  # for the recipe's view of the crop (SDXL's micro-conditioning)
         if self.codec is not None:
             images = self.recipe.latents(images, batch)
         # Class labels or text embeddings: the recipe decides (after the flips and latents, in this RNG order).

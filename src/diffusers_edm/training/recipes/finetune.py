@@ -16,9 +16,9 @@ in full or through LoRA adapters (Hu et al. 2021).
   ``--train_text_encoder``: then they are trained with the UNet (in full, or through LoRA adapters on their attention
   projections), as one model with it (:class:`DenoiserWithTextEncoders`: prepared, checkpointed and averaged by the
   EMA together). SDXL's pooled text embedding and micro-conditioning
-  ``add_time_ids = (orig_h, orig_w, crop_top, crop_left, target_h, target_w)`` (Podell et al. 2023, section 2.2).
-  The data pipeline resizes and center-crops every image to ``--resolution``, so these are
-  ``(resolution, resolution, 0, 0, resolution, resolution)``.
+  ``add_time_ids = (orig_h, orig_w, crop_top, crop_left, target_h, target_w)`` (Podell et al. 2023, section 2.2),
+  per example: its size before resizing, the top-left corner of its crop in the resized image (of the flipped image
+  for a flipped example) and ``(resolution, resolution)``, as the data pipeline records them.
 - Latents: the checkpoint's VAE through :class:`~diffusers_edm.models.LatentCodec` (``scaling_factor``,
   ``shift_factor``, ``latents_mean`` / ``latents_std``); ``--cache_latents`` keeps each image's posterior.
 - Export: the folder stock diffusers loads (:func:`~diffusers_edm.training.stable_diffusion_export.save_stable_diffusion`)
@@ -44,10 +44,11 @@ from ...losses import TruncatedLogNormalLoss
 from ...models import EDMFormulatedPrecond, checkpoint_formulation, pretrained_denoiser
 from ...models.backbones import pooled_text_width, takes_sdxl_time_ids
 from ...pipelines import EDMTextToImagePipeline
-from ...pipelines.prompt_encoding import PromptEncoder, sdxl_time_ids
+from ...pipelines.prompt_encoding import PromptEncoder
 from ..stable_diffusion_export import save_stable_diffusion
 from ...schedulers import EDMHeunScheduler, EDMMultistepScheduler
 from ..captions import CaptionConditioner
+from ..data import flipped_crop_top_left
 from ..sharding import sharding_engine
 from .base import Export
 from .text import DEFAULT_PROPORTION_EMPTY_PROMPTS, MAX_DEFAULT_VALIDATION_PROMPTS, TextDenoisingRecipe, training_dtype
@@ -251,10 +252,7 @@ class FineTuneRecipe(TextDenoisingRecipe):
         self.pooled_width = pooled_text_width(unet)
         if train_text_encoder:
             self._freeze_unread_text_encoder_parameters()
-        self.time_ids = None
-        if takes_sdxl_time_ids(unet):
-            size = (args.resolution, args.resolution)
-            self.time_ids = sdxl_time_ids(size, (0, 0), size, device=device)
+        self.takes_time_ids = takes_sdxl_time_ids(unet)
         if args.validation_prompts is None:
             args.validation_prompts = list(self.data.first_captions or [""])[:MAX_DEFAULT_VALIDATION_PROMPTS]
         self.conditioner = CaptionConditioner(
@@ -379,11 +377,26 @@ class FineTuneRecipe(TextDenoisingRecipe):
         """The text recipe's caption embeddings (one caption drawn per example, caption dropout), with SDXL's pooled
         text embedding followed by ``add_time_ids`` where the UNet reads them."""
         embeddings = self.conditioner(batch["captions"], self.accelerator.device)
-        if self.time_ids is not None:
-            embeddings = embeddings.with_time_ids(self.time_ids)
+        if self.takes_time_ids:
+            embeddings = embeddings.with_time_ids(self.example_time_ids(batch))
         if self.pooled_width is None:
             return {"encoder_hidden_states": embeddings.embeds}
         return {"encoder_hidden_states": embeddings.embeds, "pooled_text_embeds": embeddings.pooled}
+
+    def example_time_ids(self, batch: dict) -> torch.Tensor:
+        """SDXL's ``add_time_ids`` of each example, ``(B, 6)`` on the device: ``(orig_h, orig_w, crop_top, crop_left,
+        resolution, resolution)`` from the batch's ``original_size`` and ``crop_top_left``; where the step flipped an
+        example (``batch["flipped"]``) its crop's corner in the flipped image (:func:`flipped_crop_top_left`).
+        Device tensors only: nothing waits for the device."""
+        device = self.accelerator.device
+        original_size = batch["original_size"].to(device, non_blocking=True)
+        crop_top_left = batch["crop_top_left"].to(device, non_blocking=True)
+        if "flipped" in batch:
+            resized_size = batch["resized_size"].to(device, non_blocking=True)
+            mirrored = flipped_crop_top_left(crop_top_left, resized_size, self.args.resolution)
+            crop_top_left = torch.where(batch["flipped"][:, None], mirrored, crop_top_left)
+        target_size = original_size.new_full(original_size.shape, self.args.resolution)
+        return torch.cat([original_size, crop_top_left, target_size], dim=1)
 
     # ------------------------------------------------------------------------------------------ pipeline, export
     def pipeline(self, model: torch.nn.Module, scheduler: Any = None) -> EDMTextToImagePipeline:
