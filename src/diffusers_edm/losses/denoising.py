@@ -51,7 +51,8 @@ class DenoisingLoss(ABC):
     def __call__(self, denoiser: torch.nn.Module, images: torch.Tensor, **conditioning: Any) -> DenoisingLossOutput:
         """Loss for a batch of clean ``images``; ``conditioning`` goes to the denoiser (class_labels, ...)."""
         sigma = self.sample_sigma(images.shape[0], images.device)
-        noise = torch.randn_like(images)
+        # Drawn in NCHW order: a channels-last batch (--channels_last) gets the very noise of a contiguous one.
+        noise = torch.randn_like(images, memory_format=torch.contiguous_format)
         denoised = denoiser(images + noise * _per_sample(sigma, images), sigma, **conditioning).sample
         error = (denoised.to(torch.float32) - images.to(torch.float32)).square()
         return DenoisingLossOutput(loss=_per_sample(self.weight(sigma), images) * error, sigma=sigma)
