@@ -354,8 +354,6 @@ def validate_args(args: argparse.Namespace) -> None:
 
 def validate_output_args(args: argparse.Namespace) -> None:
     """The checks of the data, guidance, Hub and output options that every recipe shares."""
-    if args.backbone == "dit" and args.vae is None:
-        raise ValueError("--backbone dit works in latent space: pass --vae (an AutoencoderKL directory or Hub id).")
     if args.backbone_config is not None and not Path(args.backbone_config).is_file():
         raise ValueError(f"--backbone_config {args.backbone_config!r} is not a file.")
     if args.backbone_config is not None:
