@@ -49,7 +49,8 @@ def recorded_run(argv: list[str]) -> dict:
     finally:
         train_module.Trainer._train_step = original_step
     weights = {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()}
-    return {"keys": keys, "images": images, "captions": captions, "workers": workers, "weights": weights, "global_step": result.global_step}
+    return {"keys": keys, "images": images, "captions": captions, "workers": workers, "weights": weights,
+            "global_step": result.global_step}
 
 
 def main() -> None:

@@ -240,7 +240,8 @@ def test_two_processes_read_disjoint_parts_and_resume_exactly(tmp_path, tiny_con
         out = tmp_path / f"straight-{shard_format}"
         checkpoints[shard_format] = out / "checkpoint-3"
         extra = (*extra, "--max_train_steps", "6")
-        runs.append((tmp_path / f"straight-{shard_format}-ranks", stream_args(out, tiny_config, shard_format, directory, *extra)))
+        runs.append((tmp_path / f"straight-{shard_format}-ranks",
+                     stream_args(out, tiny_config, shard_format, directory, *extra)))
         runs.append((tmp_path / f"resumed-{shard_format}-ranks", stream_args(
             tmp_path / f"resumed-{shard_format}", tiny_config, shard_format, directory, *extra,
             "--resume_from_checkpoint", str(checkpoints[shard_format]))))

@@ -37,8 +37,8 @@ MAX_SEED = 2**32 - 1  # numpy's RandomState, seeded by accelerate's set_seed, ta
 # The arguments that determine the trained weights: every checkpoint records them (``run_arguments.json``) and a
 # resume with other values is refused. Not listed, so free to change on a resume: how long to train
 # (--max_train_steps), how often to checkpoint / validate / log and what validation does, where logs and uploads go
-# (--report_to, --push_to_hub, --hub_*), --dataloader_num_workers, --cache_dir, --compile, --channels_last, --overwrite and
-# --cache_text_embeddings (the cached embeddings equal the uncached ones).
+# (--report_to, --push_to_hub, --hub_*), --dataloader_num_workers, --cache_dir, --compile, --channels_last,
+# --overwrite and --cache_text_embeddings (the cached embeddings equal the uncached ones).
 # The number of processes is recorded too (``num_processes``: the global batch).
 RESULT_ARGUMENTS = (
     "task", "precond", "loss", "loss_reduction", "backbone", "model_size", "backbone_config", "sigma_data", "P_mean",

@@ -203,10 +203,9 @@ class ImageStream:
                 held[batch["worker"]] = batch
             batch = held.pop(worker)
             position = batch.pop("position")
-            if position["batches"] != self._delivered(worker) + 1:
-                raise RuntimeError(
-                    f"Loader worker {worker} delivered its batch {position['batches']}, not {self._delivered(worker) + 1}."
-                )
+            expected = self._delivered(worker) + 1
+            if position["batches"] != expected:
+                raise RuntimeError(f"Loader worker {worker} delivered its batch {position['batches']}, not {expected}.")
             self.positions[worker] = position
             yield {key: value.to(self.device, non_blocking=True) if isinstance(value, torch.Tensor) else value
                    for key, value in batch.items()}  # host strings stay lists (one list of captions per example)
@@ -297,11 +296,15 @@ class ImageStream:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        missing = sorted({"workers", "process_index", "num_processes", "num_workers", "shuffle_buffer"} - state.keys())
+        if missing:  # e.g. a position written before the per-worker format
+            raise ValueError(f"The stream position lacks {missing}: it cannot say where each loader worker stood.")
         for name in ("process_index", "num_processes", "num_workers", "shuffle_buffer"):
             if state[name] != getattr(self, name):
                 option = " (--dataloader_num_workers: each worker's position is its own)" if name == "num_workers" else ""
                 raise ValueError(
-                    f"The stream position was saved with {name}={state[name]!r}, this run has {getattr(self, name)!r}{option}."
+                    f"The stream position was saved with {name}={state[name]!r}, this run has "
+                    f"{getattr(self, name)!r}{option}."
                 )
         self.positions = list(state["workers"])
 
