@@ -135,7 +135,7 @@ def test_push_to_hub_uploads_pipeline_and_card_at_the_api_boundary(tmp_path, tin
     [
         (["--precond", "edm", "--loss", "hybrid"], "drop --precond"),
         (["--model_size", "huge"], "preset"),
-        (["--backbone", "dit"], "--vae"),
+        (["--backbone", "dit"], "--backbone dit is class-conditional"),  # on pixels or latents, it needs labels
         (["--resolution", "7"], "divisible by 2"),
         (["--label_column", "digit"], "Label column 'digit'"),
         (["--label_column", "label", "--num_classes", "5"], "more than --num_classes=5"),

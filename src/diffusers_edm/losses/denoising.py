@@ -51,9 +51,9 @@ class DenoisingLoss(ABC):
     def __call__(self, denoiser: torch.nn.Module, images: torch.Tensor, **conditioning: Any) -> DenoisingLossOutput:
         """Loss for a batch of clean ``images``; ``conditioning`` goes to the denoiser (class_labels, ...)."""
         sigma = self.sample_sigma(images.shape[0], images.device)
-        # Drawn in the images' logical order: randn_like would follow their memory layout (a VAE may return
-        # channels-last latents), so the same RNG state would give different noise per layout.
-        noise = torch.randn(images.shape, device=images.device, dtype=images.dtype)
+        # Drawn in NCHW order: randn_like would follow the memory layout (channels-last latents from a VAE, or
+        # --channels_last), so the same RNG state would give different noise per layout.
+        noise = torch.randn_like(images, memory_format=torch.contiguous_format)
         denoised = denoiser(images + noise * _per_sample(sigma, images), sigma, **conditioning).sample
         error = (denoised.to(torch.float32) - images.to(torch.float32)).square()
         return DenoisingLossOutput(loss=_per_sample(self.weight(sigma), images) * error, sigma=sigma)

@@ -79,7 +79,7 @@ class EDM2Loss(EDMLoss):
 
     def __call__(self, model: torch.nn.Module, images: torch.Tensor, **conditioning: Any) -> EDM2LossOutput:
         sigma = self.sample_sigma(images.shape[0], images.device)
-        noise = torch.randn_like(images)
+        noise = torch.randn_like(images, memory_format=torch.contiguous_format)  # the same draws for NHWC batches
         output = model(images + noise * _per_sample(sigma, images), sigma, **conditioning)
         error = (output.sample.to(torch.float32) - images.to(torch.float32)).square()
         u = output.uncertainty.to(torch.float32)

@@ -37,8 +37,8 @@ MAX_SEED = 2**32 - 1  # numpy's RandomState, seeded by accelerate's set_seed, ta
 # The arguments that determine the trained weights: every checkpoint records them (``run_arguments.json``) and a
 # resume with other values is refused. Not listed, so free to change on a resume: how long to train
 # (--max_train_steps), how often to checkpoint / validate / log and what validation does, where logs and uploads go
-# (--report_to, --push_to_hub, --hub_*), --dataloader_num_workers, --cache_dir, --compile, --overwrite and
-# --cache_text_embeddings (the cached embeddings equal the uncached ones).
+# (--report_to, --push_to_hub, --hub_*), --dataloader_num_workers, --cache_dir, --compile, --channels_last,
+# --overwrite and --cache_text_embeddings (the cached embeddings equal the uncached ones).
 # The number of processes is recorded too (``num_processes``: the global batch).
 RESULT_ARGUMENTS = (
     "task", "precond", "loss", "loss_reduction", "backbone", "model_size", "backbone_config", "sigma_data", "P_mean",
@@ -222,13 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
                       "Default: the first caption of each row of the data, distinct, at most 10.")
     data.add_argument("--center_crop", action=argparse.BooleanOptionalAction, default=True)
     data.add_argument("--random_flip", action="store_true", help="Random horizontal flips (not for digits!).")
-    data.add_argument("--dataloader_num_workers", type=integer(0), default=0)
+    data.add_argument("--dataloader_num_workers", type=integer(0), default=0,
+                      help="Loader worker processes that read and decode images (with --streaming: at most the "
+                      "number of shards each process reads).")
     data.add_argument("--streaming", action="store_true",
                       help="Read --dataset_name (a Hub id, or a folder of parquet files or WebDataset .tar shards) or "
                       "--train_data_dir as a stream while training (datasets' streaming mode), split between processes; "
                       "checkpoints hold each process's stream position (see README, 'Streaming data'). Needs "
                       "--num_channels unless the image feature declares a mode, --num_classes unless the labels are a "
-                      "ClassLabel, and --dataloader_num_workers 0.")
+                      "ClassLabel.")
     data.add_argument("--shuffle_buffer", type=integer(1), default=None,
                       help="--streaming: shuffle through a buffer of N examples (>= 1), seeded by --seed and reseeded "
                       "every epoch. Default: no shuffling (the shards' order).")
@@ -270,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
                        help="Default: what `accelerate config` says (no).")
     optim.add_argument("--compile", action="store_true", help="torch.compile the model (Accelerate's dynamo backend).")
+    optim.add_argument("--channels_last", action="store_true",
+                       help="Keep the model's convolution weights and each input batch in channels-last memory format "
+                       "(faster convolutions on GPUs with tensor cores; the numbers equal the default's to float "
+                       "tolerance). Convolutional backbones only (not --backbone dit).")
     optim.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
                        help=f"Seed of every random number generator, in [0, {MAX_SEED}] (numpy's range).")
 
@@ -335,6 +341,11 @@ def validate_args(args: argparse.Namespace) -> None:
     resolve_recipe_args(args)
     validate_ema_args(args)
     validate_streaming_args(args)
+    if args.channels_last and args.backbone == "dit":
+        raise ValueError(
+            "--channels_last applies to convolutional backbones (--backbone unet): a DiT is a transformer whose one "
+            "convolution (the patch embedding) gains nothing from it. Drop --channels_last."
+        )
     if args.pretrained_model_name_or_path is not None:
         validate_output_args(args)
         return
@@ -346,8 +357,6 @@ def validate_args(args: argparse.Namespace) -> None:
 
 def validate_output_args(args: argparse.Namespace) -> None:
     """The checks of the data, guidance, Hub and output options that every recipe shares."""
-    if args.backbone == "dit" and args.vae is None:
-        raise ValueError("--backbone dit works in latent space: pass --vae (an AutoencoderKL directory or Hub id).")
     if args.backbone_config is not None and not Path(args.backbone_config).is_file():
         raise ValueError(f"--backbone_config {args.backbone_config!r} is not a file.")
     if args.backbone_config is not None:

@@ -9,13 +9,23 @@ same shuffled stream). Each process reads its part as an endless sequence: when 
 epoch on its own, so processes whose parts differ in length never wait for each other. Images are decoded and
 converted exactly as the map-style path does (:func:`~diffusers_edm.training.data.image_to_tensor`).
 
-Exact resume. Every process saves its own position (``stream_state_<rank>.json`` in the checkpoint, next to
-Accelerate's ``random_states_<rank>.pkl``): its epoch, the examples it consumed in that epoch and, without a
-shuffle buffer, ``IterableDataset.state_dict()``, which a resume loads (``load_state_dict``) to continue from the
-same shard and row. ``datasets`` does not store a shuffle buffer's content or its random generator in that state (a
-resume refills the buffer and yields other examples), so with ``--shuffle_buffer`` a resume replays the epoch's
-stream from its start and drops the examples consumed before the checkpoint: exact, at the cost of reading them
-again (undecoded; images are decoded only when consumed).
+Loader workers (``--dataloader_num_workers N``). A torch ``DataLoader`` runs ``N`` worker processes; ``datasets``
+gives each worker its own shards of this process's part (so a process needs at least ``N`` shards) and each worker
+reads, decodes and batches its shards as an endless sequence of its own epochs. The loader returns the workers'
+batches round-robin, in worker order; every batch carries its worker's id and its position in that worker's stream,
+and the training process records the position of each batch it consumes. A worker never runs out (it starts its
+next epoch on its own), so the round-robin never skips a worker and the order of the batches is fixed by the data
+alone. Without workers the training process reads its part itself, as the one worker 0.
+
+Exact resume. Every process saves its position (``stream_state_<rank>.json`` in the checkpoint, next to
+Accelerate's ``random_states_<rank>.pkl``): per worker, its epoch, the examples it consumed in that epoch, the
+batches it delivered and, without a shuffle buffer, ``IterableDataset.state_dict()`` of its shards, which a resume
+loads (``load_state_dict``) to continue from the same shard and row. ``datasets`` does not store a shuffle buffer's
+content or its random generator in that state (a resume refills the buffer and yields other examples), so with
+``--shuffle_buffer`` a resume replays each worker's epoch from its start and drops the examples consumed before the
+checkpoint: exact, at the cost of reading them again (undecoded; images are decoded only when consumed). A resumed
+loader starts its round-robin at worker 0 again; the training process holds back the batches of workers that are
+ahead (at most one per worker) until the uninterrupted order reaches them.
 """
 
 from __future__ import annotations
@@ -55,11 +65,6 @@ def validate_streaming_args(args: argparse.Namespace) -> None:
             "--train_data_dir; the embedded digits can be written as shards with "
             "diffusers_edm.training.streaming.write_shards."
         )
-    if args.dataloader_num_workers > 0:
-        raise ValueError(
-            f"--dataloader_num_workers {args.dataloader_num_workers} with --streaming: a stream is read in the "
-            "training process in this version (its position must be checkpointed exactly); pass 0."
-        )
     if getattr(args, "caption_column", None) is not None and (args.text_encoder is None or args.validation_prompts is None):
         raise ValueError(
             "--caption_column with --streaming needs --text_encoder (the local one is built from every caption of the "
@@ -91,9 +96,10 @@ class ImageStream:
     samples do), with each example's crop (:meth:`~diffusers_edm.training.data.SquareCrop.fields`, ``(B, 2)``).
 
     ``shuffle_buffer``: buffer-shuffle with ``seed`` (``seed + epoch`` in epoch ``epoch``) before splitting; ``None``
-    reads the shards in their order. Random crops come from a generator seeded by (seed, process, epoch, position),
-    so a resumed run crops as an uninterrupted one. ``state_dict`` / ``load_state_dict``: this process's position
-    (see the module's docstring).
+    reads the shards in their order. ``num_workers``: loader worker processes that read, decode and batch (0: this
+    process does). Random crops come from a generator seeded by (seed, process, worker, epoch, position), so a
+    resumed run crops as an uninterrupted one. ``state_dict`` / ``load_state_dict``: this process's position per
+    worker (see the module's docstring). Each batch also holds ``"worker"``, the id of the worker that made it.
     """
 
     def __init__(
@@ -112,6 +118,7 @@ class ImageStream:
         num_processes: int = 1,
         batch_size: int = 1,
         device: torch.device | str = "cpu",
+        num_workers: int = 0,
     ):
         if dataset.features is None:
             raise ValueError("The stream declares no features (columns and types); --streaming needs a data set that does.")
@@ -146,13 +153,20 @@ class ImageStream:
         if shuffle_buffer is not None:
             stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer)
         self.stream = split_dataset_by_node(stream, rank=process_index, world_size=num_processes)
+        # split_dataset_by_node hands out whole shards when they divide evenly, else every k-th example of each shard.
+        shards = dataset.num_shards // num_processes if dataset.num_shards % num_processes == 0 else dataset.num_shards
+        if num_workers > shards:
+            raise ValueError(
+                f"--dataloader_num_workers {num_workers} with --streaming: each loader worker reads its own shards, and "
+                f"this process's part of the stream has {shards} shard(s) ({dataset.num_shards} split between "
+                f"{num_processes} process(es)); pass at most {shards} workers, or write the data in more shards."
+            )
         self.image_column, self.label_column = image_column, label_column
         self.resolution, self.center_crop, self.seed = resolution, center_crop, seed
         self.shuffle_buffer, self.process_index, self.num_processes = shuffle_buffer, process_index, num_processes
-        self.batch_size, self.device = batch_size, torch.device(device)
-        self.epoch, self.consumed = 0, 0
-        self._examples: Iterator[tuple[dict, int, int]] | None = None
-        self._pending_position: dict | None = None
+        self.batch_size, self.device, self.num_workers = batch_size, torch.device(device), num_workers
+        # Per worker, the position after the last batch the training consumed (None: the stream's start).
+        self.positions: list[dict | None] = [None] * max(num_workers, 1)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, accelerator: Accelerator) -> "ImageStream":
@@ -160,7 +174,7 @@ class ImageStream:
             load_image_stream(args), args.image_column, args.resolution, args.num_channels, args.center_crop,
             args.label_column, args.num_classes, args.seed, getattr(args, "caption_column", None), args.shuffle_buffer,
             accelerator.process_index,
-            accelerator.num_processes, args.train_batch_size, accelerator.device,
+            accelerator.num_processes, args.train_batch_size, accelerator.device, args.dataloader_num_workers,
         )
 
     # -------------------------------------------------------------------------------------------- the training loop's view
@@ -168,39 +182,80 @@ class ImageStream:
         """The training loop's epoch is ignored: each process counts its stream's epochs itself."""
 
     def __iter__(self) -> Iterator[dict]:
+        """Batches on the device, in the order of an uninterrupted run, from the recorded positions on."""
+        if self.num_workers == 0:
+            made = self._worker_batches()
+        else:
+            made = iter(torch.utils.data.DataLoader(
+                _WorkerBatches(self), batch_size=None, num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda",
+                # Its own generator: without one the loader draws its workers' seed from the global torch RNG.
+                generator=torch.Generator().manual_seed(self.seed),
+            ))
+        held: dict[int, dict] = {}  # after a resume: batches of workers that are ahead of the uninterrupted order
         while True:
-            items = [self._item(next(self._rows())) for _ in range(self.batch_size)]
+            # Round-robin in worker order: the next batch is the first worker's with the fewest batches delivered.
+            worker = min(range(len(self.positions)), key=lambda index: (self._delivered(index), index))
+            while worker not in held:
+                batch = next(made)
+                if batch["worker"] in held:
+                    raise RuntimeError(f"Loader worker {batch['worker']} delivered two batches in one round.")
+                held[batch["worker"]] = batch
+            batch = held.pop(worker)
+            position = batch.pop("position")
+            expected = self._delivered(worker) + 1
+            if position["batches"] != expected:
+                raise RuntimeError(f"Loader worker {worker} delivered its batch {position['batches']}, not {expected}.")
+            self.positions[worker] = position
+            yield {key: value.to(self.device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+                   for key, value in batch.items()}  # host strings stay lists (one list of captions per example)
+
+    def _delivered(self, worker: int) -> int:
+        position = self.positions[worker]
+        return 0 if position is None else position["batches"]
+
+    # -------------------------------------------------------------------------------------------- in a worker
+    def _worker_batches(self) -> Iterator[dict]:
+        """This worker's endless batches on the host, each with ``"worker"`` and its ``"position"`` after it: in a
+        loader worker (``datasets`` gives it its own shards), or in this process as worker 0."""
+        info = torch.utils.data.get_worker_info()
+        worker = 0 if info is None else info.id
+        position = self.positions[worker] or {"epoch": 0, "consumed": 0, "batches": 0, "dataset_state": None}
+        if position["dataset_state"] is not None:
+            self.stream.load_state_dict(position["dataset_state"])
+        rows = self._endless(worker, position["epoch"], position["consumed"])
+        batches = position["batches"]
+        while True:
+            samples = [next(rows) for _ in range(self.batch_size)]
+            items = [self._item(sample, worker) for sample in samples]
             lists = {key: [item.pop(key) for item in items] for key in ("keys", "captions") if key in items[0]}
-            batch = torch.utils.data.default_collate(items)
-            batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
-            yield {**batch, **lists}  # host strings stay lists (one list of captions per example)
+            batches += 1
+            _, epoch, index = samples[-1]
+            position = {
+                "epoch": epoch, "consumed": index + 1, "batches": batches,
+                "dataset_state": self.stream.state_dict() if self.shuffle_buffer is None else None,
+            }
+            yield {**torch.utils.data.default_collate(items), **lists, "worker": worker, "position": position}
 
-    # -------------------------------------------------------------------------------------------- rows
-    def _rows(self) -> Iterator[tuple[dict, int, int]]:
-        if self._examples is None:
-            self._examples = self._endless()
-        return self._examples
-
-    def _endless(self) -> Iterator[tuple[dict, int, int]]:
-        """``(row, epoch, position)`` forever, epoch after epoch, from the current (possibly restored) position."""
+    def _endless(self, worker: int, epoch: int, consumed: int) -> Iterator[tuple[dict, int, int]]:
+        """``(row, epoch, index in the epoch)`` forever, epoch after epoch, from ``consumed`` examples into ``epoch``."""
         while True:
-            self.stream.set_epoch(self.epoch)
+            self.stream.set_epoch(epoch)
             rows = iter(self.stream)
-            if self.shuffle_buffer is not None and self.consumed:
+            if self.shuffle_buffer is not None and consumed:
                 # Replay: the shuffled stream of this epoch is a function of (seed, epoch), its buffer is not stored.
-                rows = itertools.islice(rows, self.consumed, None)
+                rows = itertools.islice(rows, consumed, None)
             for row in rows:
-                position = self.consumed
-                self.consumed += 1
-                yield row, self.epoch, position
-            if self.consumed == 0:  # from the epoch's start, nothing
+                yield row, epoch, consumed
+                consumed += 1
+            if consumed == 0:  # from the epoch's start, nothing
                 raise ValueError(
-                    f"Process {self.process_index} of {self.num_processes} received no example of the stream: it "
-                    "has fewer examples (or shards) than processes."
+                    f"Process {self.process_index} of {self.num_processes} (loader worker {worker}) received no example "
+                    "of the stream: it has fewer examples (or shards) than processes (and workers)."
                 )
-            self.epoch, self.consumed = self.epoch + 1, 0
+            epoch, consumed = epoch + 1, 0
 
-    def _item(self, sample: tuple[dict, int, int]) -> dict:
+    def _item(self, sample: tuple[dict, int, int], worker: int) -> dict:
         row, epoch, position = sample
         entry = row[self.image_column]
         name = _entry_name(entry, position)
@@ -208,7 +263,7 @@ class ImageStream:
             image = self.decoder.decode_example(entry)
         except Exception as error:  # PIL raises many types for bad files
             raise ValueError(f"Cannot read training image {name}: {error}") from error
-        rng = None if self.center_crop else random.Random(f"{self.seed}-{self.process_index}-{epoch}-{position}")
+        rng = None if self.center_crop else random.Random(f"{self.seed}-{self.process_index}-{worker}-{epoch}-{position}")
         try:
             crop = square_crop(*image.size, self.resolution, self.center_crop, rng)
             images = image_to_tensor(image, self.resolution, self.center_crop, self.channels, crop=crop)
@@ -235,25 +290,25 @@ class ImageStream:
 
     # -------------------------------------------------------------------------------------------- position
     def state_dict(self) -> dict:
-        """This process's position: epoch, examples consumed in it and, without a shuffle buffer, the stream's own
-        ``IterableDataset.state_dict()``."""
-        position = None
-        if self.shuffle_buffer is None:  # before the first batch after a load, the loaded position is still pending
-            position = self.stream.state_dict() if self._examples is not None else self._pending_position
+        """This process's position: per worker, its epoch, the examples consumed in it, the batches delivered and,
+        without a shuffle buffer, the ``IterableDataset.state_dict()`` of its shards (None: not started)."""
         return {
-            "epoch": self.epoch, "consumed": self.consumed, "dataset_state": position,
-            "process_index": self.process_index, "num_processes": self.num_processes,
-            "shuffle_buffer": self.shuffle_buffer,
+            "workers": list(self.positions), "process_index": self.process_index,
+            "num_processes": self.num_processes, "num_workers": self.num_workers, "shuffle_buffer": self.shuffle_buffer,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for name in ("process_index", "num_processes", "shuffle_buffer"):
+        missing = sorted({"workers", "process_index", "num_processes", "num_workers", "shuffle_buffer"} - state.keys())
+        if missing:  # e.g. a position written before the per-worker format
+            raise ValueError(f"The stream position lacks {missing}: it cannot say where each loader worker stood.")
+        for name in ("process_index", "num_processes", "num_workers", "shuffle_buffer"):
             if state[name] != getattr(self, name):
-                raise ValueError(f"The stream position was saved with {name}={state[name]!r}, this run has {getattr(self, name)!r}.")
-        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
-        self._examples, self._pending_position = None, state["dataset_state"]
-        if state["dataset_state"] is not None:
-            self.stream.load_state_dict(state["dataset_state"])
+                option = " (--dataloader_num_workers: each worker's position is its own)" if name == "num_workers" else ""
+                raise ValueError(
+                    f"The stream position was saved with {name}={state[name]!r}, this run has "
+                    f"{getattr(self, name)!r}{option}."
+                )
+        self.positions = list(state["workers"])
 
     def register_for_checkpointing(self, accelerator: Accelerator) -> None:
         """Save and load this process's ``stream_state_<rank>.json`` with every ``accelerator.save_state`` /
@@ -276,6 +331,16 @@ class ImageStream:
 
         accelerator.register_save_state_pre_hook(save)
         accelerator.register_load_state_pre_hook(load)
+
+
+class _WorkerBatches(torch.utils.data.IterableDataset):
+    """What a loader worker iterates: its own batches of ``stream`` (see :meth:`ImageStream._worker_batches`)."""
+
+    def __init__(self, stream: ImageStream):
+        self.stream = stream
+
+    def __iter__(self) -> Iterator[dict]:
+        return self.stream._worker_batches()
 
 
 def write_shards(

@@ -199,6 +199,8 @@ class Trainer:
         )
         self.recipe: Recipe = select_recipe(args)(args, data, accelerator)
         self.model = self.recipe.build_model()
+        if args.channels_last:  # NHWC convolutions (the inputs follow in _batch_inputs)
+            self.model.to(memory_format=torch.channels_last)
 
         if args.streaming:
             dataloader = self.train_dataset  # yields batches on the device itself
@@ -285,6 +287,8 @@ class Trainer:
             batch["flipped"] = flip  # for the recipe's view of the crop (SDXL's micro-conditioning)
         if self.codec is not None:
             images = self.recipe.latents(images, batch)
+        if self.args.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         # Class labels or text embeddings: the recipe decides (after the flips and latents, in this RNG order).
         return images, self.recipe.conditioning(batch)
 

@@ -68,7 +68,7 @@ def classifier_loss(
     classifier: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, sigma: torch.Tensor
 ) -> ClassifierLossOutput:
     """``-log softmax(classifier(y + sigma n, sigma))[c]`` per example, ``n = torch.randn_like(images)``."""
-    noise = torch.randn_like(images)
+    noise = torch.randn_like(images, memory_format=torch.contiguous_format)  # the same draws for NHWC batches
     logits = classifier(images + sigma.reshape(-1, *([1] * (images.ndim - 1))) * noise, sigma).logits
     loss = F.cross_entropy(logits.float(), labels, reduction="none")
     return ClassifierLossOutput(loss=loss, sigma=sigma, noise=noise, logits=logits)

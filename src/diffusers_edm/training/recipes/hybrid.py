@@ -58,7 +58,7 @@ class HybridRecipe(SamplingRecipe):
 
     def loss(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
         timesteps, weights = self.timestep_sampler.sample(images.shape[0], images.device)
-        noise = torch.randn_like(images)
+        noise = torch.randn_like(images, memory_format=torch.contiguous_format)  # the same draws for NHWC batches
         diffusion = self.scheduler.train_diffusion
         noisy = diffusion.q_sample(images, diffusion.device_index(timesteps), noise)
         if labels is not None and self.args.label_dropout > 0:
