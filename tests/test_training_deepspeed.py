@@ -51,10 +51,17 @@ rdzv_backend: static
 same_network: true
 use_cpu: false
 """
-# clipping is active at this norm (the tiny model's gradient norms are far above it), so a DeepSpeed run that clipped
-# at another value (Accelerate's default for "auto" is 1.0) would not match DDP's weights
+# No learning-rate ramp: at the default ramp's first steps the weights would move by less than the tolerance of the
+# comparisons below (the test asserts that they move by far more). Adam's step m / (sqrt(v) + eps) is about +-lr for
+# any gradient far above eps, however small, so a last-bit difference in a near-zero gradient (a GroupNorm weight's,
+# here) would become a difference of order lr; eps = 1e-2 keeps such steps proportional to their gradient (the
+# gradients that matter are of order 1: norms 160-320 over 42k weights). --max_grad_norm is above those norms, so
+# neither run clips; that DeepSpeed clips at --max_grad_norm (the config says "auto", which Accelerate alone would
+# fill with 1.0: clipping every step) is read from the ds_config its checkpoint records.
+MAX_GRAD_NORM = 1000.0
 COMMON = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--validation_steps", "3", "--random_flip",
-          "--max_grad_norm", "0.05"]
+          "--max_grad_norm", str(MAX_GRAD_NORM), "--lr_rampup_kimg", "0", "--learning_rate", "1e-3",
+          "--adam_epsilon", "1e-2"]
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -196,6 +203,9 @@ def test_deepspeed_training_checkpoints_resumes_and_exports_what_ddp_trains(zero
                                 "--resume_from_checkpoint", str(tmp_path / "run" / "checkpoint-2")))
 
     ddp_checkpoint, checkpoint = ddp_run / "checkpoint-4", tmp_path / "run" / "checkpoint-4"
+    # the comparisons below can tell runs apart: steps 3-4 move DDP's weights by far more than their tolerance
+    before, after = (load_file(ddp_run / f"checkpoint-{step}" / "model.safetensors") for step in (2, 4))
+    assert max((after[key] - before[key]).abs().max().item() for key in after) > 100 * 1e-5
     ddp_ema = _ema(load_file(ddp_checkpoint / "training_state.safetensors"))
     assert ddp_ema
     # the checkpoint is DeepSpeed's (accelerator.save_state): per-process optimizer partitions, no model.safetensors
@@ -211,7 +221,7 @@ def test_deepspeed_training_checkpoints_resumes_and_exports_what_ddp_trains(zero
         _assert_close(_ema(state), ddp_ema, "EMA")
     else:
         # ZeRO-3: each process holds a flat partition of every parameter (ceil(numel / 2) elements, the last one
-        # padded with zeros), and so does its EMA; the partitions put together are DDP's full EMA
+        # padded), and so does its EMA; the partitions put together are DDP's full EMA
         assert {f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt" for rank in (0, 1)} <= names
         assert not _ema(state)
         parts = [load_file(checkpoint / f"training_state_rank{rank}.safetensors") for rank in (0, 1)]
@@ -223,9 +233,12 @@ def test_deepspeed_training_checkpoints_resumes_and_exports_what_ddp_trains(zero
             size = -(-full.numel() // 2)
             assert parts[0][key].shape == parts[1][key].shape == (size,)
             flat = torch.cat([parts[0][key], parts[1][key]])
-            assert torch.all(flat[full.numel():] == 0)
             joined[key] = flat[: full.numel()].reshape(full.shape)
         _assert_close(joined, ddp_ema, "EMA")
+
+    # DeepSpeed clipped at --max_grad_norm (the config's "auto", filled by the launch checks)
+    model_states = sorted(model_dir.glob("*mp_rank_00_model_states.pt"))[0]
+    assert torch.load(model_states, weights_only=True)["ds_config"]["gradient_clipping"] == MAX_GRAD_NORM
 
     # the raw weights in the DeepSpeed checkpoint are DDP's
     _assert_close(_deepspeed_weights(checkpoint), load_file(ddp_checkpoint / "model.safetensors"), "weights")

@@ -137,7 +137,7 @@ def local_shards(parameters: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """This process's part of each parameter, as a view of the part's storage (so in-place updates of the parameter
     show through and writes into the view update the parameter): ``DTensor.to_local()`` under FSDP2, the flat
     partition ``param.ds_tensor`` under DeepSpeed ZeRO-3 (``ceil(numel / world_size)`` elements, the last process's
-    padded with zeros); other tensors as they are. Each keeps its parameter's ``requires_grad``: diffusers'
+    padded); other tensors as they are. Each keeps its parameter's ``requires_grad``: diffusers'
     ``EMAModel`` averages the trainable ones and copies the others."""
     from torch.distributed.tensor import DTensor
 
