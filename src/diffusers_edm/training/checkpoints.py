@@ -59,7 +59,7 @@ from packaging import version
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .sharding import rank_state_stem
+from .sharding import DEEPSPEED_MODEL_DIR, deepspeed_checkpoint_shapes, rank_state_stem
 
 logger = logging.getLogger(__name__)
 
@@ -285,6 +285,9 @@ def verify_checkpoint(path: str | os.PathLike) -> None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
         raise ValueError(f"Checkpoint {str(path)!r}: {MANIFEST_NAME} is unreadable ({error!r}).") from error
     model_file = SHARDED_MODEL_METADATA if SHARDED_MODEL_METADATA in sizes else "model.safetensors"
+    # Under DeepSpeed: the first process's model states (mp_rank_00_model_states.pt, at ZeRO-3 zero_pp_rank_0_...).
+    deepspeed_models = sorted(name for name in sizes if re.fullmatch(rf"{DEEPSPEED_MODEL_DIR}/(zero_pp_rank_0_)?mp_rank_00_model_states\.pt", name))
+    model_file = deepspeed_models[0] if deepspeed_models else model_file
     for required in (model_file, STATE_TENSORS_NAME, STATE_JSON_NAME):
         if required not in sizes:
             raise ValueError(
@@ -349,7 +352,8 @@ def check_checkpoint_matches(
     """
     path = Path(path)
     sharded = (path / SHARDED_MODEL_METADATA).is_file()
-    if not (sharded or (path / "model.safetensors").is_file()):
+    deepspeed = (path / DEEPSPEED_MODEL_DIR).is_dir()
+    if not (sharded or deepspeed or (path / "model.safetensors").is_file()):
         raise ValueError(f"Checkpoint {str(path)!r} has no model.safetensors: it is not a checkpoint of this script.")
     verify_checkpoint(path)
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
@@ -359,11 +363,17 @@ def check_checkpoint_matches(
 
             metadata = FileSystemReader(str(path / SHARDED_MODEL_DIR)).read_metadata().state_dict_metadata
             saved = {name.removeprefix("model."): tuple(entry.size) for name, entry in metadata.items() if hasattr(entry, "size")}
+        elif deepspeed:
+            saved = deepspeed_checkpoint_shapes(path) or {}
         else:
             with safe_open(str(path / "model.safetensors"), framework="pt") as handle:
                 saved = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
     except Exception as error:  # safetensors / torch.distributed.checkpoint raise their own types for a bad file
-        what = f"{SHARDED_MODEL_DIR} is not a readable sharded checkpoint" if sharded else "model.safetensors is not a safetensors file"
+        what = (
+            f"{SHARDED_MODEL_DIR} is not a readable sharded checkpoint" if sharded
+            else f"{DEEPSPEED_MODEL_DIR} is not a readable DeepSpeed checkpoint" if deepspeed
+            else "model.safetensors is not a safetensors file"
+        )
         raise ValueError(f"Checkpoint {str(path)!r}: {what} ({error}).") from error
     missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
     if missing or unexpected:

@@ -47,7 +47,7 @@ from .posthoc_ema import EMASnapshotWriter
 from .preemption import PreemptionWatch, TrainingPreempted
 from .streaming import ImageStream
 from .recipes import Export, Recipe, RecipeData, select_recipe
-from .sharding import check_sharded_run, gathered_model, local_shards, sharding_engine
+from .sharding import check_sharded_run, gathered_model, local_shards, parameters_sharded
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +145,8 @@ class Trainer:
             dynamo_backend="inductor" if args.compile else None,
         )
         check_sharded_run(args, self.accelerator)
-        # FSDP / DeepSpeed: the EMA and its checkpoints follow the model's shards (see training/sharding.py).
-        self.sharded = sharding_engine(self.accelerator) is not None
+        # FSDP / DeepSpeed ZeRO-3: the EMA and its checkpoints follow the model's shards (see training/sharding.py).
+        self.sharded = parameters_sharded(self.accelerator)
         set_seed(args.seed)
         self.progress = TrainingProgress()
         self.preemption = PreemptionWatch(self.accelerator, args.preemption_check_steps)
