@@ -21,7 +21,6 @@ import contextlib
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +36,7 @@ from diffusers_edm.evaluation import FeatureStatistics, frechet_distance, load_f
 from diffusers_edm.evaluation.feature_networks import DINOV2_NAME, INCEPTION_NAME, inception_cache_path
 from diffusers_edm.evaluation.fid import build_parser, main
 from diffusers_edm.image_modes import eight_bit_rgb
+from accelerate_launch import free_port
 
 pytestmark = [
     pytest.mark.usefixtures("fresh_accelerate_state"),
@@ -270,12 +270,6 @@ def test_the_default_inception_is_read_from_the_torch_hub_cache(tmp_path, tiny_i
 
 
 # ------------------------------------------------------------------------------------------------ two processes
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_processes_give_the_statistics_of_one(tmp_path, tiny_inception):
     write_images(tmp_path / "data", 13)
     options = ["--data", str(tmp_path / "data"), "--feature_model", str(tiny_inception), "--batch", "3", "--workers", "0"]
@@ -283,7 +277,7 @@ def test_two_processes_give_the_statistics_of_one(tmp_path, tiny_inception):
     command = [
         # --multi_gpu is accelerate's torchrun launcher; on a machine without CUDA it runs the processes on gloo/CPU
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
         str(Path(__file__).with_name("multiprocess_fid_script.py")), "ref", *options, "--dest", str(tmp_path / "two.npz"),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -8,7 +8,6 @@ import itertools
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from diffusers_edm.evaluation import generate
 from diffusers_edm.evaluation.generate import LabelRule, configure_scheduler, main, parse_args, parse_seeds
 from diffusers_edm.schedulers.scheduling_learned_variance_ddpm import LearnedVarianceDDPMScheduler
 from tiny_backbones import tiny_unet
+from accelerate_launch import free_port
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -82,12 +82,6 @@ class CallRecorder:
             return original(pipe, *args, **kwargs)
 
         monkeypatch.setattr(pipeline_class, "__call__", call)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------------------ seed-exactness

@@ -4,7 +4,6 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from diffusers_edm.training import (
     UniformTimestepSampler,
     create_timestep_sampler,
 )
+from accelerate_launch import free_port
 
 
 def reference_probabilities(events: list[tuple[int, float]], T: int, history: int = 10, uniform_prob: float = 0.001) -> np.ndarray:
@@ -128,17 +128,11 @@ def test_bad_sampler_inputs():
         LossSecondMomentTimestepSampler(4, uniform_prob=2.0)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_processes_share_the_same_state(tmp_path):
     script = Path(__file__).with_name("multiprocess_resampler_script.py")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(_free_port()), str(script), str(tmp_path),
+        "--master_port", str(free_port()), str(script), str(tmp_path),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)

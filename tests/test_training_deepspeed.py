@@ -9,10 +9,6 @@ it is run by hand after a change to sharding or checkpoints (``pip install -e ".
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,6 +19,7 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 from diffusers_edm.training.sharding import check_sharded_run, parameters_sharded
+from accelerate_launch import launch
 from tiny_training import tiny_args, write_tiny_config
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -141,23 +138,9 @@ def test_the_example_deepspeed_configs_pass_the_launch_checks(path):
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
+# DeepSpeed's CPU accelerator with gloo (the shim of deepspeed_training_script.py)
 def _launch(launcher: list[str], arguments: list[str]) -> None:
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--main_process_port", str(_free_port()),
-               str(SCRIPT), *arguments]
-    # DeepSpeed's CPU accelerator with gloo (the shim of deepspeed_training_script.py), also where CUDA is present
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
-    try:
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    except subprocess.TimeoutExpired as expired:
-        output = (expired.stdout or b"") + (expired.stderr or b"")
-        pytest.fail(f"the launch took over 600 s: {output[-4000:].decode(errors='replace')}")
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    launch(SCRIPT, launcher, arguments, DS_ACCELERATOR="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,7 @@ options a sharded launch refuses."""
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,6 +17,7 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 from diffusers_edm.training.sharding import check_sharded_run
+from accelerate_launch import launch
 from tiny_training import tiny_args
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -146,24 +143,9 @@ def test_a_launch_is_refused_exactly_when_an_option_cannot_be_sharded(engine, fs
 
 
 # ------------------------------------------------------------------------------------------------ FSDP2 end to end
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
+# always gloo on CPU (the shim of fsdp_training_script.py); the GPU path is benchmarks/gpu_check_fsdp.sh's
 def _launch(launcher: list[str], arguments: list[str]) -> None:
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--main_process_port", str(_free_port()),
-               str(SCRIPT), *arguments]
-    # always gloo on CPU (the shim of fsdp_training_script.py), also where CUDA is present; the GPU path is
-    # benchmarks/gpu_check_fsdp.sh's
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    try:
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    except subprocess.TimeoutExpired as expired:
-        output = (expired.stdout or b"") + (expired.stderr or b"")
-        pytest.fail(f"the launch took over 600 s: {output[-4000:].decode(errors='replace')}")
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    launch(SCRIPT, launcher, arguments)
 
 
 def _shards(checkpoint: Path, rank: int) -> dict[str, torch.Tensor]:
