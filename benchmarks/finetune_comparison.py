@@ -39,9 +39,10 @@ constant learning rate, gradient norm clipped to 1, no EMA, no caption dropout, 
 - ``package-edm``: the real ``diffusers-edm-train --pretrained_model_name_or_path BASE`` (its Python entry point,
   in this process) on a local image folder of the inverted training digits with a ``metadata.jsonl`` caption column:
   EDM's loss (Karras et al. 2022, eq. 8 with Table 1's ``lambda(sigma) = (sigma^2 + sigma_data^2) /
-  (sigma sigma_data)^2``), ``ln sigma ~ N(-1.2, 1.2^2)`` truncated to the table's ``[sigma_0, sigma_999]``, through
-  the package's ``DiscreteVPPrecond`` view of the UNet. Its export (a stock ``StableDiffusionPipeline`` folder) is
-  what is scored.
+  (sigma sigma_data)^2``), the recipe's default ``ln sigma ~ N(-1.2 + ln(sigma_data / 0.5), 1.2^2)`` (EDM's
+  ``P_mean`` moved to the ``sigma_data`` measured on the latents) truncated to the table's ``[sigma_0, sigma_999]``,
+  through the package's ``DiscreteVPPrecond`` view of the UNet. Its export (a stock ``StableDiffusionPipeline``
+  folder) is what is scored.
 
 **Scores** (the same for every arm and for the base before fine-tuning):
 

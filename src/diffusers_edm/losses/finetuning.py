@@ -6,6 +6,11 @@ Truncation, not clamping or resampling: ``ln sigma = P_mean + P_std * Phi^-1(u)`
 ``u ~ U(Phi(a), Phi(b))``, ``a = (ln sigma_min - P_mean) / P_std``, ``b = (ln sigma_max - P_mean) / P_std``
 (inverse-CDF sampling of the truncated normal: one draw per sample, no rejection loop, so no host synchronisation).
 The weight is one of :data:`~diffusers_edm.losses.weighting.LOSS_WEIGHTINGS`.
+
+EDM's ``P_mean = -1.2`` was tuned for pixels with ``sigma_data = 0.5``. EDM's preconditioning and loss are defined in
+units of ``sigma_data`` (Karras et al. 2022, section 5 and Table 1: data scaled by ``k`` with every sigma scaled by
+``k`` is the same problem), so the same training distribution for data of standard deviation ``sigma_data`` is
+``ln sigma ~ N(P_mean_EDM + ln(sigma_data / 0.5), P_std^2)`` (:func:`scale_consistent_P_mean`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,23 @@ from .weighting import LOSS_WEIGHTINGS
 def standard_normal_cdf(value: float) -> float:
     """``Phi(value)``, the standard normal CDF, on the host (``+/-inf`` give 1 / 0)."""
     return 0.5 * math.erfc(-value / math.sqrt(2.0))
+
+
+#: EDM's mean of ``ln sigma`` and the ``sigma_data`` it was tuned for (Karras et al. 2022, Table 1: pixels in [-1, 1]).
+EDM_P_MEAN, EDM_SIGMA_DATA = -1.2, 0.5
+
+
+def scale_consistent_P_mean(sigma_data: float, P_mean: float = EDM_P_MEAN, tuned_sigma_data: float = EDM_SIGMA_DATA) -> float:
+    """``P_mean + ln(sigma_data / tuned_sigma_data)``: the mean of ``ln sigma`` that puts the same noise-to-data ratios
+    ``sigma / sigma_data`` under training for data of standard deviation ``sigma_data`` as ``P_mean`` does for data of
+    ``tuned_sigma_data`` (EDM's problem is invariant to scaling the data and every sigma by one factor; Karras et al.
+    2022, section 5 and Table 1). EDM's ``-1.2`` at ``sigma_data = 1`` gives ``-1.2 + ln 2 ~= -0.507``."""
+    if not (0 < sigma_data < math.inf and 0 < tuned_sigma_data < math.inf and math.isfinite(P_mean)):
+        raise ValueError(
+            f"scale_consistent_P_mean needs finite sigma_data > 0 and tuned_sigma_data > 0 and a finite P_mean, got "
+            f"sigma_data={sigma_data}, tuned_sigma_data={tuned_sigma_data}, P_mean={P_mean}."
+        )
+    return P_mean + (math.log(sigma_data) - math.log(tuned_sigma_data))  # logs apart: no overflow of the ratio
 
 
 class TruncatedLogNormalLoss(DenoisingLoss):

@@ -107,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "--pretrained_model_name_or_path, measured on the training latents at start-up.")
     model.add_argument("--P_mean", type=real(), default=None,
                        help="EDM / EDM2 loss (and --task classifier): mean of ln(sigma); default -1.2 (EDM), -0.4 with "
-                       "--precond edm2 (EDM2). Lower it to train a classifier more at low noise.")
+                       "--precond edm2 (EDM2). With --pretrained_model_name_or_path: -1.2 + ln(sigma_data / 0.5), "
+                       "EDM's value (tuned for sigma_data 0.5) moved to the run's sigma_data, since EDM's loss is "
+                       "stated in units of sigma_data (Karras et al. 2022, section 5). Lower it to train a classifier "
+                       "more at low noise.")
     model.add_argument("--P_std", type=real(0, exclusive_minimum=True), default=None,
                        help="EDM / EDM2 loss (and --task classifier): std of ln(sigma); default 1.2 (EDM), 1.0 with "
                        "--precond edm2.")

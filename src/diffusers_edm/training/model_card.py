@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from ..losses.finetuning import scale_consistent_P_mean
 from ..models import NoiseConditionalClassifier
 from ..pipelines import EDMPipeline, EDMTextToImagePipeline, LearnedVariancePipeline
 from ..pipelines.model_card import TRAINING_SECTION, TrainingRecord
@@ -237,9 +239,14 @@ def write_finetune_model_card(args: argparse.Namespace, output_dir: Path, pipeli
     )
     weighting = {"edm": "EDM's lambda = (sigma^2 + sd^2) / (sigma sd)^2", "uniform": "uniform weight",
                  "min-snr": "Min-SNR-5 weight"}[args.loss_weighting]
+    # The recipe's default P_mean is EDM's moved to the run's sigma_data; say so when that is the value used.
+    moved = math.isclose(args.P_mean, scale_consistent_P_mean(args.sigma_data), rel_tol=0, abs_tol=1e-9)
     recipe = (
-        f"EDM's denoising loss (Karras et al. 2022) with ln(sigma) ~ N({args.P_mean:g}, {args.P_std:g}^2) truncated "
-        f"to the model's noise range, {weighting} (sigma_data {args.sigma_data:.4g}), caption dropout "
+        f"EDM's denoising loss (Karras et al. 2022) with ln(sigma) ~ N({args.P_mean:.4g}, {args.P_std:g}^2) truncated "
+        f"to the model's noise range"
+        + (" (P_mean = -1.2 + ln(sigma_data / 0.5): EDM's, tuned for sigma_data 0.5, moved to this data's scale)"
+           if moved else "")
+        + f", {weighting} (sigma_data {args.sigma_data:.4g}), caption dropout "
         f"{args.proportion_empty_prompts:g}, {steps} steps of batch {args.train_batch_size}, learning rate "
         f"{args.learning_rate:g}; "
     )

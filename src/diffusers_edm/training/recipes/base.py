@@ -90,8 +90,9 @@ class Recipe(ABC):
     selected_by: str = ""
     #: Arguments that only this recipe reads; the others refuse them when given (they would be silently ignored).
     own_arguments: tuple[str, ...] = ()
-    #: ``(P_mean, P_std)`` of ``ln sigma`` when ``--P_mean`` / ``--P_std`` are not given (EDM's, Karras et al. 2022).
-    ln_sigma_distribution: tuple[float, float] = (-1.2, 1.2)
+    #: ``(P_mean, P_std)`` of ``ln sigma`` when ``--P_mean`` / ``--P_std`` are not given (EDM's, Karras et al. 2022);
+    #: ``None`` leaves it to the recipe.
+    ln_sigma_distribution: tuple[float | None, float] = (-1.2, 1.2)
 
     #: The training images, set by the loop after :meth:`build_model` and before :meth:`prepare`.
     train_dataset: ImageDataset | None = None

@@ -9,7 +9,12 @@ in full or through LoRA adapters (Hu et al. 2021).
   model's noise range (:class:`~diffusers_edm.losses.TruncatedLogNormalLoss`) and ``lambda`` of ``--loss_weighting``.
   ``sigma_data`` (EDM's weight) is ``--sigma_data``, else for a discrete VP checkpoint the standard deviation of
   the training latents (posterior means of the first :data:`SIGMA_DATA_IMAGES` images, measured once at start-up),
-  and for an EDM-formulated one the ``sigma_data`` of its own preconditioning.
+  and for an EDM-formulated one the ``sigma_data`` of its own preconditioning. ``P_mean`` is ``--P_mean``, else
+  EDM's ``-1.2`` moved to the run's ``sigma_data``: ``-1.2 + ln(sigma_data / 0.5)``
+  (:func:`~diffusers_edm.losses.finetuning.scale_consistent_P_mean`). EDM tuned ``-1.2`` for pixels with
+  ``sigma_data = 0.5``, and its preconditioning and loss are defined in units of ``sigma_data`` (Karras et al. 2022,
+  section 5, Table 1), so this is the same distribution of ``sigma / sigma_data``; latents typically have
+  ``sigma_data ~= 1`` (``P_mean ~= -0.51``). ``P_std`` is EDM's ``1.2`` unless ``--P_std``.
 - Text: the checkpoint's tokenizer(s) and text encoder(s) through the one
   :class:`~diffusers_edm.pipelines.prompt_encoding.PromptEncoder`, captions and caption dropout as the text recipe
   (:class:`~diffusers_edm.training.captions.CaptionConditioner`). The encoder(s) are frozen unless
@@ -41,6 +46,7 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusio
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from ...losses import TruncatedLogNormalLoss
+from ...losses.finetuning import EDM_P_MEAN, scale_consistent_P_mean
 from ...models import EDMFormulatedPrecond, checkpoint_formulation, pretrained_denoiser
 from ...models.backbones import pooled_text_width, takes_sdxl_time_ids
 from ...pipelines import EDMTextToImagePipeline
@@ -152,6 +158,8 @@ class FineTuneRecipe(TextDenoisingRecipe):
     """A pretrained SD / SDXL / EDM-formulated checkpoint, fine-tuned with EDM's loss (module docstring)."""
 
     selected_by = "--pretrained_model_name_or_path"
+    #: No P_mean here: without --P_mean, :meth:`prepare` sets EDM's moved to the run's sigma_data, known only then.
+    ln_sigma_distribution = (None, 1.2)
     own_arguments = TextDenoisingRecipe.own_arguments + (
         "pretrained_model_name_or_path", "revision", "loss_weighting", "lora_rank", "lora_alpha", "train_text_encoder",
         "gradient_checkpointing", "use_8bit_adam", "cache_latents",
@@ -326,7 +334,8 @@ class FineTuneRecipe(TextDenoisingRecipe):
         return torch.optim.AdamW
 
     def prepare(self, model: torch.nn.Module) -> None:
-        """The latent cache (``--cache_latents``), ``sigma_data`` (measured when not given) and the loss."""
+        """The latent cache (``--cache_latents``), ``sigma_data`` (measured when not given), ``P_mean`` (EDM's at
+        this ``sigma_data`` when not given: ``-1.2 + ln(sigma_data / 0.5)``) and the loss."""
         args = self.args
         if self.data.vae is not None:
             self.data.vae.to(self.accelerator.device)
@@ -339,6 +348,12 @@ class FineTuneRecipe(TextDenoisingRecipe):
                 args.sigma_data = self._measured_sigma_data()
             logger.info("sigma_data = %.4f (%s)", args.sigma_data, "the checkpoint's" if isinstance(
                 self.denoiser, EDMFormulatedPrecond) else "measured on the training latents")
+        if args.P_mean is None:
+            args.P_mean = scale_consistent_P_mean(args.sigma_data)
+            logger.info("P_mean = %.4f (EDM's %g + ln(sigma_data / 0.5), sigma_data %.4f)", args.P_mean, EDM_P_MEAN,
+                        args.sigma_data)
+        else:
+            logger.info("P_mean = %.4f (--P_mean)", args.P_mean)
         self.loss_fn = TruncatedLogNormalLoss(
             self.denoiser.sigma_min, self.denoiser.sigma_max, args.P_mean, args.P_std, args.loss_weighting,
             args.sigma_data,
