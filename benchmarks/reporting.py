@@ -67,12 +67,21 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join([line(cells[0]), separator] + [line(row) for row in cells[1:]])
 
 
+#: Paths inside the repository are recorded relative to it, so that a record reads the same from any checkout.
+REPOSITORY_PREFIX = str(Path(__file__).resolve().parent.parent) + os.sep
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as indented JSON (non-finite floats become strings so the file stays valid JSON)."""
+    """Write ``payload`` as indented JSON (non-finite floats become strings so the file stays valid JSON; paths in
+    the repository become relative to it)."""
 
     def clean(value: Any) -> Any:
         if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
             return str(value)
+        if isinstance(value, Path):
+            value = str(value)
+        if isinstance(value, str):
+            return value.replace(REPOSITORY_PREFIX, "")
         if isinstance(value, dict):
             return {str(k): clean(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
