@@ -1,9 +1,8 @@
 """Sharded training under Accelerate's DeepSpeed integration: ZeRO-2 and ZeRO-3 with 2 processes on CPU (gloo),
 against plain DDP; the DeepSpeed settings a launch refuses or fills; the example configs.
 
-The end-to-end test needs ``pip install deepspeed`` (the ``deepspeed`` extra) and is skipped without it. CI does not
-install the extra: its three 2-process launches take 3-6 minutes on 2 cores, more than the suite's budget allows, so
-it is run by hand after a change to sharding or checkpoints (``pip install -e ".[deepspeed]"`` and this file).
+The end-to-end test needs ``pip install deepspeed`` (in the ``test`` and ``deepspeed`` extras, so CI runs it) and is
+skipped without it.
 """
 
 from __future__ import annotations
