@@ -95,7 +95,6 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from diffusers.utils import logging as diffusers_logging
 from PIL import ImageOps
 
 from benchmarks.digit_classifier import DigitScorer, FeatureFrechet, features_and_predictions, train_classifier
@@ -106,9 +105,9 @@ from benchmarks.reporting import (
     machine_description,
     markdown_table,
     pyplot,
-    resolve_device,
     restores_torch_threads,
     save_figure,
+    start_run,
     write_record,
 )
 from benchmarks.sample_quality import accelerate_device, real_frechet_spread
@@ -636,13 +635,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help=f"the cached base model and the package arm's run (default {DEFAULT_WORK_DIR}; --quick: "
                              "a temporary directory)")
     args = parser.parse_args(argv)
-    device = resolve_device(args.device)
+    device, output_dir = start_run(args)
     settings = QUICK if args.quick else FULL
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # restored by main(): two oneDNN threads on a loaded 2-core CPU stall badly
-    diffusers_logging.set_verbosity_error()
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     data = load_concept_data()
     rows: dict[str, dict[str, Any]] = {}

@@ -62,7 +62,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from diffusers.utils import logging as diffusers_logging
 
 from benchmarks.digit_classifier import FeatureFrechet, features_and_predictions, fit_digit_scorer
 from benchmarks.low_budget_quality import (
@@ -80,9 +79,9 @@ from benchmarks.reporting import (
     machine_description,
     markdown_table,
     pyplot,
-    resolve_device,
     restores_torch_threads,
     save_figure,
+    start_run,
     write_record,
 )
 from benchmarks.sample_quality import accelerate_device, class_labels, in_batches, pipeline_images, real_frechet_spread, timed
@@ -564,13 +563,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help=f"where the weak model and the classifier are trained, and reused from (default: "
                              f"{DEFAULT_WORK_DIR}; --quick: a temporary directory)")
     args = parser.parse_args(argv)
-    device = resolve_device(args.device)
+    device, output_dir = start_run(args)
     settings = QUICK if args.quick else FULL
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # restored by main(): two oneDNN threads on a loaded 2-core CPU stall badly
-    diffusers_logging.set_verbosity_error()
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
     with tempfile.TemporaryDirectory(prefix="guidance_quality_") as temporary:

@@ -61,7 +61,6 @@ from typing import Any, Callable, Sequence
 
 import torch
 from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler, SchedulerMixin
-from diffusers.utils import logging as diffusers_logging
 from PIL import Image, ImageDraw
 
 from benchmarks.digit_classifier import FeatureFrechet, features_and_predictions, fit_digit_scorer
@@ -71,9 +70,9 @@ from benchmarks.reporting import (
     machine_description,
     markdown_table,
     pyplot,
-    resolve_device,
     restores_torch_threads,
     save_figure,
+    start_run,
     write_record,
 )
 from benchmarks.sample_quality import accelerate_device, class_labels, in_batches, pipeline_images, real_frechet_spread, timed
@@ -455,13 +454,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help=f"a trained EDMPipeline (default: {DEFAULT_MODEL_DIR}, trained there with README command 1 "
                              "if it holds none; --quick: a tiny model trained for 4 steps in a temporary directory)")
     args = parser.parse_args(argv)
-    device = resolve_device(args.device)
+    device, output_dir = start_run(args)
     settings = QUICK if args.quick else FULL
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # restored by main(): two oneDNN threads on a loaded 2-core CPU stall badly
-    diffusers_logging.set_verbosity_error()
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
     with tempfile.TemporaryDirectory(prefix="low_budget_quality_") as temporary:

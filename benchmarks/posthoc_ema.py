@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from diffusers.utils import logging as diffusers_logging
 
 from benchmarks.digit_classifier import FeatureFrechet, fit_digit_scorer
 from benchmarks.digits_split import write_image_folder
@@ -42,9 +41,9 @@ from benchmarks.reporting import (
     machine_description,
     markdown_table,
     pyplot,
-    resolve_device,
     restores_torch_threads,
     save_figure,
+    start_run,
     write_record,
 )
 from benchmarks.sample_quality import (
@@ -122,14 +121,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = common_arguments(__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the image folder, runs and pipelines here")
     args = parser.parse_args(argv)
-    device = resolve_device(args.device)
+    device, output_dir = start_run(args)
     settings = QUICK if args.quick else FULL
     training = settings.training
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # restored by main(): two oneDNN threads on a loaded 2-core CPU stall badly
-    diffusers_logging.set_verbosity_error()
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
     scorer = fit_digit_scorer(training.resolution, training.classifier_epochs, device)

@@ -12,6 +12,7 @@ import functools
 from typing import Any, Callable, Sequence
 
 import torch
+from diffusers.utils import logging as diffusers_logging
 
 DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent / "results"
 
@@ -32,6 +33,19 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was given but torch.cuda.is_available() is False.")
     return torch.device(name)
+
+
+def start_run(args: argparse.Namespace) -> tuple[torch.device, Path]:
+    """The device of ``--device`` and the created ``--output_dir`` of a benchmark's ``main``; on the CPU one torch
+    thread (two oneDNN threads on a loaded 2-core CPU stall badly; :func:`restores_torch_threads` undoes it on return)
+    and diffusers' logging at errors only (no progress-bar noise in the tables)."""
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    diffusers_logging.set_verbosity_error()
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return device, output_dir
 
 
 def machine_description(device: torch.device) -> dict[str, Any]:

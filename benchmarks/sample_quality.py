@@ -53,7 +53,6 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
-from diffusers.utils import logging as diffusers_logging
 
 from benchmarks.digit_classifier import FeatureFrechet, fit_digit_scorer
 from benchmarks.digits_split import NUM_CLASSES, write_image_folder
@@ -64,8 +63,8 @@ from benchmarks.reporting import (
     machine_description,
     markdown_table,
     pyplot,
-    resolve_device,
     save_figure,
+    start_run,
 )
 from diffusers_edm.pipelines import EDMPipeline, LearnedVariancePipeline
 from diffusers_edm.training import train as package_training
@@ -384,13 +383,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = common_arguments(__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the image folder and training runs here (default: a temporary directory)")
     args = parser.parse_args(argv)
-    device = resolve_device(args.device)
+    device, output_dir = start_run(args)
     settings = QUICK if args.quick else FULL
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # restored by main(): two oneDNN threads on a loaded 2-core CPU stall badly
-    diffusers_logging.set_verbosity_error()
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
     scorer = fit_digit_scorer(settings.resolution, settings.classifier_epochs, device)

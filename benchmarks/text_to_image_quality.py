@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from diffusers.utils import logging as diffusers_logging
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.digit_classifier import features_and_predictions, fit_digit_scorer
@@ -61,9 +60,9 @@ from benchmarks.reporting import (
     machine_description,
     markdown_table,
     pyplot,
-    resolve_device,
     restores_torch_threads,
     save_figure,
+    start_run,
     write_record,
 )
 from benchmarks.sample_quality import accelerate_device, real_frechet_spread
@@ -366,13 +365,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help="score this already trained EDMTextToImagePipeline directory instead of training "
                              "(repeatable); writes text_to_image_quality_pretrained.*")
     args = parser.parse_args(argv)
-    device = resolve_device(args.device)
+    device, output_dir = start_run(args)
     settings = QUICK if args.quick else FULL
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # restored by main(): two oneDNN threads on a loaded 2-core CPU stall badly
-    diffusers_logging.set_verbosity_error()
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     if args.pipeline:
         return score_pretrained(args.pipeline, settings, device, output_dir, args.quick)
     started = time.perf_counter()
