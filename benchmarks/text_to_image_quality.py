@@ -8,10 +8,8 @@ same data, batch, steps, seed, learning rate and EMA: the same images seen. Only
 
 - **unet**: ``--backbone unet --model_size tiny`` (``UNet2DConditionModel``, cross-attention in its 8x8 / 4x4 levels);
 - **pixart**: ``--backbone dit --model_size tiny`` (``PixArtTransformer2DModel``, 4 blocks of width 128, patch 2, on
-  the 16x16 pixels: 64 tokens). The command line refuses ``--backbone dit`` without ``--vae`` (``validate_args``:
-  the class-conditional DiT was meant for latents), but nothing downstream needs a VAE, so the benchmark parses the
-  arguments with ``--backbone unet`` and sets ``args.backbone = "dit"`` before ``train(args)``: both backbones then see
-  the same pixels, with no autoencoder of unequal quality in between (a VAE trained here would dominate the result).
+  the 16x16 pixels: 64 tokens). Both backbones see the same pixels, with no autoencoder of unequal quality in
+  between (a VAE trained here would dominate the result).
 
 Equal compute: the two presets cost nearly the same per image; the run counts each denoiser's forward FLOPs at one
 image (``torch.utils.flop_counter``, with the real prompt length) and reports them with the measured training wall
@@ -108,21 +106,15 @@ QUICK = TextSettings(train_steps=3, train_batch=8, per_prompt=2, heun_steps=3, g
 
 # ------------------------------------------------------------------------------------------------ training
 def training_arguments(backbone: str, output_dir: Path, settings: TextSettings) -> list[str]:
-    """The package's text-to-image command for one backbone (``--backbone unet`` for both: see :func:`train_backbone`)."""
-    return ["--output_dir", str(output_dir), *TEXT_ARGUMENTS, "--backbone", "unet", "--max_train_steps",
+    """The package's text-to-image command for one backbone (``unet`` or ``pixart``, the latter ``--backbone dit``)."""
+    return ["--output_dir", str(output_dir), *TEXT_ARGUMENTS, "--backbone", "dit" if backbone == "pixart" else "unet",
+            "--max_train_steps",
             str(settings.train_steps), "--train_batch_size", str(settings.train_batch), *settings.overrides]
 
 
 def train_backbone(backbone: str, output_dir: Path, settings: TextSettings, device: torch.device) -> dict[str, Any]:
-    """Train one backbone with ``diffusers_edm.training.train.train(args)``; return its directory, seconds and losses.
-
-    PixArt on pixels: the arguments are parsed (and validated) as for the UNet, then ``args.backbone = "dit"``, since
-    ``validate_args`` refuses ``--backbone dit`` without ``--vae`` although the text recipe builds and trains a
-    ``PixArtTransformer2DModel`` on pixels as it is.
-    """
+    """Train one backbone with ``diffusers_edm.training.train.train(args)``; return its directory, seconds and losses."""
     args = parse_args(training_arguments(backbone, output_dir, settings))
-    if backbone == "pixart":
-        args.backbone = "dit"
     started = time.perf_counter()
     with accelerate_device(device):
         result = package_training.train(args)
