@@ -111,6 +111,7 @@ from benchmarks.digit_classifier import DigitScorer, FeatureFrechet, features_an
 from benchmarks.digits_split import NUM_CLASSES, DigitsSplit, load_digits_split
 from benchmarks.low_budget_quality import NEVER, budget_grid
 from benchmarks.reporting import (
+    REPOSITORY_PREFIX,
     common_arguments,
     machine_description,
     markdown_table,
@@ -858,7 +859,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"## Per training seed\n\n{per_seed}\n\n## Samples\n\n"
         f"{samples}\n\n{note}\n\n## Readings\n\n" + "\n".join(f"- {line}" for line in lines) + "\n\n"
         f"Package command (arm package-edm, seed {train_seeds[0]}; the other seeds differ only in --seed):\n\n"
-        f"```\n{rows['package-edm']['training']['command']}\n```\n"
+        f"```\n{rows['package-edm']['training']['command'].replace(REPOSITORY_PREFIX, '')}\n```\n"
     )
     result = {
         "settings": {**asdict(settings), "sigmas": SIGMAS, "prompts": PROMPTS, "seed": SEED, "train_seeds": train_seeds,
