@@ -1,5 +1,6 @@
 """Fine-tuning a pretrained Stable Diffusion-architecture model on a new concept (issue #17): diffusers' epsilon-MSE
-recipe, diffusers' EDM-style recipe and the package's EDM recipe at equal steps, batch, optimizer, learning rate and seed.
+recipe, diffusers' EDM-style recipe and the package's EDM recipe at equal steps, batch, optimizer, learning rate and
+training seeds.
 
 **Base model** (built once, cached in ``--work-dir``): a tiny ``StableDiffusionPipeline`` on the embedded 8x8 digits.
 
@@ -21,7 +22,9 @@ train / held-out split is the class-stratified split of :mod:`benchmarks.digits_
 
 **Arms** (all full fine-tuning of the UNet from the same base; VAE and text encoder frozen; ``finetune_steps`` steps
 of batch ``finetune_batch`` (:data:`FULL` / :data:`QUICK`), AdamW (betas 0.9 / 0.999, eps 1e-8, weight decay 1e-2: diffusers' defaults) at the same
-constant learning rate, gradient norm clipped to 1, no EMA, no caption dropout, seed 0):
+constant learning rate, gradient norm clipped to 1, no EMA, no caption dropout; each arm fine-tuned once per
+training seed of ``--train-seeds`` (default ``0``), the seed setting only the arm's own draws: data order, captions,
+noise and noise levels; ``--seed`` for ``package-edm``):
 
 - ``diffusers-eps``: ``train_text_to_image.py``'s loop, as for the base.
 - ``diffusers-edm-style``: ``examples/dreambooth/train_dreambooth_lora_sdxl.py --do_edm_style_training`` on a
@@ -67,11 +70,17 @@ constant learning rate, gradient norm clipped to 1, no EMA, no caption dropout, 
 - Sanity check of the base: its samples for its own pretraining prompts "a handwritten 0" ... "9", scored against the
   held-out *normal* digits in the same features.
 
-Outputs (``benchmarks/results/``): ``finetune_comparison.md`` (tables), ``.json``, ``.png`` (held-out error per
-sigma and Frechet distance) and ``finetune_comparison_grid_<arm>.png`` (rows = prompts, columns = seeds; ``base``
-for the base on the new prompts, ``base_normal_prompts`` on its own).
+**Training seeds.** The base, the classifier, the held-out noise and the sample seeds are fixed; only the arms'
+training seed varies. Every score is reported per seed and, per arm, as the mean over seeds with its spread (min, max,
+sample std); a difference between two arms is "beyond the seed spread" when their min-max ranges do not overlap.
 
-Run: ``python -m benchmarks.finetune_comparison [--quick] [--work-dir DIR] [--device cpu|cuda] [--output-dir DIR]``.
+Outputs (``benchmarks/results/``): ``finetune_comparison.md`` (tables), ``.json``, ``.png`` (held-out error per
+sigma and Frechet distance; means over the training seeds with their min-max) and
+``finetune_comparison_grid_<arm>.png`` (the first training seed only; rows = prompts, columns = sample seeds;
+``base`` for the base on the new prompts, ``base_normal_prompts`` on its own).
+
+Run: ``python -m benchmarks.finetune_comparison [--quick] [--train-seeds 0,1,2] [--work-dir DIR] [--device cpu|cuda]
+[--output-dir DIR]``.
 The base is cached in ``--work-dir`` (default ``runs/finetune_comparison``; ``--quick``: a temporary directory) and
 rebuilt when its settings change.
 """
@@ -80,6 +89,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -101,6 +111,7 @@ from benchmarks.digit_classifier import DigitScorer, FeatureFrechet, features_an
 from benchmarks.digits_split import NUM_CLASSES, DigitsSplit, load_digits_split
 from benchmarks.low_budget_quality import NEVER, budget_grid
 from benchmarks.reporting import (
+    REPOSITORY_PREFIX,
     common_arguments,
     machine_description,
     markdown_table,
@@ -122,7 +133,7 @@ from diffusers_edm.training.data import digit_captions
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORK_DIR = REPO_ROOT / "runs" / "finetune_comparison"
 RESOLUTION = 8  # the embedded digits' native size
-SEED = 0
+SEED = 0  # the base, the text encoder and the classifier; the arms' default training seed
 SAMPLE_SEED = 1000  # column j of every grid is seed SAMPLE_SEED + j
 NOISE_SEED = 2000  # the held-out noise n, the same for every arm
 INVERTED_CAPTION = "an inverted digit {digit}"
@@ -312,7 +323,7 @@ def load_pipe(directory: Path, device: torch.device) -> StableDiffusionPipeline:
 def diffusers_training(
     unet: UNet2DConditionModel, vae: AutoencoderKL, pixels: torch.Tensor, captions: Sequence[Sequence[str]],
     embeddings: CaptionEmbeddings, recipe: str, steps: int, batch: int, learning_rate: float, device: torch.device,
-    scheduler_config: dict[str, Any] | None = None,
+    scheduler_config: dict[str, Any] | None = None, seed: int = SEED,
 ) -> list[float]:
     """Full fine-tuning of ``unet`` as diffusers' scripts do it; returns the loss per step (read once, at the end).
 
@@ -330,8 +341,8 @@ def diffusers_training(
         step_loss = edm_style_loss
     else:
         raise ValueError(f"recipe must be 'epsilon' or 'edm_style', got {recipe!r}.")
-    torch.manual_seed(SEED)
-    generator = torch.Generator().manual_seed(SEED)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, betas=ADAM_BETAS, eps=ADAM_EPSILON,
                                   weight_decay=WEIGHT_DECAY)
     unet.train()
@@ -386,7 +397,8 @@ def edm_style_loss(unet: UNet2DConditionModel, noise_scheduler: EulerDiscreteSch
 
 
 def finetune_with_diffusers_recipe(base_dir: Path, recipe: str, data: ConceptData, settings: FinetuneSettings,
-                                   device: torch.device) -> tuple[StableDiffusionPipeline, dict[str, Any]]:
+                                   device: torch.device, seed: int = SEED
+                                   ) -> tuple[StableDiffusionPipeline, dict[str, Any]]:
     """Arms ``diffusers-eps`` / ``diffusers-edm-style``: load the base, fine-tune its UNet on the inverted digits."""
     pipe = load_pipe(base_dir, device)
     embeddings = CaptionEmbeddings(pipe.tokenizer, pipe.text_encoder, PROMPTS, device)
@@ -396,13 +408,14 @@ def finetune_with_diffusers_recipe(base_dir: Path, recipe: str, data: ConceptDat
     losses = diffusers_training(
         pipe.unet, pipe.vae, rgb(data.inverted.train_images[:count]), [[PROMPTS[label]] for label in labels], embeddings, recipe,
         settings.finetune_steps, settings.finetune_batch, settings.finetune_learning_rate, device,
-        scheduler_config=dict(pipe.scheduler.config),
+        scheduler_config=dict(pipe.scheduler.config), seed=seed,
     )
-    return pipe, {"seconds": time.perf_counter() - started, "steps": len(losses), "final_loss": losses[-1]}
+    return pipe, {"seconds": time.perf_counter() - started, "steps": len(losses), "final_loss": losses[-1], "seed": seed}
 
 
 # ------------------------------------------------------------------------------------------------ the package's recipe
-def package_arguments(base_dir: Path, data_dir: Path, output_dir: Path, settings: FinetuneSettings) -> list[str]:
+def package_arguments(base_dir: Path, data_dir: Path, output_dir: Path, settings: FinetuneSettings,
+                      seed: int = SEED) -> list[str]:
     """The ``diffusers-edm-train`` command line of arm ``package-edm`` (the same steps, batch, optimizer and seed)."""
     return [
         "--pretrained_model_name_or_path", str(base_dir), "--train_data_dir", str(data_dir), "--caption_column", "text",
@@ -412,17 +425,18 @@ def package_arguments(base_dir: Path, data_dir: Path, output_dir: Path, settings
         "--adam_beta1", str(ADAM_BETAS[0]), "--adam_beta2", str(ADAM_BETAS[1]), "--adam_epsilon", str(ADAM_EPSILON),
         "--weight_decay", str(WEIGHT_DECAY), "--max_grad_norm", str(MAX_GRAD_NORM), "--ema_halflife_kimg", "0",
         "--proportion_empty_prompts", "0", "--checkpointing_steps", NEVER, "--validation_steps", NEVER,
-        "--num_validation_images", "2", "--sample_steps", "3", "--report_to", "none", "--seed", str(SEED),
+        "--num_validation_images", "2", "--sample_steps", "3", "--report_to", "none", "--seed", str(seed),
     ]
 
 
 def finetune_with_package(base_dir: Path, data: ConceptData, work_dir: Path, settings: FinetuneSettings,
-                          device: torch.device) -> tuple[StableDiffusionPipeline, dict[str, Any]]:
+                          device: torch.device, seed: int = SEED) -> tuple[StableDiffusionPipeline, dict[str, Any]]:
     """Arm ``package-edm``: the training command on an image folder of the inverted digits; its stock export loaded."""
     count = settings.concept_count
     data_dir = write_caption_folder(data.inverted.train_pil[:count], data.inverted.train_labels[:count],
                                     work_dir / "inverted_digits")
-    arguments = package_arguments(base_dir, data_dir, work_dir / "package-edm", settings)
+    # One export folder for every seed (--overwrite): each export is loaded and scored before the next seed trains.
+    arguments = package_arguments(base_dir, data_dir, work_dir / "package-edm", settings, seed)
     started = time.perf_counter()
     with accelerate_device(device):
         result = package_training.train(parse_args(arguments))
@@ -431,7 +445,7 @@ def finetune_with_package(base_dir: Path, data: ConceptData, work_dir: Path, set
         raise RuntimeError(f"package-edm stopped at step {result.global_step}, not {settings.finetune_steps}.")
     return load_pipe(Path(result.output_dir), device), {
         "seconds": seconds, "steps": result.global_step, "final_loss": result.losses[-1] if result.losses else None,
-        "command": "diffusers-edm-train " + " ".join(arguments),
+        "command": "diffusers-edm-train " + " ".join(arguments), "seed": seed,
     }
 
 
@@ -514,75 +528,200 @@ def sample_scores(images: torch.Tensor, labels: torch.Tensor, scorer: DigitScore
     scores = scorer.frechet.score(images, labels)
     accuracy = scores["accuracy"]
     return {"frechet": scores["frechet"], "accuracy": accuracy,
-            "accuracy_se": math.sqrt(accuracy * (1 - accuracy) / len(labels)), "mean_pixel": float(images.mean())}
+            "accuracy_se": math.sqrt(accuracy * (1 - accuracy) / len(labels)), "count": len(labels),
+            "mean_pixel": float(images.mean())}
+
+
+# ------------------------------------------------------------------------------------------------ training seeds
+def parse_train_seeds(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> ``(0, 1, 2)``: distinct non-negative integers, at least one."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isascii() and part.isdigit() for part in parts):
+        raise ValueError(f"--train-seeds must be comma-separated non-negative integers such as '0,1,2', got {text!r}.")
+    seeds = tuple(int(part) for part in parts)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--train-seeds must be distinct non-negative integers such as '0,1,2', got {text!r}.")
+    return seeds
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Mean, min, max and sample standard deviation (0 for one value) over the training seeds."""
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def summarise_seeds(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One arm's row over its training seeds: every score the mean over seeds, with its :func:`spread`; the held-out
+    SE over images of the per-image error averaged over seeds (the same images and noise in every seed); the grid
+    and package command of the first seed; the per-seed rows under ``"seeds"``."""
+    rows = list(runs.values())
+    per_image = torch.stack([row["heldout"]["per_image"] for row in rows]).mean(0)  # (sigmas, images)
+    per_sigma = []
+    for k, sigma in enumerate(SIGMAS):
+        points = [row["heldout"]["per_sigma"][k] for row in rows]
+        errors = spread([p["mse"] for p in points])
+        se = float(per_image[k].std() / math.sqrt(per_image.shape[1]))
+        per_sigma.append({"sigma": sigma, "mse": errors["mean"], "se": se,
+                          "weighted": statistics.fmean(p["weighted"] for p in points), "spread": errors})
+    weighted = spread([row["heldout"]["edm_weighted_mean"] for row in rows])
+    frechet = spread([row["samples"]["frechet"] for row in rows])
+    accuracy = statistics.fmean(row["samples"]["accuracy"] for row in rows)
+    count = sum(row["samples"]["count"] for row in rows)
+    samples = {"frechet": frechet["mean"], "frechet_spread": frechet, "accuracy": accuracy,
+               "accuracy_se": math.sqrt(accuracy * (1 - accuracy) / count), "count": count,
+               "mean_pixel": statistics.fmean(row["samples"]["mean_pixel"] for row in rows)}
+    first = rows[0]["training"]
+    training = {"seconds": statistics.fmean(row["training"]["seconds"] for row in rows), "steps": first["steps"],
+                **({"command": first["command"]} if "command" in first else {}), "seeds": list(runs)}
+    return {"heldout": {"per_sigma": per_sigma, "edm_weighted_mean": weighted["mean"], "edm_weighted_spread": weighted,
+                        "per_image": per_image},
+            "samples": samples, "sampling_seconds": statistics.fmean(row["sampling_seconds"] for row in rows),
+            "training": training, "grid": rows[0]["grid"], "seeds": runs}
+
+
+def seed_count(row: dict[str, Any]) -> int:
+    return len(row.get("seeds", {})) or 1
 
 
 # ------------------------------------------------------------------------------------------------ report
 def loss_table(rows: dict[str, dict[str, Any]]) -> str:
+    """Per sigma: mean +/- SE over images for one seed; the mean over seeds (min-max over seeds) for several."""
     headers = ["arm", *(f"sigma={s:g}" for s in SIGMAS), "EDM-weighted mean"]
-    body = [[name, *(f"{p['mse']:.4f} +/- {p['se']:.4f}" for p in row["heldout"]["per_sigma"]),
-             f"{row['heldout']['edm_weighted_mean']:.4f}"] for name, row in rows.items()]
+    body = []
+    for name, row in rows.items():
+        if seed_count(row) > 1:
+            cells = [f"{p['mse']:.4g} ({p['spread']['min']:.4g}-{p['spread']['max']:.4g})"
+                     for p in row["heldout"]["per_sigma"]]
+            s = row["heldout"]["edm_weighted_spread"]
+            body.append([f"{name} ({seed_count(row)} seeds)", *cells,
+                         f"{s['mean']:.4f} ({s['min']:.4f}-{s['max']:.4f})"])
+        else:
+            body.append([name, *(f"{p['mse']:.4f} +/- {p['se']:.4f}" for p in row["heldout"]["per_sigma"]),
+                         f"{row['heldout']['edm_weighted_mean']:.4f}"])
     return markdown_table(headers, body)
 
 
-def sample_table(rows: dict[str, dict[str, Any]], floor: dict[str, Any], spread: dict[str, float]) -> str:
-    body = [[name, f"{row['samples']['frechet']:.2f}",
+def seed_table(rows: dict[str, dict[str, Any]]) -> str:
+    """One row per arm and training seed: held-out error per sigma, its EDM-weighted mean, the Frechet distance."""
+    body = [[name, str(seed), *(f"{p['mse']:.4g}" for p in run["heldout"]["per_sigma"]),
+             f"{run['heldout']['edm_weighted_mean']:.4f}", f"{run['samples']['frechet']:.2f}"]
+            for name, row in rows.items() for seed, run in row.get("seeds", {}).items()]
+    return markdown_table(["arm", "seed", *(f"sigma={s:g}" for s in SIGMAS), "EDM-weighted mean", "Frechet"], body)
+
+
+def sample_table(rows: dict[str, dict[str, Any]], floor: dict[str, Any], real: dict[str, float]) -> str:
+    def frechet(row: dict[str, Any]) -> str:
+        if seed_count(row) > 1:
+            s = row["samples"]["frechet_spread"]
+            return f"{s['mean']:.2f} ({s['min']:.2f}-{s['max']:.2f}, std {s['std']:.2f})"
+        return f"{row['samples']['frechet']:.2f}"
+
+    body = [[name, frechet(row),
              f"{row['samples']['accuracy'] * 100:.1f} +/- {row['samples']['accuracy_se'] * 100:.1f}",
              f"{row['samples']['mean_pixel']:+.2f}", f"{row['training'].get('seconds', 0):.0f}",
              f"{row['sampling_seconds']:.1f}"] for name, row in rows.items()]
-    body.append(["real inverted digits", f"{spread['mean']:.2f} +/- {spread['std']:.2f}",
+    body.append(["real inverted digits", f"{real['mean']:.2f} +/- {real['std']:.2f}",
                  f"{floor['accuracy'] * 100:.1f}", f"{floor['mean_pixel']:+.2f}", "-", "-"])
     return markdown_table(["arm", "Frechet", "adherence %", "mean pixel", "training s", "sampling s"], body)
 
 
+def beyond_seed_spread(best: dict[str, float], second: dict[str, float]) -> bool:
+    """The two arms' min-max ranges over the training seeds do not overlap."""
+    return best["max"] < second["min"]
+
+
 def winners(rows: dict[str, dict[str, Any]], spread_std: float) -> list[str]:
-    """Which arm has the lowest held-out error per sigma (resolved: the runner-up's error exceeds it by more than twice
-    the paired standard error, the same images and noise being scored for every arm), overall (EDM-weighted mean) and
-    in Frechet distance (resolved: gap > 2 real-draw std)."""
+    """Which arm has the lowest held-out error per sigma, overall (EDM-weighted mean) and in Frechet distance.
+
+    One training seed: resolved when the runner-up's held-out error exceeds the best by more than twice the paired
+    standard error (the same images and noise for every arm), and in Frechet distance when the gap exceeds twice the
+    real-draw std. Several seeds: resolved when, in addition, the two arms' min-max ranges over the seeds do not
+    overlap.
+    """
     arms = [name for name in rows if name in ARMS]
+    several = min(seed_count(rows[a]) for a in arms) > 1
     lines = []
     for k, sigma in enumerate(SIGMAS):
         ranked = sorted(arms, key=lambda a: rows[a]["heldout"]["per_sigma"][k]["mse"])
         best, second = (rows[a]["heldout"]["per_image"][k] for a in ranked[:2])
         difference = second - best
         gap, se = float(difference.mean()), float(difference.std() / math.sqrt(len(difference)))
-        lines.append(f"sigma={sigma:g}: lowest held-out error {ranked[0]} ({float(best.mean()):.4f}; next {ranked[1]} "
-                     f"{float(second.mean()):.4f}, paired gap {gap:.4f} +/- {se:.4f}) -> "
-                     + ("resolved" if gap > 2 * se else "not resolved (within 2 paired SE)"))
-    ranked = sorted(arms, key=lambda a: rows[a]["heldout"]["edm_weighted_mean"])
-    lines.append("EDM-weighted mean over the sigmas: " + " < ".join(
-        f"{a} {rows[a]['heldout']['edm_weighted_mean']:.4f}" for a in ranked))
-    ranked = sorted(arms, key=lambda a: rows[a]["samples"]["frechet"])
+        resolved = gap > 2 * se
+        line = (f"sigma={sigma:g}: lowest held-out error {ranked[0]} ({float(best.mean()):.4g}; next {ranked[1]} "
+                f"{float(second.mean()):.4g}, paired gap {gap:.4g} +/- {se:.2g})")
+        if several:
+            a, b = (rows[x]["heldout"]["per_sigma"][k]["spread"] for x in ranked[:2])
+            line += f", seed ranges {a['min']:.4g}-{a['max']:.4g} vs {b['min']:.4g}-{b['max']:.4g}"
+            resolved = resolved and beyond_seed_spread(a, b)
+        lines.append(line + " -> " + ("resolved" if resolved else "not resolved" + ("" if several else
+                                                                                     " (within 2 paired SE)")))
+    def ranking(key: str, fmt: str) -> tuple[list[str], str]:
+        ranked = sorted(arms, key=lambda a: key_value(rows[a], key))
+        parts = []
+        for a in ranked:
+            text = format(key_value(rows[a], key), fmt)
+            if several:
+                s = key_spread(rows[a], key)
+                text += f" ({format(s['min'], fmt)}-{format(s['max'], fmt)})"
+            parts.append(f"{a} {text}")
+        return ranked, " < ".join(parts)
+
+    ranked, text = ranking("edm", ".4f")
+    beyond = beyond_seed_spread(*(key_spread(rows[a], "edm") for a in ranked[:2]))
+    lines.append("EDM-weighted mean over the sigmas: " + text
+                 + (f" -> best vs next {'beyond' if beyond else 'within'} the seed spread" if several else ""))
+    ranked, text = ranking("frechet", ".2f")
     gap = rows[ranked[1]]["samples"]["frechet"] - rows[ranked[0]]["samples"]["frechet"]
-    lines.append("Frechet distance: " + " < ".join(f"{a} {rows[a]['samples']['frechet']:.2f}" for a in ranked)
-                 + f" -> best vs next {'resolved' if gap > 2 * spread_std else 'not resolved'} (gap {gap:.2f}, "
-                   f"real-draw std {spread_std:.2f})")
+    resolved = gap > 2 * spread_std and (not several or beyond_seed_spread(*(key_spread(rows[a], "frechet")
+                                                                               for a in ranked[:2])))
+    lines.append(f"Frechet distance: {text} -> best vs next {'resolved' if resolved else 'not resolved'} "
+                 f"(gap {gap:.2f}, real-draw std {spread_std:.2f}{', seed ranges compared' if several else ''})")
     return lines
 
 
-def plot_results(rows: dict[str, dict[str, Any]], spread: dict[str, float], path: Path, title: str) -> Path | None:
+def key_value(row: dict[str, Any], key: str) -> float:
+    return row["heldout"]["edm_weighted_mean"] if key == "edm" else row["samples"]["frechet"]
+
+
+def key_spread(row: dict[str, Any], key: str) -> dict[str, float]:
+    return row["heldout"]["edm_weighted_spread"] if key == "edm" else row["samples"]["frechet_spread"]
+
+
+def plot_results(rows: dict[str, dict[str, Any]], real: dict[str, float], path: Path, title: str) -> Path | None:
+    """Held-out error per sigma (bars: min-max over the training seeds, or 2 SE over images for one seed) and the
+    Frechet distance per arm (mean over seeds, bars min-max)."""
     plt = pyplot()
     if plt is None:
         return None
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [3, 2]})
     colours = {BASE: "grey", "diffusers-eps": "tab:blue", "diffusers-edm-style": "tab:orange", "package-edm": "tab:green"}
     styles = {"diffusers-edm-style": "--"}
+    several = any(seed_count(row) > 1 for row in rows.values())
     for name, row in rows.items():
         points = row["heldout"]["per_sigma"]
-        axes[0].errorbar([p["sigma"] for p in points], [p["mse"] for p in points], yerr=[2 * p["se"] for p in points],
+        if seed_count(row) > 1:
+            yerr = [[p["mse"] - p["spread"]["min"] for p in points], [p["spread"]["max"] - p["mse"] for p in points]]
+        else:
+            yerr = [2 * p["se"] for p in points]
+        axes[0].errorbar([p["sigma"] for p in points], [p["mse"] for p in points], yerr=yerr,
                          fmt="o" + styles.get(name, "-"), color=colours.get(name), capsize=2, label=name, markersize=4)
     axes[0].set_xscale("log")
     axes[0].set_yscale("log")
     axes[0].set_xlabel("sigma (held-out noise level)")
-    axes[0].set_ylabel("held-out x0-MSE |D(y + sigma n; sigma) - y|^2 (bars: 2 SE)")
+    axes[0].set_ylabel("held-out x0-MSE |D(y + sigma n; sigma) - y|^2\n"
+                       + ("(mean over training seeds, bars: min-max)" if several else "(bars: 2 SE)"))
     axes[0].legend(fontsize=8)
     names = list(rows)
-    axes[1].bar(range(len(names)), [rows[n]["samples"]["frechet"] for n in names],
-                color=[colours.get(n, "black") for n in names])
-    axes[1].axhspan(spread["mean"] - spread["std"], spread["mean"] + spread["std"], color="black", alpha=0.12,
+    means = [rows[n]["samples"]["frechet"] for n in names]
+    ranges = [rows[n]["samples"]["frechet_spread"] if seed_count(rows[n]) > 1 else {"min": m, "max": m}
+              for n, m in zip(names, means)]
+    low, high = [m - r["min"] for m, r in zip(means, ranges)], [r["max"] - m for m, r in zip(means, ranges)]
+    axes[1].bar(range(len(names)), means, yerr=[low, high], capsize=4, color=[colours.get(n, "black") for n in names])
+    axes[1].axhspan(real["mean"] - real["std"], real["mean"] + real["std"], color="black", alpha=0.12,
                     label="real inverted digits, mean +/- std")
     axes[1].set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=7)
-    axes[1].set_ylabel("Frechet distance to held-out inverted digits")
+    axes[1].set_ylabel("Frechet distance to held-out inverted digits"
+                       + ("\n(mean, bars: min-max over seeds)" if several else ""))
     axes[1].legend(fontsize=8)
     figure.suptitle(title, fontsize=10)
     return save_figure(figure, path)
@@ -590,16 +729,20 @@ def plot_results(rows: dict[str, dict[str, Any]], spread: dict[str, float], path
 
 # ------------------------------------------------------------------------------------------------ run
 def evaluate(name: str, pipe: StableDiffusionPipeline, heldout: HeldOut, scorer: DigitScorer,
-             settings: FinetuneSettings, training: dict[str, Any], output_dir: Path) -> dict[str, Any]:
-    """Held-out errors, samples, their scores and grid for one arm (or the base)."""
+             settings: FinetuneSettings, training: dict[str, Any], output_dir: Path,
+             write_grid: bool = True) -> dict[str, Any]:
+    """Held-out errors, samples, their scores and (``write_grid``) grid for one arm and seed (or the base)."""
     errors = heldout_errors(pipe, heldout)
     images, labels, seconds = sample_prompts(pipe, settings)
     slug = "base" if name == BASE else name
-    grid = budget_grid([(PROMPTS[d], images[labels == d]) for d in range(NUM_CLASSES)],
-                       output_dir / f"finetune_comparison_grid_{slug}.png", settings.per_prompt)
+    grid = None
+    if write_grid:
+        grid = str(budget_grid([(PROMPTS[d], images[labels == d]) for d in range(NUM_CLASSES)],
+                               output_dir / f"finetune_comparison_grid_{slug}.png", settings.per_prompt))
     row = {"heldout": errors, "samples": sample_scores(images, labels, scorer), "sampling_seconds": seconds,
-           "training": training, "grid": str(grid)}
-    print(f"  {name}: EDM-weighted held-out error {errors['edm_weighted_mean']:.4f}, Frechet "
+           "training": training, "grid": grid}
+    seed = f" seed {training['seed']}" if "seed" in training else ""
+    print(f"  {name}{seed}: EDM-weighted held-out error {errors['edm_weighted_mean']:.4f}, Frechet "
           f"{row['samples']['frechet']:.2f}", flush=True)
     return row
 
@@ -620,11 +763,11 @@ def base_on_its_own_prompts(pipe: StableDiffusionPipeline, data: ConceptData, sc
 
 
 def run_arm(name: str, base_dir: Path, data: ConceptData, work_dir: Path, settings: FinetuneSettings,
-            device: torch.device) -> tuple[StableDiffusionPipeline, dict[str, Any]]:
+            device: torch.device, seed: int = SEED) -> tuple[StableDiffusionPipeline, dict[str, Any]]:
     if name == "package-edm":
-        return finetune_with_package(base_dir, data, work_dir, settings, device)
+        return finetune_with_package(base_dir, data, work_dir, settings, device, seed)
     return finetune_with_diffusers_recipe(base_dir, {"diffusers-eps": "epsilon", "diffusers-edm-style": "edm_style"}[name],
-                                          data, settings, device)
+                                          data, settings, device, seed)
 
 
 @restores_torch_threads
@@ -634,7 +777,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--work-dir", type=Path, default=None,
                         help=f"the cached base model and the package arm's run (default {DEFAULT_WORK_DIR}; --quick: "
                              "a temporary directory)")
+    parser.add_argument("--train-seeds", default=str(SEED),
+                        help="comma-separated training seeds; each arm is fine-tuned once per seed, the base, "
+                             f"classifier, held-out noise and sample seeds fixed (default {SEED})")
     args = parser.parse_args(argv)
+    try:
+        train_seeds = parse_train_seeds(args.train_seeds)
+    except ValueError as error:
+        parser.error(str(error))
     device, output_dir = start_run(args)
     settings = QUICK if args.quick else FULL
     started = time.perf_counter()
@@ -651,9 +801,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         rows[BASE] = evaluate(BASE, base_pipe, heldout, scorer, settings, {"base": base}, output_dir)
         base_check = base_on_its_own_prompts(base_pipe, data, scorer, settings, output_dir)
         for name in ARMS:
-            print(f"fine-tuning {name} ({settings.finetune_steps} steps of batch {settings.finetune_batch}) ...", flush=True)
-            pipe, training = run_arm(name, base_dir, data, work_dir, settings, device)
-            rows[name] = evaluate(name, pipe, heldout, scorer, settings, training, output_dir)
+            runs = {}
+            for seed in train_seeds:
+                print(f"fine-tuning {name}, seed {seed} ({settings.finetune_steps} steps of batch "
+                      f"{settings.finetune_batch}) ...", flush=True)
+                pipe, training = run_arm(name, base_dir, data, work_dir, settings, device, seed)
+                runs[seed] = evaluate(name, pipe, heldout, scorer, settings, training, output_dir,
+                                      write_grid=seed == train_seeds[0])
+            rows[name] = summarise_seeds(runs)
     count = NUM_CLASSES * settings.per_prompt
     real_index = scorer.real_in_label_order(count)
     real = scorer.split.train_images[real_index]
@@ -667,6 +822,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                  f"{own['accuracy'] * 100:.1f}%, mean pixel {own['mean_pixel']:+.2f}.")
     for row in rows.values():  # per-image errors served the paired comparisons; the record keeps the summaries
         row["heldout"].pop("per_image")
+        for run in row.get("seeds", {}).values():
+            run["heldout"].pop("per_image")
     minutes = (time.perf_counter() - started) / 60
 
     setup = (f"Base: tiny StableDiffusionPipeline at 8x8 (VAE {settings.vae_steps} steps of batch {settings.vae_batch}; "
@@ -675,29 +832,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
              f"{', reused from the cache' if base['reused'] else ''}). Fine-tuning on the inverted digits "
              f"(\"{INVERTED_CAPTION}\"): {settings.finetune_steps} steps of batch {settings.finetune_batch}, AdamW lr "
              f"{settings.finetune_learning_rate:g} (weight decay {WEIGHT_DECAY:g}, clip {MAX_GRAD_NORM:g}), no EMA, "
-             f"seed {SEED}, every arm. Held-out: {len(heldout.latents)} inverted digits, one fixed noise draw per "
+             f"training seeds {', '.join(map(str, train_seeds))} per arm (grids: seed {train_seeds[0]}). Held-out: "
+             f"{len(heldout.latents)} inverted digits, one fixed noise draw per "
              f"sigma (latent sigma_data {heldout.sigma_data:.3f}). Samples: {count} per arm ({settings.per_prompt} per "
              f"prompt), EDMMultistepScheduler {settings.sample_steps} steps. Device {device}, {minutes:.1f} min.")
     losses = loss_table(rows)
+    per_seed = seed_table(rows)
     samples = sample_table(rows, floor, spread)
-    note = (f"Held-out x0-MSE in latent space (+/- SE over images); the last column is the mean over the sigmas of "
+    several = len(train_seeds) > 1
+    note = (f"Held-out x0-MSE in latent space ("
+            f"{'mean over the training seeds (min-max over seeds)' if several else '+/- SE over images'}); "
+            f"the last column is the mean over the sigmas of "
             f"EDM's lambda(sigma) times it. Frechet: in the digit classifier's 64-d features (trained on normal and "
             f"inverted training digits; held-out accuracy on inverted digits {scorer.heldout_accuracy * 100:.1f}%), to "
             f"the held-out inverted digits; 'real inverted digits' = {count} real inverted training digits, mean +/- "
-            f"std over {spread['draws']} class-balanced draws.")
-    print(f"\n{setup}\n\n{base_line}\n\n{losses}\n\n{samples}\n\n{note}\n\n" + "\n".join(lines))
+            f"std over {spread['draws']} class-balanced draws."
+            + (" Frechet of an arm: mean over the training seeds (min-max, sample std)." if several else ""))
+    print(f"\n{setup}\n\n{base_line}\n\n{losses}\n\n{per_seed}\n\n{samples}\n\n{note}\n\n" + "\n".join(lines))
     machine = machine_description(device)
     png = plot_results(rows, spread, output_dir / "finetune_comparison.png",
                        f"Fine-tuning on inverted digits, {settings.finetune_steps} steps x batch {settings.finetune_batch}")
     markdown_path = output_dir / "finetune_comparison.md"
     markdown_path.write_text(
         f"# Fine-tuning comparison ({'quick' if args.quick else 'full'} run, {machine['date']}, device {device}, "
-        f"{minutes:.1f} min)\n\n{setup}\n\n{base_line}\n\n## Held-out denoising error per noise level\n\n{losses}\n\n## Samples\n\n"
+        f"{minutes:.1f} min)\n\n{setup}\n\n{base_line}\n\n## Held-out denoising error per noise level\n\n{losses}\n\n"
+        f"## Per training seed\n\n{per_seed}\n\n## Samples\n\n"
         f"{samples}\n\n{note}\n\n## Readings\n\n" + "\n".join(f"- {line}" for line in lines) + "\n\n"
-        f"Package command (arm package-edm):\n\n```\n{rows['package-edm']['training']['command']}\n```\n"
+        f"Package command (arm package-edm, seed {train_seeds[0]}; the other seeds differ only in --seed):\n\n"
+        f"```\n{rows['package-edm']['training']['command'].replace(REPOSITORY_PREFIX, '')}\n```\n"
     )
     result = {
-        "settings": {**asdict(settings), "sigmas": SIGMAS, "prompts": PROMPTS, "seed": SEED, "sample_seed": SAMPLE_SEED,
+        "settings": {**asdict(settings), "sigmas": SIGMAS, "prompts": PROMPTS, "seed": SEED, "train_seeds": train_seeds,
+                     "sample_seed": SAMPLE_SEED,
                      "noise_seed": NOISE_SEED, "kl_weight": KL_WEIGHT, "sd_table": SD_TABLE},
         "machine": machine,
         "quick": args.quick,

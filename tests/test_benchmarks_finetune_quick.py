@@ -2,7 +2,8 @@
 diffusers recipes compute the objectives diffusers' scripts state.
 
 The quick run is far too small to rank the recipes; it checks that every arm and noise level is measured, that the
-summaries follow from the per-level numbers, and that fine-tuning on the new concept lowers its held-out error.
+summaries follow from the per-level numbers, that fine-tuning on the new concept lowers its held-out error, and
+that with two training seeds every arm is trained and scored once per seed and summarised by the mean and spread.
 The full run and its reading are in ``benchmarks/README.md``.
 """
 
@@ -12,10 +13,13 @@ import importlib.util
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -23,11 +27,13 @@ from benchmarks import finetune_comparison  # noqa: E402
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TRAIN_SEEDS = (0, 1)
 
 
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return finetune_comparison.main(["--quick", "--output-dir", str(tmp_path_factory.mktemp("finetune"))])
+    return finetune_comparison.main(["--quick", "--train-seeds", ",".join(map(str, TRAIN_SEEDS)),
+                                     "--output-dir", str(tmp_path_factory.mktemp("finetune"))])
 
 
 def test_every_arm_and_noise_level_is_measured(comparison: dict) -> None:
@@ -78,6 +84,63 @@ def test_outputs_are_written(comparison: dict) -> None:
     pngs = list(files["grids"].values()) + ([files["png"]] if HAS_MATPLOTLIB else [])
     for path in pngs:
         assert Path(path).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_each_arm_is_trained_per_seed_and_summarised_by_mean_and_spread(comparison: dict) -> None:
+    """Per arm: one run per training seed (its seed in the package command), different results per seed, and the
+    summary's every score the mean over the seeds with min / max / sample std (for two values: |a - b| / sqrt(2))."""
+    rows = comparison["rows"]
+    assert list(comparison["settings"]["train_seeds"]) == list(TRAIN_SEEDS)
+    assert "seeds" not in rows[finetune_comparison.BASE]  # the base is trained once, with the fixed base seed
+    for name in finetune_comparison.ARMS:
+        runs = rows[name]["seeds"]
+        assert list(runs) == list(TRAIN_SEEDS)
+        for seed, run in runs.items():
+            assert run["training"]["seed"] == seed
+            assert run["training"]["steps"] == finetune_comparison.QUICK.finetune_steps
+            if name == "package-edm":
+                assert run["training"]["command"].endswith(f"--seed {seed}")
+        # Grids for the first seed only.
+        assert runs[TRAIN_SEEDS[0]]["grid"] == rows[name]["grid"] and Path(rows[name]["grid"]).is_file()
+        assert all(run["grid"] is None for seed, run in runs.items() if seed != TRAIN_SEEDS[0])
+        first, second = (runs[seed] for seed in TRAIN_SEEDS)
+        pairs = [(p["mse"], q["mse"]) for p, q in zip(first["heldout"]["per_sigma"], second["heldout"]["per_sigma"])]
+        assert any(a != b for a, b in pairs), f"{name}: the training seed changed nothing"
+        for point, (a, b) in zip(rows[name]["heldout"]["per_sigma"], pairs):
+            assert point["mse"] == pytest.approx((a + b) / 2)
+            assert point["spread"]["min"] == min(a, b) and point["spread"]["max"] == max(a, b)
+            assert point["spread"]["std"] == pytest.approx(abs(a - b) / math.sqrt(2))
+        for summary, spread, values in [
+            (rows[name]["heldout"]["edm_weighted_mean"], rows[name]["heldout"]["edm_weighted_spread"],
+             [run["heldout"]["edm_weighted_mean"] for run in runs.values()]),
+            (rows[name]["samples"]["frechet"], rows[name]["samples"]["frechet_spread"],
+             [run["samples"]["frechet"] for run in runs.values()]),
+        ]:
+            assert summary == pytest.approx(sum(values) / 2)
+            assert (spread["min"], spread["max"]) == (min(values), max(values))
+            assert spread["std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
+    markdown = Path(comparison["files"]["markdown"]).read_text()
+    per_seed = markdown.split("## Per training seed")[1].split("##")[0]
+    for name in finetune_comparison.ARMS:
+        for seed in TRAIN_SEEDS:
+            assert any(line.startswith(f"| {name} ") and line.split("|")[2].strip() == str(seed)
+                       for line in per_seed.splitlines()), (name, seed)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text(alphabet="0123456789,- x", max_size=12))
+def test_train_seeds_are_distinct_non_negative_integers_or_a_clear_error(text: str) -> None:
+    """``--train-seeds``: comma-separated decimal integers (spaces around them allowed), all distinct; anything else a
+    ValueError that quotes the value and says what is allowed."""
+    parts = text.split(",")
+    valid = all(re.fullmatch(r" *[0-9]+ *", part) for part in parts) and len({int(p) for p in parts}) == len(parts)
+    try:
+        seeds = finetune_comparison.parse_train_seeds(text)
+    except ValueError as error:
+        assert not valid
+        assert repr(text) in str(error) and "non-negative integers" in str(error)
+    else:
+        assert valid and seeds == tuple(int(part) for part in parts)
 
 
 def _tiny_unet() -> torch.nn.Module:
