@@ -65,12 +65,7 @@ def make_backbone(
         if num_classes > 0:
             config["num_class_embeds"] = num_classes + 1
         config.update(overrides or {})
-        depth = len(config["block_out_channels"]) - 1
-        if sample_size % (2**depth) != 0:
-            raise ValueError(
-                f"A UNet with {depth + 1} resolution levels halves its input {depth} times: the resolution "
-                f"{sample_size} must be divisible by {2**depth}."
-            )
+        check_unet_resolution(config, sample_size)
         return build_backbone("UNet2DModel", config)
     if num_classes < 1:
         raise ValueError("--backbone dit is class-conditional (adaLN-Zero on the label): pass --label_column.")
@@ -82,6 +77,16 @@ def make_backbone(
     if sample_size % config["patch_size"] != 0:
         raise ValueError(f"The DiT's patch size {config['patch_size']} does not divide its input size {sample_size}.")
     return build_backbone("DiTTransformer2DModel", config)
+
+
+def check_unet_resolution(config: dict[str, Any], sample_size: int) -> None:
+    """``ValueError`` unless ``sample_size`` survives the UNet's downsamplings (one per level but the last)."""
+    depth = len(config["block_out_channels"]) - 1
+    if sample_size % (2**depth) != 0:
+        raise ValueError(
+            f"A UNet with {depth + 1} resolution levels halves its input {depth} times: the resolution "
+            f"{sample_size} must be divisible by {2**depth}."
+        )
 
 
 # A UNet preset's self-attention blocks become blocks with self- and cross-attention in its text-conditional version.
@@ -117,12 +122,7 @@ def make_text_backbone(
             preset, sample_size=sample_size, in_channels=channels, out_channels=channels, cross_attention_dim=text_hidden_size
         )
         config.update(overrides or {})
-        depth = len(config["block_out_channels"]) - 1
-        if sample_size % (2**depth) != 0:
-            raise ValueError(
-                f"A UNet with {depth + 1} resolution levels halves its input {depth} times: the resolution "
-                f"{sample_size} must be divisible by {2**depth}."
-            )
+        check_unet_resolution(config, sample_size)
         return build_backbone("UNet2DConditionModel", config)
     config = dict(
         DIT_PRESETS[size], sample_size=sample_size, in_channels=channels, out_channels=channels,

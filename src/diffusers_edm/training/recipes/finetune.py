@@ -57,7 +57,7 @@ from ..captions import CaptionConditioner
 from ..data import flipped_crop_top_left
 from ..sharding import sharding_engine
 from .base import Export
-from .text import DEFAULT_PROPORTION_EMPTY_PROMPTS, MAX_DEFAULT_VALIDATION_PROMPTS, TextDenoisingRecipe, training_dtype
+from .text import MAX_DEFAULT_VALIDATION_PROMPTS, TextDenoisingRecipe, training_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -211,9 +211,7 @@ class FineTuneRecipe(TextDenoisingRecipe):
             args.vae, args.vae_subfolder = path, "vae"
         args.caption_column = args.caption_column or "text"
         args.num_channels = args.num_channels or 3  # the VAE reads RGB
-        if args.proportion_empty_prompts is None:
-            args.proportion_empty_prompts = DEFAULT_PROPORTION_EMPTY_PROMPTS
-        args.cache_text_embeddings = bool(args.cache_text_embeddings)
+        cls.resolve_caption_defaults(args)
         args.loss_weighting = args.loss_weighting or "edm"
         args.loss_reduction = args.loss_reduction or DEFAULT_LOSS_REDUCTION
 

@@ -69,9 +69,15 @@ class TextDenoisingRecipe(DenoisingRecipe):
             raise ValueError(
                 f"--tokenizer {args.tokenizer!r} needs --text_encoder (without it both are built locally from the captions)."
             )
+        cls.resolve_caption_defaults(args)
+        args.empty_prompt = args.empty_prompt or "encode"
+
+    @staticmethod
+    def resolve_caption_defaults(args: argparse.Namespace) -> None:
+        """Caption dropout (default :data:`DEFAULT_PROPORTION_EMPTY_PROMPTS`) and the embedding cache (default off),
+        shared by every recipe that trains on captions."""
         if args.proportion_empty_prompts is None:
             args.proportion_empty_prompts = DEFAULT_PROPORTION_EMPTY_PROMPTS
-        args.empty_prompt = args.empty_prompt or "encode"
         args.cache_text_embeddings = bool(args.cache_text_embeddings)
 
     # ------------------------------------------------------------------------------------------ text encoder, model
