@@ -13,6 +13,23 @@ import pytest
 
 LAUNCH_TIMEOUT_S = 600
 
+# Training options under which a sharded run (FSDP, DeepSpeed) and a DDP run can be told apart by weights compared to
+# rtol 1e-4 / atol 1e-5. No learning-rate ramp: at the default ramp's first steps the weights would move by less than
+# that tolerance (the tests assert that they move by far more). Adam's step m / (sqrt(v) + eps) is about +-lr for any
+# gradient far above eps, however small, so a last-bit difference in a near-zero gradient (a GroupNorm weight's) would
+# become a difference of order lr; eps = 1e-2 keeps such steps proportional to their gradient (the gradients that
+# matter are of order 1: norms 160-320 over 42k weights). --max_grad_norm is above those norms, so no run clips.
+MAX_GRAD_NORM = 1000.0
+SHARDED_VS_DDP_ARGUMENTS = [
+    "--max_train_steps", "4", "--checkpointing_steps", "2", "--validation_steps", "3", "--random_flip",
+    "--max_grad_norm", str(MAX_GRAD_NORM), "--lr_rampup_kimg", "0", "--learning_rate", "1e-3", "--adam_epsilon", "1e-2",
+]
+
+
+def weights_move(before: dict, after: dict, tolerance: float = 1e-5) -> bool:
+    """Whether some weight moved between two state dicts by far (100x) more than ``tolerance``."""
+    return max((after[key] - before[key]).abs().max().item() for key in after) > 100 * tolerance
+
 
 def free_port() -> int:
     """A TCP port nobody listens on now, for the rendezvous of one launch."""

@@ -17,7 +17,7 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 from diffusers_edm.training.sharding import check_sharded_run
-from accelerate_launch import launch
+from accelerate_launch import SHARDED_VS_DDP_ARGUMENTS, launch, weights_move
 from tiny_training import tiny_args
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -173,7 +173,7 @@ def test_fsdp2_training_checkpoints_resumes_and_exports_what_ddp_trains(tmp_path
     fsdp = ["--config_file", str(fsdp_config)]
     ddp = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     # validation at step 3 gathers the EMA model mid-run; the run goes on as DDP's does
-    common = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--validation_steps", "3", "--random_flip"]
+    common = SHARDED_VS_DDP_ARGUMENTS
 
     _launch(ddp, tiny_args(tmp_path / "ddp", tiny_config, *common))
     _launch(fsdp, tiny_args(tmp_path / "fsdp", tiny_config, *common))
@@ -182,6 +182,8 @@ def test_fsdp2_training_checkpoints_resumes_and_exports_what_ddp_trains(tmp_path
                             "--resume_from_checkpoint", str(tmp_path / "fsdp" / "checkpoint-2")))
 
     ddp_checkpoint, fsdp_checkpoint = tmp_path / "ddp" / "checkpoint-4", tmp_path / "fsdp" / "checkpoint-4"
+    # the comparisons below can tell runs apart: steps 3-4 move DDP's weights by far more than their tolerance
+    assert weights_move(*(load_file(tmp_path / "ddp" / f"checkpoint-{step}" / "model.safetensors") for step in (2, 4)))
     # the sharded checkpoint: Accelerate's torch.distributed.checkpoint folders, an EMA file per process, no full model
     names = {path.name for path in fsdp_checkpoint.iterdir()}
     assert {"pytorch_model_fsdp_0", "optimizer_0", "training_state_rank0.safetensors", "training_state_rank1.safetensors"} <= names
