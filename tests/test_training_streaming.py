@@ -284,6 +284,8 @@ def test_two_processes_read_disjoint_parts_and_resume_exactly(tmp_path, tiny_con
         (["--streaming", "--dataset_name", "DIR", "--validation_split", "0.1"], "--validation_split"),
         (["--streaming", "--dataset_name", "DIR", "--task", "classifier", "--label_column", "label"], "--task classifier"),
         (["--streaming", "--dataset_name", "DIR", "--caption_column", "text"], "--caption_column with --streaming needs"),
+        (["--streaming", "--dataset_name", "DIR", "--pretrained_model_name_or_path", "DIR"],
+         "--streaming with --pretrained_model_name_or_path"),
         (["--streaming", "--dataset_name", "DIR", "--shuffle_buffer", "0"], "--shuffle_buffer must be an integer >= 1"),
         (["--streaming", "--dataset_name", "DIR", "--shuffle_buffer", "-3"], "--shuffle_buffer must be an integer >= 1"),
     ],

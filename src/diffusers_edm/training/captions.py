@@ -125,12 +125,10 @@ class CaptionConditioner:
     def encode(self, prompts: list[str], device: torch.device) -> PromptEmbeddings:
         """The embeddings of ``prompts`` (no dropout), through the cache when there is one."""
         if self.cache is None:
-            with torch.no_grad():
-                return self.prompt_encoder.encode(list(prompts), device, self.dtype)
+            return self.prompt_encoder.encode(list(prompts), device, self.dtype)
         missing = list(dict.fromkeys(prompt for prompt in prompts if prompt not in self.cache))
         if missing:
-            with torch.no_grad():
-                encoded = self.prompt_encoder.encode(missing, device, self.dtype)
+            encoded = self.prompt_encoder.encode(missing, device, self.dtype)
             for index, prompt in enumerate(missing):
                 pooled = None if encoded.pooled is None else encoded.pooled[index]
                 self.cache[prompt] = (encoded.embeds[index], pooled)

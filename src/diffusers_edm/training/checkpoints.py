@@ -55,6 +55,7 @@ from typing import Any, Callable, Protocol, TypeVar
 import torch
 from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
+from accelerate.utils.constants import FSDP_MODEL_NAME
 from packaging import version
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -71,7 +72,7 @@ STATE_TENSORS_NAME = "training_state.safetensors"
 STATE_JSON_NAME = "training_state.json"
 # Under FSDP, save_state writes the model as a torch.distributed.checkpoint folder (shards + .metadata) instead,
 # its tensors named "model.<name>".
-SHARDED_MODEL_DIR = "pytorch_model_fsdp_0"
+SHARDED_MODEL_DIR = f"{FSDP_MODEL_NAME}_0"  # Accelerate's folder of the first (only) FSDP model
 SHARDED_MODEL_METADATA = f"{SHARDED_MODEL_DIR}/.metadata"
 RUN_ARGUMENTS_NAME = "run_arguments.json"
 EXPORT_STAGING_NAME = ".export.incomplete"

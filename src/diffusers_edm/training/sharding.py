@@ -34,6 +34,7 @@ from typing import Sequence
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
+from accelerate.utils.constants import MODEL_NAME
 
 
 def sharding_engine(accelerator: Accelerator) -> str | None:
@@ -201,7 +202,7 @@ def gathered_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn
 
 
 # Under DeepSpeed, accelerator.save_state writes the model and optimizer as DeepSpeed's checkpoint in this folder.
-DEEPSPEED_MODEL_DIR = "pytorch_model"
+DEEPSPEED_MODEL_DIR = MODEL_NAME  # Accelerate's DeepSpeed checkpoint folder
 
 
 def deepspeed_checkpoint_shapes(checkpoint: Path) -> dict[str, tuple[int, ...]] | None:

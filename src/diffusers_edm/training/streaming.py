@@ -65,6 +65,12 @@ def validate_streaming_args(args: argparse.Namespace) -> None:
             "--train_data_dir; the embedded digits can be written as shards with "
             "diffusers_edm.training.streaming.write_shards."
         )
+    if getattr(args, "pretrained_model_name_or_path", None) is not None:
+        raise ValueError(
+            f"--streaming with --pretrained_model_name_or_path {args.pretrained_model_name_or_path!r}: fine-tuning "
+            "measures sigma_data on and caches latents by the data set's indices, which a stream does not have; drop "
+            "--streaming."
+        )
     if getattr(args, "caption_column", None) is not None and (args.text_encoder is None or args.validation_prompts is None):
         raise ValueError(
             "--caption_column with --streaming needs --text_encoder (the local one is built from every caption of the "
@@ -355,7 +361,7 @@ def write_shards(
 
     ``"parquet"``: ``train-0000i-of-0000n.parquet`` files with every column and its features, plus a ``__key__``
     column (the row's number, ``"%08d"``). ``"webdataset"``: ``train-0000i.tar`` files holding, per row,
-    ``KEY.png`` (the image, PNG-encoded unless it already holds PNG bytes) and ``KEY.cls`` (the label as decimal
+    ``KEY.png`` (the image, PNG-encoded) and ``KEY.cls`` (the label as decimal
     text), read back as the columns ``png`` and ``cls``. Returns the paths written. E.g. the embedded digits:
     ``write_shards(embedded_digits_dataset(), "digits-shards", 4)``.
     """

@@ -230,6 +230,8 @@ class Trainer:
         # An ImageStream is not a DataLoader: prepare returns it as it is (Accelerate would dispatch it from rank 0).
         self.model, self.optimizer, self.dataloader = accelerator.prepare(self.model, optimizer, dataloader)
         self.recipe.train_dataset = self.train_dataset
+        if self.vae is not None:  # before the recipe's set-up, which may encode (latent cache, measured sigma_data)
+            self.vae.to(accelerator.device)
         self.recipe.prepare(self.model)
         # After prepare: the EMA tracks the parameters the optimizer updates (FSDP/DeepSpeed may replace them), and
         # only those: a frozen weight's average is the weight itself (a LoRA run averages its adapters alone).
@@ -245,8 +247,6 @@ class Trainer:
             args, self.output_dir, self.ema, self.unwrapped_model(), self.global_batch, data,
             accelerator.is_main_process, parameters=averaged,
         )
-        if self.vae is not None:
-            self.vae.to(accelerator.device)
         # Saved as safetensors + JSON by save_checkpoint, not registered with Accelerate (which pickles them).
         self.checkpointed = {"ema": self.ema, "lr_scheduler": self.lr_scheduler, "progress": self.progress, **self.recipe.states()}
         # Sharded: each process saves its own EMA shards (training_state_rank<k>.*).

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from ...losses import TruncatedLogNormalLoss
@@ -51,7 +51,7 @@ from ...models import EDMFormulatedPrecond, checkpoint_formulation, pretrained_d
 from ...models.backbones import pooled_text_width, takes_sdxl_time_ids
 from ...pipelines import EDMTextToImagePipeline
 from ...pipelines.prompt_encoding import PromptEncoder
-from ..stable_diffusion_export import save_stable_diffusion
+from ..stable_diffusion_export import EXPORTABLE_PIPELINES, save_stable_diffusion
 from ...schedulers import EDMHeunScheduler, EDMMultistepScheduler
 from ..captions import CaptionConditioner
 from ..data import flipped_crop_top_left
@@ -62,7 +62,7 @@ from .text import MAX_DEFAULT_VALIDATION_PROMPTS, TextDenoisingRecipe, training_
 logger = logging.getLogger(__name__)
 
 #: The pipeline classes a fine-tuning run loads (and exports).
-FINETUNABLE_PIPELINES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
+FINETUNABLE_PIPELINES = {cls.__name__: cls for cls in EXPORTABLE_PIPELINES}
 #: LoRA target modules, as diffusers' text-to-image LoRA scripts (the attention projections).
 LORA_TARGET_MODULES = ("to_k", "to_q", "to_v", "to_out.0")
 #: LoRA target modules of a trained text encoder, as diffusers' DreamBooth LoRA scripts (CLIP's attention projections).
@@ -335,8 +335,6 @@ class FineTuneRecipe(TextDenoisingRecipe):
         """The latent cache (``--cache_latents``), ``sigma_data`` (measured when not given), ``P_mean`` (EDM's at
         this ``sigma_data`` when not given: ``-1.2 + ln(sigma_data / 0.5)``) and the loss."""
         args = self.args
-        if self.data.vae is not None:
-            self.data.vae.to(self.accelerator.device)
         if args.cache_latents:
             self.latent_cache = self._posteriors(range(len(self.train_dataset)))
         if args.sigma_data is None:
